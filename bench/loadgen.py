@@ -1,0 +1,113 @@
+"""A lean HTTP/1.1 load generator on raw asyncio streams (keep-alive, one connection per worker).
+
+Python HTTP clients cost more CPU per request than the gateway itself; this one parses only what
+it must (status, content-length or chunked framing, SSE `data:` lines), so the same client measures
+the gateway and the simulator called directly, and the difference is the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)  # seconds, per request
+    ttfts: list[float] = field(default_factory=list)  # seconds to the first content event (streams)
+    events: int = 0  # SSE data events carrying content
+    tokens: int = 0  # words of content received (the simulator's tokens are words)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, values: list[float], q: float) -> float:
+        if not values:
+            return float("nan")
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _request_bytes(host: str, port: int, path: str, body: dict[str, object], key: str | None) -> bytes:
+    payload = json.dumps(body).encode()
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _read_response(reader: asyncio.StreamReader, started: float, result: Result) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        buf = b""
+        first = True
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            buf += data[:-2]
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                if event.startswith(b"data: {") and b'"content":"' in event:
+                    if first:
+                        result.ttfts.append(time.perf_counter() - started)
+                        first = False
+                    result.events += 1
+                    chunk = json.loads(event[6:])
+                    for choice in chunk.get("choices", []):
+                        result.tokens += len((choice["delta"].get("content") or "").split())
+    else:
+        idx = lower.find(b"content-length:")
+        length = int(lower[idx + 15 : lower.find(b"\r\n", idx)])
+        await reader.readexactly(length)
+    return status
+
+
+async def run_load(
+    host: str,
+    port: int,
+    path: str,
+    body: dict[str, object],
+    key: str | None,
+    concurrency: int,
+    duration: float,
+    warmup: float = 0.5,
+) -> Result:
+    request = _request_bytes(host, port, path, body, key)
+    result = Result()
+    stop_at = time.perf_counter() + warmup + duration
+    measure_from = time.perf_counter() + warmup
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                sink = result if now >= measure_from else Result()
+                writer.write(request)
+                status = await _read_response(reader, now, sink)
+                if status != 200:
+                    sink.errors += 1
+                sink.latencies.append(time.perf_counter() - now)
+        finally:
+            writer.close()
+
+    await asyncio.sleep(0)
+    begin = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed = time.perf_counter() - max(begin, measure_from)
+    return result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

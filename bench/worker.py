@@ -1,0 +1,220 @@
+"""Measure the worker's per-token publishing: faststream `broker.publish` vs the raw nats-py client.
+
+    uv run python -m bench.worker [--events 50000] [--streams 40] [--tokens 200]
+
+1. publish loop: N delta-sized events (the real chunk bytes and event headers) published to a
+   subject another connection counts; events/s until the last one arrived, for each publisher;
+2. end to end: the real worker process (event_publisher=broker, then =nats) relays S concurrent
+   streams of T tokens from the simulator (token_ms=1, so tokens arrive in separate reads and are
+   not coalesced away); reported: delta events relayed and the worker's CPU time per event.
+
+nats-server, the bench process and the worker share CPU 0 (the system benchmark's layout); the
+simulator runs on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import nats
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+
+from aigw_contracts import (
+    ChatCompletionRequest,
+    ChatEnvelope,
+    Prices,
+    RoutedCall,
+    UpstreamTarget,
+    headers,
+    subjects,
+)
+from aigw_contracts.events import EventKind, event_headers
+from aigw_contracts.ids import uuid7
+from aigw_devstack.nats import NatsServer
+from aigw_devstack.procs import Process, free_port
+from aigw_worker.chunks import ChunkWriter
+
+HOST = "127.0.0.1"
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+async def publish_loop(url: str, events: int) -> dict[str, float]:
+    writer = ChunkWriter(f"chatcmpl-{uuid7()}", int(time.time()), "@openai/gpt-5-mini", False)
+    writer.begin("fp_x")
+    payload = writer.content(" token")
+    counter = await nats.connect(url)
+    results: dict[str, float] = {}
+    for name in ("broker.publish", "raw nc.publish"):
+        subject = f"bench.{uuid7()}"
+        done = asyncio.Event()
+        seen = 0
+
+        async def count(_msg: object, done: asyncio.Event = done) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == events:
+                done.set()
+
+        await counter.subscribe(subject, cb=count, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await counter.flush()
+        broker = NatsBroker(url, logger=None)
+        await broker.connect()
+        nc = broker.connection
+        started = time.perf_counter()
+        for seq in range(events):
+            hdrs = event_headers(EventKind.DELTA, seq)
+            if name == "broker.publish":
+                await broker.publish(payload, subject=subject, headers=hdrs)
+            else:
+                await nc.publish(subject, payload, headers=hdrs)
+        await asyncio.wait_for(done.wait(), 60)
+        results[name] = events / (time.perf_counter() - started)
+        await broker.stop()
+    await counter.close()
+    return results
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _envelope(sim_url: str, tokens: int) -> ChatEnvelope:
+    request_id = uuid7()
+    content = f"bench [sim tokens={tokens} token_ms=1]"
+    return ChatEnvelope(
+        request_id=request_id,
+        tenant="bench",
+        key_id="bench",
+        reply=subjects.reply_subject("bench", request_id),
+        deadline=time.time() + 120,
+        request=ChatCompletionRequest.model_validate(
+            {"model": "bench", "messages": [{"role": "user", "content": content}], "stream": True}
+        ),
+        route=RoutedCall(
+            upstream=UpstreamTarget(
+                id="@sim/sim-model",
+                kind="catalog",
+                provider="sim",
+                model="sim-model",
+                base_url=f"{sim_url}/v1",
+                prices=Prices(),
+            ),
+            body={"messages": [{"role": "user", "content": content}]},
+            response_model="@sim/sim-model",
+        ),
+    )
+
+
+async def end_to_end(
+    url: str, sim_url: str, state: Path, publisher: str, streams: int, tokens: int
+) -> dict[str, float]:
+    log = state / f"worker-{publisher}.log"
+    worker = Process(
+        f"worker-{publisher}",
+        ["taskset", "-c", "0", _bin("aigw-worker")],
+        log,
+        env={"AIGW_NATS_URL": url, "AIGW_EVENT_PUBLISHER": publisher, "AIGW_LOG_LEVEL": "WARNING"},
+    ).start()
+    nc = await nats.connect(url)
+    deltas = 0
+    ended: set[str] = set()
+    expected = 1
+    all_done = asyncio.Event()
+
+    async def on_event(msg: Msg) -> None:
+        nonlocal deltas
+        kind = (msg.headers or {}).get(headers.EVENT)
+        if kind == EventKind.DELTA.value:
+            deltas += 1
+        else:
+            ended.add(msg.subject)
+            if len(ended) == expected:
+                all_done.set()
+
+    await nc.subscribe(
+        subjects.reply_wildcard("bench"), cb=on_event, pending_msgs_limit=-1, pending_bytes_limit=-1
+    )
+    await nc.flush()
+    # warm up: one stream, so connections and imports are not measured; polled until the worker listens
+    deadline = time.monotonic() + 30
+    while not all_done.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker never answered; its log:\n{worker.tail()}")
+        await nc.publish(subjects.WORKER_CHAT, _envelope(sim_url, 5).model_dump_json().encode())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_done.wait(), 0.5)
+    deltas, ended, expected = 0, set(), streams
+    all_done.clear()
+    envelopes = [_envelope(sim_url, tokens) for _ in range(streams)]
+    cpu0 = _cpu_seconds(worker.pid)
+    started = time.perf_counter()
+    for env in envelopes:
+        await nc.publish(subjects.WORKER_CHAT, env.model_dump_json().encode())
+    await asyncio.wait_for(all_done.wait(), 120)
+    elapsed = time.perf_counter() - started
+    cpu = _cpu_seconds(worker.pid) - cpu0
+    await nc.close()
+    worker.stop()
+    return {
+        "deltas": deltas,
+        "deltas_per_s": deltas / elapsed,
+        "cpu_us_per_delta": cpu / max(deltas, 1) * 1e6,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--tokens", type=int, default=200)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="aigw-bench-worker-"))
+    os.sched_setaffinity(0, {0})
+    server = NatsServer(state / "nats", cpus="0").start()
+    sim_port = free_port()
+    sim = Process(
+        "simulator",
+        ["taskset", "-c", "1", _bin("aigw-simulator"), "--port", str(sim_port)],
+        state / "sim.log",
+    ).start()
+    sim_url = f"http://{HOST}:{sim_port}"
+
+    def sim_up() -> bool:
+        try:
+            return httpx.get(f"{sim_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    sim.wait_ready(sim_up)
+    try:
+        print(f"publish loop, {args.events} delta events (events/s):")
+        for name, rate in (await publish_loop(server.url, args.events)).items():
+            print(f"  {name:16s} {rate:10,.0f}")
+        print(f"end to end, {args.streams} streams x {args.tokens} tokens through the worker:")
+        for publisher in ("broker", "nats"):
+            r = await end_to_end(server.url, sim_url, state, publisher, args.streams, args.tokens)
+            print(
+                f"  event_publisher={publisher:6s} deltas={r['deltas']:.0f} "
+                f"{r['deltas_per_s']:,.0f} deltas/s, worker CPU {r['cpu_us_per_delta']:.1f} us/delta"
+            )
+    finally:
+        sim.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

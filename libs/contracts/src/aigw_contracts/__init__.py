@@ -1,0 +1,42 @@
+"""aigw contracts: the only code services share (API models, messages, subjects, SKUs, errors)."""
+
+from . import errors, events, headers, skus, subjects
+from .api import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    GeneratedUsage,
+    GenerationContext,
+    Usage,
+)
+from .config import ApiKey, ConfigSnapshot, Gateway, ParameterRule, Prices, Tenant, Upstream
+from .messages import CancelRequest, ChatEnvelope, RoutedCall, UpstreamTarget
+from .usage import UsageEvent
+
+__all__ = [
+    "ApiKey",
+    "CancelRequest",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatEnvelope",
+    "ChatMessage",
+    "ConfigSnapshot",
+    "Gateway",
+    "GeneratedUsage",
+    "GenerationContext",
+    "ParameterRule",
+    "Prices",
+    "RoutedCall",
+    "Tenant",
+    "Upstream",
+    "UpstreamTarget",
+    "Usage",
+    "UsageEvent",
+    "errors",
+    "events",
+    "headers",
+    "skus",
+    "subjects",
+]

@@ -1,0 +1,143 @@
+"""Configuration data: tenants, API keys, upstreams (with prices) and gateways.
+
+This is data users manage, not code. The services hold it in memory; where it is stored and how
+changes reach them is the store's business (a file for now).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .api import INFERENCE_PARAMETERS
+from .knowledge import GatewayKnowledge
+
+
+class Prices(BaseModel):
+    """Per-token prices in USD, exact decimals (e.g. 2.5e-7 per input token)."""
+
+    input: Decimal = Decimal(0)
+    output: Decimal = Decimal(0)
+    cached_input: Decimal = Decimal(0)
+
+
+class Upstream(BaseModel):
+    """A model the gateway can call: a catalog model (operator's credentials) or a tenant's own endpoint.
+
+    Catalog ids are tags like `@openai/gpt-5-mini`; credentials for a catalog provider live only with
+    the inference workers (their settings), never in this data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Literal["catalog", "own"] = "catalog"
+    provider: str = "openai"
+    model: str  # the name the upstream API expects
+    base_url: str
+    api_key: str | None = Field(default=None, repr=False)  # own endpoints only, sealed (secretbox)
+    prices: Prices = Field(default_factory=Prices)
+    tenant: str | None = None  # owner of an own endpoint
+    context_window: int | None = None
+    description: str = ""
+
+    def billed_prices(self) -> Prices:
+        """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
+        return self.prices if self.kind == "catalog" else Prices()
+
+
+class ParameterRule(BaseModel):
+    """How a request may touch one inference parameter.
+
+    * `default`: the gateway's value applies unless the request sets one;
+    * `locked`: the gateway's value (or none) always applies; a request's value is ignored, and the
+      parameters actually used are reported back, so callers can see it;
+    * `clamped`: the request may set it, but the value is held inside [min, max].
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["default", "locked", "clamped"] = "default"
+    min: float | None = None
+    max: float | None = None
+
+
+# Parameters a request may override when a gateway says nothing about them (the reference product's
+# documented list); every other parameter is the gateway administrator's to set.
+DEFAULT_OVERRIDABLE: frozenset[str] = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "seed",
+        "reasoning_effort",
+        "max_completion_tokens",
+        "max_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    }
+)
+
+
+class Gateway(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # UUIDv7
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    tenant: str
+    upstream: str  # an Upstream id
+    instructions: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    prefill: str | None = None
+    policy: dict[str, ParameterRule] = Field(default_factory=dict)
+    description: str = ""
+    knowledge: GatewayKnowledge | None = None  # ground answers on a collection (RAG)
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> Gateway:
+        for name in (*self.parameters, *self.policy):
+            if name not in INFERENCE_PARAMETERS:
+                raise ValueError(f"unknown inference parameter '{name}'")
+        return self
+
+    @property
+    def slug(self) -> str:
+        return f"{self.name}:{self.id[-4:]}"
+
+    def rule(self, parameter: str) -> ParameterRule:
+        rule = self.policy.get(parameter)
+        if rule is not None:
+            return rule
+        return ParameterRule(mode="default" if parameter in DEFAULT_OVERRIDABLE else "locked")
+
+
+class Tenant(BaseModel):
+    id: str
+    name: str = ""
+
+
+class ApiKey(BaseModel):
+    id: str
+    tenant: str
+    hash: str = Field(repr=False)  # keys.hash_secret(secret, pepper); never returned by any API
+    kind: Literal["private", "public"] = "private"
+    admin: bool = False  # may use the management API for its own tenant
+    operator: bool = False  # may manage every tenant, catalog upstreams and tenants themselves
+    name: str = ""
+    expires_at: float | None = None
+    revoked: bool = False
+    created_at: float | None = None
+    prefix: str = ""  # the secret's first characters, so a user can tell keys apart
+
+
+class ConfigSnapshot(BaseModel):
+    """The whole configuration as one document (the file form, and export/import)."""
+
+    tenants: list[Tenant] = Field(default_factory=list)
+    keys: list[ApiKey] = Field(default_factory=list)
+    upstreams: list[Upstream] = Field(default_factory=list)
+    gateways: list[Gateway] = Field(default_factory=list)

@@ -1,0 +1,127 @@
+"""OpenAI-shaped errors: one typed exception per fault, mapped once to a status and a body.
+
+The OpenAI SDKs read `body["error"]` and pick the exception class from the HTTP status, and retry
+408/409/429/5xx: the status here decides whether a client retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see. Subclasses fix status, type and code."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+    def to_json(self) -> bytes:
+        return self.body().model_dump_json().encode()
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status, type, code = 403, "invalid_request_error", "forbidden"
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class Conflict(GatewayError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "rate_limit_exceeded", "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    """The upstream model failed (5xx, refused connection, dropped stream, unusable answer)."""
+
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+
+class Unavailable(GatewayError):
+    status, type, code = 503, "server_error", "service_unavailable"
+
+
+class DeadlineExceeded(GatewayError):
+    status, type, code = 504, "timeout", "deadline_exceeded"
+
+
+class InternalError(GatewayError):
+    status, type, code = 500, "server_error", "internal_error"
+
+
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        RateLimited,
+        UpstreamError,
+        Unavailable,
+        DeadlineExceeded,
+        InternalError,
+    )
+}
+
+
+def error_for_status(status: int, message: str, **kwargs: Any) -> GatewayError:
+    """The exception class matching an HTTP status (used to relay upstream 4xx faithfully)."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = InvalidRequest if 400 <= status < 500 else UpstreamError
+    err = cls(message, **kwargs)
+    err.status = status if 400 <= status < 600 else err.status
+    return err

@@ -1,0 +1,22 @@
+"""Header names: on NATS stream events and on HTTP responses."""
+
+from __future__ import annotations
+
+# NATS headers of a stream event (worker -> edge). The payload is the exact JSON the client sees.
+EVENT = "Aigw-Event"  # one of EventKind
+SEQ = "Aigw-Seq"  # 0, 1, 2 … per request; a gap means a lost event
+STATUS = "Aigw-Status"  # HTTP status of an error event
+RETRY_AFTER = "Aigw-Retry-After"  # seconds, forwarded from an upstream 429
+# Only on a request's first event: what the gateway did, surfaced to the client as HTTP headers.
+GATEWAY = "Aigw-Gateway"  # the gateway's slug (HTTP_GATEWAY)
+PARAMS = "Aigw-Params"  # compact JSON of the inference parameters actually sent (HTTP_PARAMS_USED)
+
+# NATS status header of a "no responders" bounce (set by nats-server, not by us).
+NATS_STATUS = "Status"
+NO_RESPONDERS = "503"
+
+# HTTP response headers the edge adds (OpenAI clients ignore unknown headers).
+HTTP_REQUEST_ID = "x-request-id"
+HTTP_GATEWAY = "x-aigw-gateway"
+HTTP_PARAMS_USED = "x-aigw-params"
+HTTP_SHOULD_RETRY = "x-should-retry"

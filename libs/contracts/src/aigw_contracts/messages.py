@@ -1,0 +1,92 @@
+"""Messages between services on the request path (version 1)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .api import ChatCompletionRequest, GeneratedUsage
+from .config import Prices, Upstream
+from .knowledge import GatewayKnowledge, Grounding
+
+
+class UpstreamTarget(BaseModel):
+    """Everything a worker needs to call one upstream and price the call."""
+
+    id: str  # upstream id, e.g. "@openai/gpt-5-mini"
+    kind: Literal["catalog", "own"]
+    provider: str
+    model: str
+    base_url: str
+    # Own endpoints only, still sealed (secretbox): the worker opens it. Catalog keys stay in workers.
+    api_key: str | None = Field(default=None, repr=False)
+    prices: Prices  # already zero for own endpoints
+
+    @classmethod
+    def of(cls, upstream: Upstream) -> UpstreamTarget:
+        """The call target of a configured upstream, priced as billed (own endpoints at 0)."""
+        return cls(
+            id=upstream.id,
+            kind=upstream.kind,
+            provider=upstream.provider,
+            model=upstream.model,
+            base_url=upstream.base_url,
+            api_key=upstream.api_key,
+            prices=upstream.billed_prices(),
+        )
+
+
+class RoutedCall(BaseModel):
+    """What the router decided: which upstream, with which body."""
+
+    gateway_id: str | None = None  # None when a catalog model was called directly
+    gateway_slug: str | None = None
+    upstream: UpstreamTarget
+    body: dict[str, Any]  # upstream request body without `model`, `stream`, `stream_options`
+    prefill: str | None = None  # the answer starts with it; the upstream continues it
+    params_used: dict[str, Any] = Field(default_factory=dict)
+    response_model: str  # what `model` says in responses: the upstream's catalog tag
+    # Set by the router for gateways with knowledge; the retrieval service then fills the two below.
+    knowledge: GatewayKnowledge | None = None
+    # Passages injected into `body` (the worker reports them in `generation_context.grounding`).
+    grounding: list[Grounding] = Field(default_factory=list)
+    # Lines priced before the worker (knowledge search, embeddings, rewrites), listed in the
+    # response's `generated_usage` ahead of the worker's own; each producer meters its own lines.
+    prior_usage: list[GeneratedUsage] = Field(default_factory=list)
+    # `query_rewrite`: a resolver-model call made by the retrieval service for a rewrite strategy;
+    # the worker prices it under the `inference.resolving.query_rewrite.*` SKUs and meters it as
+    # source "rewrite", so it is billed once, apart from the answer itself.
+    purpose: Literal["chat", "query_rewrite"] = "chat"
+
+
+class ChatEnvelope(BaseModel):
+    """A chat completion on its way from the edge to a worker. Tenant comes from the key, never the body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    request_id: str
+    tenant: str
+    key_id: str
+    key_kind: Literal["private", "public"] = "private"
+    reply: str  # the subject the edge reads this request's stream events from
+    deadline: float  # unix seconds; past it, nobody should start work on this request
+    received_at: float = Field(default_factory=time.time)
+    trace: dict[str, str] = Field(default_factory=dict)  # W3C traceparent / tracestate
+    request: ChatCompletionRequest
+    route: RoutedCall | None = None
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.deadline - (time.time() if now is None else now)
+
+
+class CancelRequest(BaseModel):
+    request_id: str
+    reason: str = "client_disconnected"
+
+
+class ModelsQuery(BaseModel):
+    tenant: str
+    key_kind: Literal["private", "public"] = "private"

@@ -1,0 +1,41 @@
+"""SKU names: one name per billable thing. Usage lines, ClickHouse rows and dashboards use these."""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHAT_IN: Final = "inference.chat_completions.in"
+CHAT_OUT: Final = "inference.chat_completions.out"
+CHAT_IN_CACHED: Final = "inference.chat_completions.in.cached"
+ROUTING_IN: Final = "inference.resolving.routing_complexity.in"
+ROUTING_OUT: Final = "inference.resolving.routing_complexity.out"
+# A resolver model rewriting the conversation into search queries (UserRewrite / FullRewrite).
+REWRITE_IN: Final = "inference.resolving.query_rewrite.in"
+REWRITE_IN_CACHED: Final = "inference.resolving.query_rewrite.in.cached"
+REWRITE_OUT: Final = "inference.resolving.query_rewrite.out"
+KNOWLEDGE_SEARCH: Final = "knowledge.search"
+KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
+
+ALL: Final = (
+    CHAT_IN,
+    CHAT_OUT,
+    CHAT_IN_CACHED,
+    ROUTING_IN,
+    ROUTING_OUT,
+    REWRITE_IN,
+    REWRITE_IN_CACHED,
+    REWRITE_OUT,
+    KNOWLEDGE_SEARCH,
+    KNOWLEDGE_EMBEDDINGS_IN,
+)
+
+
+def chat_description(model: str) -> str:
+    return f"Inference for AI model '{model}'"
+
+
+ROUTING_DESCRIPTION: Final = "Inference for model routing"
+
+
+def rewrite_description(model: str) -> str:
+    return f"Search query rewriting with AI model '{model}'"

@@ -1,0 +1,79 @@
+"""Every NATS subject, queue group and stream name the system uses, in one place.
+
+Subjects are versioned (`aigw.v1.…`) so a breaking change to a message can run beside the old one.
+
+Request path (core NATS, at-most-once, so every stream of events is numbered and ends with an
+explicit final or error event):
+
+* the edge publishes a `ChatEnvelope` to `ROUTER_CHAT` with the NATS reply set to
+  `reply_subject(edge_id, request_id)`; the edge subscribes to `reply_wildcard(edge_id)`, so a
+  "no responders" status (no router running) comes straight back to it;
+* the router publishes the routed envelope to `WORKER_CHAT` with the NATS reply set to
+  `bounce_subject(router_id, envelope.reply)`: if no worker listens, the server bounces a
+  503 status there and the router turns it into an error event on `envelope.reply`;
+* the worker publishes stream events to `envelope.reply`;
+* the edge broadcasts `CHAT_CANCEL` when a client goes away; the worker running it stops.
+"""
+
+from __future__ import annotations
+
+PREFIX = "aigw.v1"
+
+ROUTER_CHAT = f"{PREFIX}.router.chat"
+ROUTER_QUEUE = "aigw-router"
+
+# Request-reply: the models a tenant may use (`GET /v1/models`); the router owns that data.
+ROUTER_MODELS = f"{PREFIX}.router.models"
+
+WORKER_CHAT = f"{PREFIX}.worker.chat"
+WORKER_QUEUE = "aigw-inference"
+
+RETRIEVAL_CHAT = f"{PREFIX}.retrieval.chat"  # routed envelopes of gateways with knowledge
+RETRIEVAL_QUEUE = "aigw-retrieval"
+# Request-reply, from the edge's management API: `KnowledgeRequest` in, JSON (or an error) out.
+RETRIEVAL_MANAGE = f"{PREFIX}.retrieval.manage"
+
+CHAT_CANCEL = f"{PREFIX}.chat.cancel"
+
+REPLY_PREFIX = f"{PREFIX}.reply"
+BOUNCE_PREFIX = f"{PREFIX}.bounce"
+
+# Usage events: a JetStream stream, so billing survives restarts of any consumer.
+USAGE_STREAM = "AIGW_USAGE"
+USAGE_SUBJECT_PREFIX = f"{PREFIX}.usage"
+USAGE_DEAD_LETTER = f"{PREFIX}.usage-dead"
+METERING_DURABLE = "aigw-metering"
+METERING_QUERY = f"{PREFIX}.metering.query"
+
+
+def usage_subject(tenant: str) -> str:
+    """Usage events are split by tenant so a team can consume one tenant's usage alone."""
+    return f"{USAGE_SUBJECT_PREFIX}.{tenant}"
+
+
+USAGE_WILDCARD = f"{USAGE_SUBJECT_PREFIX}.>"
+
+
+def reply_wildcard(edge_id: str) -> str:
+    return f"{REPLY_PREFIX}.{edge_id}.*"
+
+
+def reply_subject(edge_id: str, request_id: str) -> str:
+    return f"{REPLY_PREFIX}.{edge_id}.{request_id}"
+
+
+def request_id_from_reply(subject: str) -> str:
+    return subject.rsplit(".", 1)[-1]
+
+
+def bounce_wildcard(service_id: str) -> str:
+    return f"{BOUNCE_PREFIX}.{service_id}.>"
+
+
+def bounce_subject(service_id: str, reply: str) -> str:
+    """A reply subject that carries the real reply subject inside it (no state to keep)."""
+    return f"{BOUNCE_PREFIX}.{service_id}.{reply}"
+
+
+def reply_from_bounce(service_id: str, subject: str) -> str:
+    return subject[len(BOUNCE_PREFIX) + len(service_id) + 2 :]

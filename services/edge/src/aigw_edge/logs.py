@@ -1,0 +1,62 @@
+"""The access log: one JSON line per request (via the contracts' JSON formatter), never a secret.
+
+Chat completions write their own line (they know the request id, tenant, model and how the
+request ended); every other route gets its line from `AccessLogMiddleware`. Off for benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SCOPE_KEY = "aigw.access"  # a dict in the ASGI scope that routes fill with what they learned
+
+# 499 is nginx's "client closed request": the client left before we could answer.
+CLIENT_CLOSED = 499
+
+
+class AccessLog:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._log = logging.getLogger("aigw.edge.access")
+
+    def write(self, method: str, path: str, status: int, started: float, **fields: Any) -> None:
+        """`started` is a `time.perf_counter()` reading taken when the request arrived."""
+        if not self.enabled:
+            return
+        fields.update(
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        self._log.info("request", extra=fields)
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, access: AccessLog) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.access.enabled:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+        fields: dict[str, Any] = {}
+        scope[SCOPE_KEY] = fields
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.access.write(scope["method"], scope["path"], status, started, **fields)

@@ -1,0 +1,170 @@
+"""Bodies of the management API. Outputs never carry a secret: key hashes and upstream API keys stay in."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aigw_contracts import ApiKey, Gateway, Upstream
+from aigw_contracts.config import ParameterRule, Prices
+from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewayIn(_In):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lower-case name; the slug adds :xxxx"
+    )
+    upstream: str = Field(description="an upstream id: a catalog tag like @openai/gpt-5-mini, or your own")
+    instructions: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    prefill: str | None = None
+    policy: dict[str, ParameterRule] = Field(default_factory=dict)
+    description: str = ""
+    knowledge: GatewayKnowledge | None = Field(
+        default=None, description="ground answers on one of your collections (by id or name)"
+    )
+    tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
+
+
+class GatewayPatch(_In):
+    name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    upstream: str | None = None
+    instructions: str | None = None
+    parameters: dict[str, Any] | None = None
+    prefill: str | None = None
+    policy: dict[str, ParameterRule] | None = None
+    description: str | None = None
+    knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
+
+
+class GatewayOut(BaseModel):
+    object: Literal["gateway"] = "gateway"
+    id: str
+    slug: str
+    name: str
+    tenant: str
+    upstream: str
+    instructions: str | None
+    parameters: dict[str, Any]
+    prefill: str | None
+    policy: dict[str, ParameterRule]
+    description: str
+    knowledge: GatewayKnowledge | None = None
+    version: int = 0
+
+    @classmethod
+    def of(cls, gateway: Gateway, version: int = 0) -> GatewayOut:
+        return cls(slug=gateway.slug, version=version, **gateway.model_dump())
+
+
+class UpstreamIn(_In):
+    id: str | None = Field(default=None, description="catalog entries: '@provider/model'; own: generated")
+    kind: Literal["catalog", "own"] = "own"
+    provider: str = "openai"
+    model: str
+    base_url: str
+    api_key: str | None = Field(default=None, description="stored encrypted; never shown again")
+    prices: Prices = Field(default_factory=Prices, description="per token, USD (catalog entries)")
+    context_window: int | None = None
+    description: str = ""
+    tenant: str | None = Field(default=None, description="operators only: the owner of an own endpoint")
+
+
+class UpstreamPatch(_In):
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    prices: Prices | None = None
+    context_window: int | None = None
+    description: str | None = None
+
+
+class UpstreamOut(BaseModel):
+    object: Literal["upstream"] = "upstream"
+    id: str
+    kind: Literal["catalog", "own"]
+    provider: str
+    model: str
+    base_url: str
+    has_api_key: bool
+    prices: Prices
+    tenant: str | None
+    context_window: int | None
+    description: str
+
+    @classmethod
+    def of(cls, upstream: Upstream) -> UpstreamOut:
+        data = upstream.model_dump(exclude={"api_key"})
+        return cls(has_api_key=bool(upstream.api_key), **data)
+
+
+class KeyIn(_In):
+    name: str = ""
+    kind: Literal["private", "public"] = "private"
+    admin: bool = False
+    expires_at: float | None = Field(default=None, description="unix seconds; none = never")
+    expires_in: float | None = Field(
+        default=None, gt=0, description="seconds from now (instead of expires_at)"
+    )
+    tenant: str | None = Field(default=None, description="operators only")
+    operator: bool = Field(default=False, description="operators only")
+
+
+class KeyOut(BaseModel):
+    object: Literal["api_key"] = "api_key"
+    id: str
+    tenant: str
+    name: str
+    kind: Literal["private", "public"]
+    admin: bool
+    operator: bool
+    prefix: str
+    created_at: float | None
+    expires_at: float | None
+    revoked: bool
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(**key.model_dump(exclude={"hash"}))
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="shown once; only its hash is stored")
+
+
+class TenantIn(_In):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str = ""
+
+
+class ListOf(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Any]
+
+
+class CollectionIn(_In):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lower-case, unique per tenant")
+    description: str = ""
+    tenant: str | None = Field(default=None, description="operators only: whose collection this is")
+
+
+class CollectionOut(BaseModel):
+    object: Literal["collection"] = "collection"
+    id: str
+    tenant: str
+    name: str
+    description: str
+    gateways: list[str] = Field(default_factory=list, description="slugs of the gateways it grounds")
+
+    @classmethod
+    def of(cls, collection: Collection, gateways: list[str]) -> CollectionOut:
+        return cls(gateways=gateways, **collection.model_dump())
+
+
+class DocumentsIn(_In):
+    documents: list[KnowledgeDocument] = Field(min_length=1, max_length=1000)

@@ -1,0 +1,118 @@
+"""`/v1/upstreams`: catalog models (operators) and tenants' own OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from aigw_contracts import ApiKey, Upstream, errors
+from aigw_contracts.ids import uuid7
+from aigw_contracts.netguard import Network, check_url
+from aigw_contracts.secretbox import seal
+
+from ..auth import KeyStore
+from .access import admin_key, can_see, in_use, not_found, target_tenant
+from .schemas import ListOf, UpstreamIn, UpstreamOut, UpstreamPatch
+from .store import ManagedConfig
+
+
+class UpstreamRules:
+    """What an own endpoint must satisfy: a public address (SSRF) and a key we can encrypt."""
+
+    def __init__(self, allowlist: list[Network], secrets_key: str | None) -> None:
+        self.allowlist = allowlist
+        self.secrets_key = secrets_key
+
+    async def check_base_url(self, url: str) -> None:
+        await asyncio.to_thread(check_url, url, self.allowlist)  # DNS resolution blocks
+
+    def seal(self, api_key: str) -> str:
+        if not self.secrets_key:
+            raise errors.Unavailable(
+                "the operator has not set AIGW_SECRETS_KEY, so API keys cannot be stored"
+            )
+        return seal(api_key, self.secrets_key)
+
+
+def router(config: ManagedConfig, keys: KeyStore, rules: UpstreamRules) -> APIRouter:
+    api = APIRouter(prefix="/v1/upstreams", tags=["upstreams"])
+
+    def find(key: ApiKey, upstream_id: str) -> Upstream:
+        upstream = config.upstream(upstream_id)
+        if upstream is None or (upstream.kind == "own" and not can_see(key, upstream.tenant)):
+            raise not_found("upstream", upstream_id, "upstream")
+        return upstream
+
+    def must_manage(key: ApiKey, upstream: Upstream) -> None:
+        if upstream.kind == "catalog" and not key.operator:
+            raise errors.Forbidden("Only operator keys can change catalog models.")
+
+    async def build(data: dict[str, Any], upstream_id: str, tenant: str | None) -> Upstream:
+        if data["kind"] == "own":
+            await rules.check_base_url(data["base_url"])
+            data["prices"] = {}  # own endpoints bill tokens at 0; the tenant pays their provider
+        secret = data.pop("api_key", None)
+        if secret:
+            data["api_key"] = rules.seal(secret)
+        return Upstream(id=upstream_id, tenant=tenant if data["kind"] == "own" else None, **data)
+
+    @api.post("", status_code=201, summary="Add an upstream (own endpoint, or a catalog model for operators)")
+    async def create(body: UpstreamIn, request: Request) -> UpstreamOut:
+        key = admin_key(request, keys)
+        data = body.model_dump(exclude={"id", "tenant"})
+        if body.kind == "catalog":
+            if not key.operator:
+                raise errors.Forbidden("Only operator keys can add catalog models.", param="kind")
+            if not body.id or not body.id.startswith("@"):
+                raise errors.InvalidRequest("catalog ids look like '@provider/model'", param="id")
+            upstream_id, tenant = body.id, None
+        else:
+            upstream_id, tenant = uuid7(), target_tenant(key, body.tenant)
+        upstream = await build(data, upstream_id, tenant)
+        await config.put("upstream", upstream, expect_revision=0)
+        return UpstreamOut.of(upstream)
+
+    @api.get("", summary="List upstreams: the catalog and your own endpoints")
+    async def list_(request: Request) -> ListOf:
+        key = admin_key(request, keys)
+        rows = [
+            UpstreamOut.of(u) for u in config.upstreams() if u.kind == "catalog" or can_see(key, u.tenant)
+        ]
+        return ListOf(data=sorted(rows, key=lambda u: (u.kind, u.id)))
+
+    @api.get("/{upstream_id:path}", summary="Show an upstream")
+    async def show(upstream_id: str, request: Request) -> UpstreamOut:
+        return UpstreamOut.of(find(admin_key(request, keys), upstream_id))
+
+    @api.patch("/{upstream_id:path}", summary="Change an upstream")
+    async def update(upstream_id: str, body: UpstreamPatch, request: Request) -> UpstreamOut:
+        key = admin_key(request, keys)
+        current = find(key, upstream_id)
+        must_manage(key, current)
+        data = current.model_dump(exclude={"id", "tenant", "api_key"})
+        changes = body.model_dump(exclude_unset=True)
+        data.update(changes)
+        upstream = await build(data, current.id, current.tenant)
+        if "api_key" not in changes and current.api_key:
+            upstream = upstream.model_copy(update={"api_key": current.api_key})  # keep the sealed key
+        await config.put("upstream", upstream)
+        return UpstreamOut.of(upstream)
+
+    @api.delete("/{upstream_id:path}", summary="Delete an upstream no gateway uses")
+    async def delete(upstream_id: str, request: Request) -> dict[str, Any]:
+        key = admin_key(request, keys)
+        upstream = find(key, upstream_id)
+        must_manage(key, upstream)
+        users = config.gateways_using(upstream.id)
+        if users:
+            raise in_use(
+                f"upstream '{upstream.id}'", users, "point them at another upstream first", "upstream"
+            )
+        if upstream.id not in config.view.upstreams:
+            raise errors.InvalidRequest("built-in catalog models cannot be deleted", param="upstream")
+        await config.delete("upstream", upstream.id)
+        return {"id": upstream.id, "object": "upstream", "deleted": True}
+
+    return api

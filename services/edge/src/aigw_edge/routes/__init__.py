@@ -1,0 +1,1 @@
+"""The HTTP routes: chat completions (the hot path), models, health."""

@@ -1,0 +1,406 @@
+"""`POST /v1/chat/completions`: authenticate, validate, publish one envelope, relay the events.
+
+A raw ASGI app rather than a FastAPI endpoint: this is the gateway's hot path, and the per-token
+loop only frames the bytes the worker serialized and writes them, coalescing whatever queued up
+since the last write into one `send`. The event protocol is `aigw_contracts.events`: the kind,
+sequence number and status are NATS headers; payloads are never parsed here.
+
+A stream's response headers wait for its first event, so an error that happens before any token
+(unknown gateway, no worker, upstream 429…) is a plain HTTP error with its real status, which is
+what makes the SDKs raise the right exception and retry what is retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from functools import lru_cache
+
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from aigw_contracts import ApiKey, ChatCompletionRequest, headers, subjects
+from aigw_contracts.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InternalError,
+    PayloadTooLarge,
+    Unavailable,
+    UpstreamError,
+)
+from aigw_contracts.events import EventKind
+from aigw_contracts.ids import uuid7
+
+from .. import sse
+from ..auth import KeyStore
+from ..bus import DISCONNECTED, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
+from ..logs import CLIENT_CLOSED, AccessLog
+from ..settings import EdgeSettings
+from ..trace import trace_json
+
+log = logging.getLogger("aigw.edge.chat")
+
+PATHS = ("/v1/chat/completions", "/api/v1/chat/completions")
+
+_DELTA, _FINAL, _ERROR = EventKind.DELTA.value, EventKind.FINAL.value, EventKind.ERROR.value
+_EVENT, _SEQ = headers.EVENT, headers.SEQ
+_REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
+_GATEWAY = headers.HTTP_GATEWAY.encode()
+_PARAMS = headers.HTTP_PARAMS_USED.encode()
+
+
+class _ClientGone(Exception):
+    """The client disconnected while we were still reading its request."""
+
+
+class _Call:
+    """What one request learned on its way, for the access log and for error responses."""
+
+    __slots__ = ("headers", "key", "model", "outcome", "request_id", "started", "status", "stream")
+
+    def __init__(self) -> None:
+        self.request_id: str | None = None
+        self.key: ApiKey | None = None
+        self.model: str | None = None
+        self.stream = False
+        self.status = 500
+        self.outcome = "error"
+        self.started = False  # response headers sent: from here on, errors go into the stream
+        self.headers: Headers = []
+
+
+@lru_cache(maxsize=4096)
+def _key_fields(tenant: str, key_id: str, key_kind: str) -> bytes:
+    """The envelope's key fields, serialized once per key."""
+    return json.dumps({"tenant": tenant, "key_id": key_id, "key_kind": key_kind})[1:-1].encode()
+
+
+def envelope_json(
+    request_id: str, key: ApiKey, reply: str, received_at: float, deadline: float, trace: bytes, body: bytes
+) -> bytes:
+    """A `ChatEnvelope` as JSON, with the client's validated body spliced in as `request`.
+
+    The body already passed `ChatCompletionRequest` validation, and the router validates the
+    envelope with the same model, so re-serializing the request (all of a long prompt) would only
+    cost time. Every other field is ours: ids, subjects and floats that need no escaping.
+    """
+    return b"".join(
+        (
+            b'{"v":1,"request_id":"',
+            request_id.encode(),
+            b'",',
+            _key_fields(key.tenant, key.id, key.kind),
+            b',"reply":"',
+            reply.encode(),
+            b'","deadline":',
+            repr(deadline).encode(),
+            b',"received_at":',
+            repr(received_at).encode(),
+            b',"trace":',
+            trace,
+            b',"request":',
+            body,
+            b"}",
+        )
+    )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _watch_disconnect(receive: Receive, inbox: Inbox) -> None:
+    """After the body is read, `receive` returns only when the client goes away (or we answered)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            inbox.put(DISCONNECTED)
+            return
+
+
+def _status(hdrs: dict[str, str]) -> int:
+    try:
+        status = int(hdrs.get(headers.STATUS, "502"))
+    except ValueError:
+        return 502
+    return status if 400 <= status < 600 else 502
+
+
+class ChatEndpoint:
+    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore, access: AccessLog) -> None:
+        self.bus = bus
+        self.keys = keys
+        self.access = access
+        self.edge_id = settings.edge_id
+        self.request_timeout = settings.request_timeout
+        self.idle_timeout = settings.stream_idle_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.perf_counter()
+        call = _Call()
+        try:
+            await self._handle(scope, receive, send, call)
+        except GatewayError as err:
+            call.status, call.outcome = err.status, err.code or "error"
+            if not call.started:
+                await send_error(send, err, call.headers)
+        except _ClientGone:
+            call.status, call.outcome = CLIENT_CLOSED, "client_disconnected"
+        except Exception:
+            log.exception("chat completion failed", extra={"request_id": call.request_id})
+            call.status, call.outcome = 500, "internal_error"
+            if not call.started:
+                internal = InternalError("The gateway had an internal error; it has been logged.")
+                await send_error(send, internal, call.headers)
+        finally:
+            if self.access.enabled:
+                key = call.key
+                self.access.write(
+                    scope["method"],
+                    scope["path"],
+                    call.status,
+                    arrived,
+                    request_id=call.request_id,
+                    tenant=key.tenant if key else None,
+                    key_id=key.id if key else None,
+                    model=call.model,
+                    stream=call.stream,
+                    outcome=call.outcome,
+                )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
+        # Every answer, refusals included, carries the id the access log line has.
+        request_id = call.request_id = uuid7()
+        call.headers.append((_REQUEST_ID, request_id.encode()))
+        authorization = traceparent = tracestate = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"traceparent":
+                traceparent = value
+            elif name == b"tracestate":
+                tracestate = value
+        key = call.key = self.keys.authenticate(authorization)
+        body = await _read_body(receive)
+        try:
+            request = ChatCompletionRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
+        call.model = request.model
+        stream = call.stream = bool(request.stream)
+
+        reply = subjects.reply_subject(self.edge_id, request_id)
+        now = time.time()
+        envelope = envelope_json(
+            request_id,
+            key,
+            reply,
+            now,
+            now + self.request_timeout,
+            trace_json(traceparent, tracestate, request_id),
+            body,
+        )
+        if self.bus.connected and len(envelope) > self.bus.max_payload:
+            raise PayloadTooLarge(
+                f"The request is larger than the message bus allows ({self.bus.max_payload} bytes)."
+            )
+
+        loop = asyncio.get_running_loop()
+        bus = self.bus
+        inbox = bus.open(request_id, loop.time() + self.request_timeout)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await bus.publish_chat(envelope, reply)
+            watcher = loop.create_task(_watch_disconnect(receive, inbox))
+            first = await inbox.get()
+            if stream:
+                await self._relay_stream(first, inbox, send, call)
+            else:
+                await self._answer(first, inbox, send, call)
+        except asyncio.CancelledError:
+            # The server is stopping and its grace period is over: free the worker too.
+            await bus.cancel(request_id, "edge_shutdown")
+            raise
+        finally:
+            bus.drop(request_id)
+            if watcher is not None:
+                watcher.cancel()
+
+    # ------------------------------------------------------------------ before the response starts
+    async def _first(self, item: Event | Marker, call: _Call) -> tuple[dict[str, str], str]:
+        """Headers and kind of a request's first event; raises what the client should get instead."""
+        assert call.request_id is not None
+        if isinstance(item, Marker):
+            await self._ended(item, call)
+        assert isinstance(item, Event)
+        hdrs = item.headers
+        kind = hdrs.get(_EVENT)
+        if kind is None:
+            if hdrs.get(headers.NATS_STATUS) == headers.NO_RESPONDERS:
+                raise Unavailable(
+                    "No router available to take this request; try again shortly", retry_after=1
+                )
+            await self.bus.cancel(call.request_id, "malformed_event")
+            raise UpstreamError("The gateway received a malformed event for this request")
+        if hdrs.get(headers.SEQ) != "0":
+            await self.bus.cancel(call.request_id, "lost_events")
+            raise UpstreamError("Part of the answer was lost inside the gateway; please retry")
+        gateway = hdrs.get(headers.GATEWAY)
+        if gateway:
+            call.headers.append((_GATEWAY, gateway.encode()))
+        params = hdrs.get(headers.PARAMS)
+        if params:
+            call.headers.append((_PARAMS, params.encode()))
+        return hdrs, kind
+
+    async def _ended(self, marker: Marker, call: _Call) -> None:
+        """Raise (or, for a client that left, return) for a request ended by something other than an event."""
+        assert call.request_id is not None
+        if marker is DISCONNECTED:
+            await self.bus.cancel(call.request_id, "client_disconnected")
+            raise _ClientGone
+        if marker is TIMED_OUT:
+            await self.bus.cancel(call.request_id, "deadline_exceeded")
+            raise DeadlineExceeded(
+                f"The request did not complete within the gateway's timeout of {self.request_timeout:g} s"
+            )
+        if marker is SHUTDOWN:
+            raise Unavailable("The gateway is shutting down; retry the request")
+        raise InternalError(f"unexpected marker {marker!r}")
+
+    async def _send_error_event(self, msg: Event, hdrs: dict[str, str], send: Send, call: _Call) -> None:
+        status = _status(hdrs)
+        extra = list(call.headers)
+        retry_after = hdrs.get(headers.RETRY_AFTER)
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                extra.extend(retry_after_headers(status, float(retry_after)))
+        call.status, call.outcome, call.started = status, "error", True
+        await send_body(send, status, msg.data, extra, JSON_TYPE)
+
+    # ------------------------------------------------------------------ non-stream
+    async def _answer(self, first: Event | Marker, inbox: Inbox, send: Send, call: _Call) -> None:
+        hdrs, kind = await self._first(first, call)
+        assert isinstance(first, Event)
+        msg, expected = first, 0
+        while True:
+            if kind == _FINAL:
+                call.status, call.outcome, call.started = 200, "final", True
+                await send_body(send, 200, msg.data, call.headers, JSON_TYPE)
+                return
+            if kind == _ERROR:
+                await self._send_error_event(msg, hdrs, send, call)
+                return
+            if kind != _DELTA:
+                assert call.request_id is not None
+                await self.bus.cancel(call.request_id, "malformed_event")
+                raise UpstreamError("The gateway received a malformed event for this request")
+            # A delta in a non-stream answer: workers send none, but skipping one is harmless.
+            expected += 1
+            item = await inbox.get()
+            if isinstance(item, Marker):
+                await self._ended(item, call)
+            assert isinstance(item, Event)
+            msg, hdrs = item, item.headers
+            kind = hdrs.get(headers.EVENT, "")
+            if hdrs.get(headers.SEQ) != str(expected):
+                assert call.request_id is not None
+                await self.bus.cancel(call.request_id, "lost_events")
+                raise UpstreamError("Part of the answer was lost inside the gateway; please retry")
+
+    # ------------------------------------------------------------------ stream
+    async def _relay_stream(self, first: Event | Marker, inbox: Inbox, send: Send, call: _Call) -> None:
+        hdrs, kind = await self._first(first, call)
+        assert isinstance(first, Event) and call.request_id is not None
+        if kind == _ERROR:
+            await self._send_error_event(first, hdrs, send, call)
+            return
+        call.status, call.outcome, call.started = 200, "streaming", True
+        await send({"type": "http.response.start", "status": 200, "headers": sse.HEADERS + call.headers})
+
+        loop = asyncio.get_running_loop()
+        idle = self.idle_timeout
+        expected = 0
+        items: list[Event | Marker] = [first]
+        while True:
+            out: list[bytes] = []
+            for item in items:
+                if isinstance(item, Marker):
+                    await self._end_stream(send, out, self._marker_error(item), call, item)
+                    return
+                hdrs = item.headers
+                if hdrs.get(_SEQ) != str(expected):
+                    err = UpstreamError("Part of the answer was lost inside the gateway; please retry")
+                    await self._end_stream(send, out, err, call, None, cancel="lost_events")
+                    return
+                expected += 1
+                event = hdrs.get(_EVENT)
+                if event == _DELTA:
+                    out.append(sse.frame(item.data))
+                elif event == _FINAL:
+                    out.append(sse.final(item.data))
+                    call.outcome = "final"
+                    await send({"type": "http.response.body", "body": b"".join(out)})
+                    return
+                elif event == _ERROR:
+                    out.append(sse.error(item.data))
+                    call.outcome = f"error_{_status(hdrs)}"
+                    await send({"type": "http.response.body", "body": b"".join(out)})
+                    return
+                else:
+                    err = UpstreamError("The gateway received a malformed event for this request")
+                    await self._end_stream(send, out, err, call, None, cancel="malformed_event")
+                    return
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            inbox.deadline = loop.time() + idle
+            items = await inbox.get_all()
+
+    def _marker_error(self, marker: Marker) -> GatewayError | None:
+        if marker is TIMED_OUT:
+            return DeadlineExceeded(
+                f"The stream was idle for more than the gateway's limit of {self.idle_timeout:g} s"
+            )
+        if marker is SHUTDOWN:
+            return Unavailable("The gateway is shutting down; the stream was cut short")
+        return None  # DISCONNECTED: nobody to tell
+
+    async def _end_stream(
+        self,
+        send: Send,
+        out: list[bytes],
+        err: GatewayError | None,
+        call: _Call,
+        marker: Marker | None,
+        cancel: str | None = None,
+    ) -> None:
+        """End a started stream early: tell the worker to stop, and the client why (if it's there)."""
+        assert call.request_id is not None
+        if marker is DISCONNECTED:
+            call.status, call.outcome = CLIENT_CLOSED, "client_disconnected"
+            await self.bus.cancel(call.request_id, "client_disconnected")
+            return
+        if marker is TIMED_OUT:
+            cancel = "stream_idle"
+        if cancel:
+            await self.bus.cancel(call.request_id, cancel)
+        if err is not None:
+            out.append(sse.error(err.to_json()))
+            call.outcome = f"error_{err.status}"
+        await send({"type": "http.response.body", "body": b"".join(out)})

@@ -1,0 +1,39 @@
+"""The edge's settings, read once from the environment (`AIGW_` prefix) and passed around as one object."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIGW_")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Part of this edge's reply subjects, so it must be one NATS token. Replicas need distinct ids:
+    # a shared id would make every replica receive (and drop) the others' events.
+    edge_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    key_pepper: SecretStr = SecretStr("")  # the HMAC key of stored API key hashes
+    # Seals tenants' upstream API keys at rest (base64url of 32 bytes; `aigw_contracts.secretbox`).
+    secrets_key: SecretStr = SecretStr("")
+    # CIDRs own upstream endpoints may resolve to although private (e.g. a simulator on loopback).
+    upstream_allowlist: list[str] = Field(default_factory=list)
+    # A request's first event (and a non-stream request's answer) must arrive within this; it is
+    # also the envelope's deadline, so nothing downstream starts work the client gave up on.
+    request_timeout: float = Field(default=300.0, gt=0)
+    # A stream silent for longer than this ends with a 504 error chunk. Keep it above the workers'
+    # upstream idle timeout, so their more precise error reaches the client first.
+    stream_idle_timeout: float = Field(default=120.0, gt=0)
+    models_timeout: float = Field(default=5.0, gt=0)  # GET /v1/models waits this long for the router
+    # Request bodies above this are refused (413) before they are read; the serialized envelope is
+    # also checked against the NATS server's max_payload.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    log_level: str = "INFO"
+    access_log: bool = True  # one JSON line per request; off for benchmarks
+    # Deliver reply events through the shortcut in bus.py (off: nats-py's ordinary callback path).
+    nats_fast_path: bool = True
+    shutdown_grace: float = Field(default=30.0, ge=0)  # in-flight requests may finish within this on SIGTERM

@@ -1,0 +1,363 @@
+"""One chat completion on this worker: envelope in, numbered events out, then its usage event.
+
+Every path ends with exactly one `final` or `error` event (a client must never wait for nothing):
+upstream faults, the deadline, a cancel from the edge, a shutdown and unexpected exceptions all
+end in an error event. The usage event follows, off the response path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from aigw_contracts import (
+    ChatEnvelope,
+    GeneratedUsage,
+    GenerationContext,
+    RoutedCall,
+    Usage,
+    UsageEvent,
+    headers,
+)
+from aigw_contracts.api import AssistantMessage, ChatCompletion, Choice
+from aigw_contracts.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InternalError,
+    Unavailable,
+    UpstreamError,
+)
+from aigw_contracts.events import EventKind, error_event, event_headers
+
+from .assemble import StreamAssembler
+from .chunks import ChunkWriter
+from .jsonio import loads
+from .pricing import estimated_usage, normalized_usage, price_lines, prompt_chars
+from .sse import SSEParser
+from .upstream import body_chunks, transport_error
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("aigw.worker.call")
+
+SHUTDOWN = "shutdown"
+
+
+class ClientCancelled(GatewayError):
+    """The edge cancelled the request (its client went away); 499 as in nginx's 'client closed'."""
+
+    status, type, code = 499, "invalid_request_error", "request_cancelled"
+
+
+def cancel_error(reason: str) -> GatewayError:
+    if reason == SHUTDOWN:
+        return Unavailable("The inference worker is shutting down; retry the request")
+    if reason in ("deadline_exceeded", "stream_idle"):
+        return DeadlineExceeded(f"The request was stopped by the gateway ({reason})")
+    return ClientCancelled(f"The request was cancelled ({reason})")
+
+
+def first_headers(route: RoutedCall | None) -> dict[str, str]:
+    """Headers only a request's first event carries: what the gateway did, for the client to see."""
+    if route is None:
+        return {}
+    extra = {headers.PARAMS: json.dumps(route.params_used, separators=(",", ":"))}
+    if route.gateway_slug:
+        extra[headers.GATEWAY] = route.gateway_slug
+    return extra
+
+
+class Events:
+    """One request's events on its reply subject, numbered from 0 with no gaps.
+
+    A publish is never interrupted: a cancel that arrives while one is in progress (nats-py may
+    suspend in `publish` to flush) is deferred until it completes, because an event cut off after
+    taking its sequence number would show up at the edge as a lost event instead of the real error.
+    """
+
+    __slots__ = ("_first", "bus", "busy", "cancel_pending", "ended", "seq", "subject")
+
+    def __init__(self, worker: Worker, subject: str, route: RoutedCall | None) -> None:
+        assert worker.bus is not None
+        self.bus = worker.bus
+        self.subject = subject
+        self.seq = 0
+        self.ended = False
+        self.busy = False
+        self.cancel_pending = False
+        self._first = first_headers(route)
+
+    def _headers(self, kind: EventKind) -> dict[str, str]:
+        hdrs = event_headers(kind, self.seq)
+        if self.seq == 0:
+            hdrs.update(self._first)
+        self.seq += 1
+        return hdrs
+
+    async def _publish(self, payload: bytes, hdrs: dict[str, str]) -> None:
+        self.busy = True
+        try:
+            await self.bus.event(self.subject, payload, hdrs)
+        finally:
+            self.busy = False
+
+    async def delta(self, payload: bytes) -> None:
+        await self._publish(payload, self._headers(EventKind.DELTA))
+        if self.cancel_pending:
+            self.cancel_pending = False
+            raise asyncio.CancelledError
+
+    async def final(self, payload: bytes) -> None:
+        self.ended = True
+        await self._publish(payload, self._headers(EventKind.FINAL))
+
+    async def error(self, err: GatewayError) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        hdrs, payload = error_event(err, self.seq)
+        if self.seq == 0:
+            hdrs.update(self._first)
+        self.seq += 1
+        await self._publish(payload, hdrs)
+
+
+class Call:
+    def __init__(self, worker: Worker, envelope: ChatEnvelope, route: RoutedCall) -> None:
+        self.worker = worker
+        self.envelope = envelope
+        self.route = route
+        self.request_id = envelope.request_id
+        self.stream = bool(envelope.request.stream)
+        self.events = Events(worker, envelope.reply, route)
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+        self.arrived = time.monotonic()
+        self.created = int(time.time())
+        self.accepted = False  # the upstream answered 2xx: it has read (and bills) the prompt
+        self.completed = False
+        self.usage: Usage | None = None
+        self.lines: list[GeneratedUsage] = []
+        self.estimated = False
+        self.completion_chars = 0
+        self.ttft_ms: float | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.task is None or self.task.done() or self.events.ended:
+            return
+        self.cancel_reason = reason
+        if self.events.busy:
+            self.events.cancel_pending = True  # stop right after the event being published
+        else:
+            self.task.cancel()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
+                remaining = self.envelope.remaining()
+                if remaining <= 0:
+                    raise DeadlineExceeded("The request's deadline passed before a worker could start it")
+                try:
+                    async with asyncio.timeout(remaining):
+                        if self.stream:
+                            await self._stream(remaining)
+                        else:
+                            await self._complete(remaining)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        "The upstream model did not finish within the request's deadline"
+                    ) from None
+        except GatewayError as err:
+            await self._end(err)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._end(cancel_error(self.cancel_reason or SHUTDOWN))
+        except Exception:
+            log.exception("chat completion failed", extra={"request_id": self.request_id})
+            await self._end(InternalError("The inference worker had an internal error; it has been logged"))
+        finally:
+            self._account()
+
+    async def _end(self, err: GatewayError) -> None:
+        if err.status >= 500 and err.status != 503:
+            log.warning(
+                "request failed",
+                extra={
+                    "request_id": self.request_id,
+                    "status": err.status,
+                    "code": err.code,
+                    "error": err.message,
+                },
+            )
+        try:
+            await self.events.error(err)
+        except Exception:
+            log.exception("could not publish an error event", extra={"request_id": self.request_id})
+
+    def _body(self, stream: bool) -> bytes:
+        body: dict[str, Any] = dict(self.route.body)
+        body["model"] = self.route.upstream.model
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}  # always: usage is what we bill
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _priced(self, usage: Usage | None) -> tuple[Usage, GenerationContext]:
+        estimated = usage is None
+        if usage is None:
+            usage = estimated_usage(prompt_chars(self.route.body), self.completion_chars)
+        self.usage, self.estimated = usage, estimated
+        target = self.route.upstream
+        self.lines = price_lines(usage, target.prices, target.id, estimated, self.route.purpose)
+        # Lines priced upstream of the worker (knowledge search, embeddings) come first: the response
+        # lists every line of the request; each producer publishes only its own usage event.
+        context = GenerationContext(
+            generated_usage=[*self.route.prior_usage, *self.lines], runned_functions=[]
+        )
+        if self.route.grounding:
+            context.grounding = [g.model_dump(exclude_none=True) for g in self.route.grounding]  # type: ignore[attr-defined]
+        return usage, context
+
+    # ------------------------------------------------------------------ stream
+    async def _stream(self, remaining: float) -> None:
+        upstream = self.worker.upstream
+        request = await upstream.build(self.route.upstream, self._body(True), remaining, stream=True)
+        response = await upstream.open(request)
+        self.accepted = True
+        writer = ChunkWriter(
+            f"chatcmpl-{self.request_id}",
+            self.created,
+            self.route.response_model,
+            self.envelope.request.include_usage,
+        )
+        assembler = StreamAssembler(writer, self.route.prefill)
+        parser = SSEParser()
+        events = self.events
+        try:
+            try:
+                async for raw in body_chunks(response):
+                    payloads = assembler.feed(parser.feed(raw))
+                    for payload in payloads:
+                        if self.ttft_ms is None:
+                            self.ttft_ms = (time.monotonic() - self.arrived) * 1000
+                        await events.delta(payload)
+                    self.completion_chars = assembler.completion_chars
+            except httpx.HTTPError as exc:
+                raise transport_error(exc) from None
+            for payload in assembler.feed(parser.close()) + assembler.close():
+                await events.delta(payload)
+            self.completion_chars = assembler.completion_chars
+            if not assembler.done and assembler.finish_reason is None:
+                raise UpstreamError("The upstream model ended the stream before finishing its answer")
+        finally:
+            self.completion_chars = assembler.completion_chars
+            await response.aclose()
+        usage, context = self._priced(normalized_usage(assembler.usage))
+        await events.final(writer.final(assembler.finish_reason or "stop", usage, context))
+        self.completed = True
+
+    # ------------------------------------------------------------------ non-stream
+    async def _complete(self, remaining: float) -> None:
+        upstream = self.worker.upstream
+        request = await upstream.build(self.route.upstream, self._body(False), remaining, stream=False)
+        content = await upstream.fetch(request)
+        self.accepted = True
+        try:
+            data = loads(content)
+        except ValueError:
+            raise UpstreamError("The upstream model sent an answer that is not JSON") from None
+        completion = self._completion(data)
+        self.ttft_ms = (time.monotonic() - self.arrived) * 1000
+        await self.events.final(completion.model_dump_json().encode())
+        self.completed = True
+
+    def _completion(self, data: Any) -> ChatCompletion:
+        raw_choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(raw_choices, list) or not raw_choices:
+            raise UpstreamError("The upstream model sent an answer without choices")
+        prefill = self.route.prefill or ""
+        choices: list[Choice] = []
+        try:
+            for position, raw in enumerate(raw_choices):
+                message = dict(raw.get("message") or {})
+                message["role"] = "assistant"
+                content = message.get("content")
+                if isinstance(content, str):
+                    self.completion_chars += len(content)
+                if prefill and (content is None or isinstance(content, str)):
+                    message["content"] = prefill + (content or "")
+                refusal = message.get("refusal")
+                if isinstance(refusal, str):
+                    self.completion_chars += len(refusal)
+                for name in ("annotations", "tool_calls"):  # null upstream: the seed's [] instead
+                    if message.get(name) is None:
+                        message.pop(name, None)
+                for call in message.get("tool_calls") or ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict):
+                        self.completion_chars += len(str(function.get("arguments") or ""))
+                choices.append(
+                    Choice(
+                        index=raw.get("index", position),
+                        message=AssistantMessage.model_validate(message),
+                        logprobs=raw.get("logprobs"),
+                        finish_reason=raw.get("finish_reason") or "stop",
+                    )
+                )
+        except (AttributeError, TypeError, ValueError):
+            raise UpstreamError("The upstream model sent an answer in an unexpected shape") from None
+        usage, context = self._priced(normalized_usage(data.get("usage")))
+        return ChatCompletion(
+            id=f"chatcmpl-{self.request_id}",
+            created=self.created,
+            model=self.route.response_model,
+            choices=choices,
+            usage=usage,
+            service_tier=data.get("service_tier") or "default",
+            system_fingerprint=data.get("system_fingerprint"),
+            generation_context=context,
+        )
+
+    # ------------------------------------------------------------------ usage event
+    def _account(self) -> None:
+        """Hand the usage event to the background publisher (no I/O here)."""
+        if not self.accepted:
+            return  # the upstream never took the request: there is nothing to bill
+        try:
+            if self.usage is None:
+                self._priced(None)  # a stream that broke: bill what was produced, estimated
+            target = self.route.upstream
+            status = "completed" if self.completed else ("cancelled" if self.cancel_reason else "failed")
+            event = UsageEvent(
+                request_id=self.request_id,
+                source="rewrite" if self.route.purpose == "query_rewrite" else "inference",
+                tenant=self.envelope.tenant,
+                key_id=self.envelope.key_id,
+                gateway_id=self.route.gateway_id,
+                upstream=target.id,
+                upstream_kind=target.kind,
+                model=target.model,
+                lines=self.lines,
+                metadata=self.envelope.request.metadata or {},
+                status=status,
+                started_at=datetime.fromtimestamp(self.envelope.received_at, UTC),
+                latency_ms=round((time.monotonic() - self.arrived) * 1000, 3),
+                ttft_ms=round(self.ttft_ms, 3) if self.ttft_ms is not None else None,
+            )
+            assert self.worker.usage is not None
+            self.worker.usage.submit(event)
+        except Exception:
+            log.exception("could not account a request's usage", extra={"request_id": self.request_id})

@@ -1,0 +1,55 @@
+"""The worker's settings, read once from the environment (`AIGW_` prefix) and passed around as one object."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIGW_")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    worker_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Catalog providers' API keys: `AIGW_PROVIDER_KEYS='{"openai": "sk-…", "anthropic": "…"}'`. They
+    # live only here (never on the bus, never in config data) and are never logged.
+    provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # The usual variable, as the fallback key for provider "openai".
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AIGW_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    # A stream whose upstream sends nothing for this long ends with a 504 error event. Keep it below
+    # the edge's stream idle timeout, so this more precise error reaches the client first.
+    upstream_idle_timeout: float = Field(default=60.0, gt=0)
+    # Total time for one upstream call when the envelope's deadline is further away (it is the upper
+    # bound; the deadline always wins when it is nearer).
+    upstream_timeout: float = Field(default=600.0, gt=0)
+    # Upstream calls running at once; up to `max_queued` more wait for a slot, beyond that a request
+    # is refused at once with a 503 (the SDKs retry it, possibly on another worker).
+    max_inflight: int = Field(default=512, ge=1)
+    max_queued: int = Field(default=512, ge=0)
+    # On SIGTERM: stop taking requests, let running ones finish within this, then end them with 503.
+    shutdown_grace: float = Field(default=20.0, ge=0)
+    # A usage event is retried for this long (inside the usage stream's 120 s duplicate window, so a
+    # retry of a publish whose ack was lost is still deduplicated), then logged as lost.
+    usage_retry_window: float = Field(default=100.0, gt=0)
+    # Usage publishes awaiting the stream's ack at once; beyond that, events wait in memory.
+    usage_in_flight: int = Field(default=1024, ge=1)
+    # CIDRs an own endpoint may resolve to although they are not public (SSRF guard), e.g. "10.1.0.0/16".
+    # The same setting as the edge's, which checks URLs when they are saved.
+    upstream_allowlist: list[str] = Field(default_factory=list)
+    # Opens tenants' upstream API keys, sealed by the edge (`aigw_contracts.secretbox`).
+    secrets_key: SecretStr = SecretStr("")
+    # "nats" (raw nats-py client, measured faster on the per-token path), "broker" (faststream's
+    # publish) or "auto": nats when the broker holds a real connection, else broker (TestNatsBroker).
+    event_publisher: str = Field(default="auto", pattern=r"^(auto|nats|broker)$")
+    log_level: str = "INFO"
+
+    def provider_key(self, provider: str) -> str | None:
+        key = self.provider_keys.get(provider)
+        if key is None and provider == "openai":
+            key = self.openai_api_key
+        return key.get_secret_value() if key is not None else None

@@ -1,0 +1,297 @@
+"""Calling an OpenAI-compatible upstream: one shared httpx client, auth, timeouts, error mapping.
+
+One transport for the process (`transport.Http11Transport`, why not httpx's default is said there):
+its keep-alive connections save a TCP (and TLS) handshake per request. Requests go straight to the
+transport, not through an `httpx.AsyncClient`: redirects are never followed and proxies never read
+from the environment (a tenant's endpoint must not send the gateway somewhere else: SSRF), and no
+cookie jar is shared between tenants' requests. A tenant's own endpoint is checked with
+`aigw_contracts.netguard` and reached at the address that was checked (a DNS answer may change in
+between); catalog upstreams are the operator's, so they are called as configured.
+
+Every failure leaves this module as a typed `GatewayError`, with a status chosen for what the
+client should do: 429 keeps the upstream's Retry-After; an upstream that rejects the gateway's
+credentials is a 502 (the client's own key is fine); timeouts are 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from aigw_contracts import UpstreamTarget, netguard, secretbox
+from aigw_contracts.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+)
+
+from .settings import WorkerSettings
+from .transport import Http11Transport
+
+_MESSAGE_LIMIT = 300  # characters of an upstream's error message passed on to the client
+_ERROR_BODY_LIMIT = 64 * 1024
+_DNS_TTL = 30.0  # seconds an own endpoint's checked addresses are reused
+_KEEPALIVE_S = 30.0  # an idle upstream connection is closed after this
+_ACCEPT_JSON = b"application/json"
+_ACCEPT_STREAM = b"text/event-stream"
+_USER_AGENT = f"python-httpx/{httpx.__version__}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    url: str  # the base URL with the host replaced by the checked address
+    host: str  # the Host header to send
+    sni: str | None  # TLS server name (https to a hostname)
+    expires: float
+
+
+class Upstream:
+    """Calls upstreams through one `Http11Transport` (or the transport a test passes in).
+
+    A request is built as cheaply as httpx allows: the URL of each base URL is parsed once, headers
+    are given as bytes with `Host` and `Content-Length` set, the body goes in as a ready
+    `httpx.ByteStream`, and timeouts as the plain dict httpx's own `Timeout.as_dict()` makes.
+    """
+
+    def __init__(self, settings: WorkerSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.transport = transport or Http11Transport(
+            keepalive_expiry=_KEEPALIVE_S, max_idle_per_origin=settings.max_inflight
+        )
+        self._allow = netguard.parse_allowlist(settings.upstream_allowlist)
+        self._resolved: dict[str, _Resolved] = {}
+        self._urls: dict[str, tuple[httpx.URL, bytes]] = {}
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    # ------------------------------------------------------------------ request
+    def _auth(self, target: UpstreamTarget) -> str | None:
+        if target.kind == "own":
+            if target.api_key and secretbox.is_sealed(target.api_key):
+                try:
+                    return secretbox.unseal(target.api_key, self.settings.secrets_key.get_secret_value())
+                except (secretbox.SecretError, ValueError) as exc:
+                    raise UpstreamError(
+                        "The upstream's API key cannot be opened with this worker's AIGW_SECRETS_KEY",
+                        code="upstream_not_configured",
+                    ) from exc
+            return target.api_key or None
+        key = self.settings.provider_key(target.provider)
+        if key is None and target.provider != "sim":  # the simulator needs no key
+            raise UpstreamError(
+                f"The gateway has no credentials configured for the provider '{target.provider}'",
+                code="upstream_not_configured",
+            )
+        return key
+
+    async def _own_endpoint(self, base_url: str) -> _Resolved:
+        cached = self._resolved.get(base_url)
+        now = time.monotonic()
+        if cached is not None and cached.expires > now:
+            return cached
+        # getaddrinfo blocks: resolve and check in a thread, then cache the verdict briefly.
+        addresses = await asyncio.to_thread(netguard.check_url, base_url, self._allow)
+        parts = urlsplit(base_url)
+        host = parts.hostname or ""
+        address = str(addresses[0])
+        netloc = f"[{address}]" if ":" in address else address
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        resolved = _Resolved(
+            url=urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)),
+            host=parts.netloc.rpartition("@")[2],
+            sni=host if parts.scheme == "https" and address != host else None,
+            expires=now + _DNS_TTL,
+        )
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[base_url] = resolved
+        return resolved
+
+    def _endpoint(self, base: str) -> tuple[httpx.URL, bytes]:
+        """The parsed URL of `{base}/chat/completions` and its Host header, parsed once per base."""
+        found = self._urls.get(base)
+        if found is None:
+            url = httpx.URL(base.rstrip("/") + "/chat/completions")
+            if url.raw_scheme not in (b"http", b"https") or not url.raw_host:
+                raise UpstreamError(f"The upstream's base URL is not an http(s) URL: {base!r}")
+            if len(self._urls) > 10_000:
+                self._urls.clear()
+            found = self._urls[base] = (url, url.netloc)
+        return found
+
+    async def build(
+        self, target: UpstreamTarget, body: bytes, remaining: float, stream: bool
+    ) -> httpx.Request:
+        """The POST to `{base_url}/chat/completions`, with timeouts bounded by the time left."""
+        key = self._auth(target)
+        extensions: dict[str, Any] = {}
+        if target.kind == "own":
+            resolved = await self._own_endpoint(target.base_url)
+            url, _ = self._endpoint(resolved.url)
+            host = resolved.host.encode("idna")
+            if resolved.sni:
+                extensions["sni_hostname"] = resolved.sni
+        else:
+            url, host = self._endpoint(target.base_url)
+        headers = [
+            (b"Host", host),
+            (b"Content-Type", b"application/json"),
+            (b"Accept", _ACCEPT_STREAM if stream else _ACCEPT_JSON),
+            (b"User-Agent", _USER_AGENT),
+            (b"Content-Length", b"%d" % len(body)),
+        ]
+        if key:
+            headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
+        s = self.settings
+        total = max(0.001, min(remaining, s.upstream_timeout))
+        # Streams: the read timeout is the idle limit between two reads. Non-stream answers come in
+        # one piece after the whole generation, so only the total bounds them.
+        read = min(s.upstream_idle_timeout, total) if stream else total
+        connect = min(s.upstream_connect_timeout, total)
+        extensions["timeout"] = {"connect": connect, "read": read, "write": total, "pool": connect}
+        return httpx.Request(
+            "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
+        )
+
+    async def open(self, request: httpx.Request) -> httpx.Response:
+        """Send, for a streamed answer: the 2xx response, its body still to read (the caller closes
+        it). A non-2xx answer becomes its GatewayError (its body read and the response closed)."""
+        try:
+            response = await self.transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, before_response=True) from None
+        response.request = request
+        if response.status_code // 100 == 2:
+            return response
+        try:
+            raw = await _read_limited(response)
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await response.aclose()
+        raise status_error(response.status_code, raw, response.headers)
+
+    async def fetch(self, request: httpx.Request) -> bytes:
+        """Send, for a whole answer: its body (decoded if the upstream compressed it); the connection
+        is back in the pool when this returns."""
+        response = await self.open(request)
+        try:
+            if "content-encoding" in response.headers:
+                return await response.aread()
+            return b"".join([part async for part in body_chunks(response)])
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+        finally:
+            await response.aclose()
+
+
+def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of a streamed response, one network read per chunk: straight from the transport
+    when it is not compressed (no decoder or re-chunking layers), else through httpx's decoders."""
+    if "content-encoding" in response.headers:
+        return response.aiter_bytes()
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    return stream.__aiter__()
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        parts.append(part)
+        size += len(part)
+        if size >= _ERROR_BODY_LIMIT:
+            break
+    return b"".join(parts)[:_ERROR_BODY_LIMIT]
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def upstream_message(raw: bytes) -> tuple[str, str | None]:
+    """The message and param of an upstream's error body (OpenAI's shape or plain text)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _short(raw.decode("utf-8", "replace")), None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        param = error.get("param")
+        return _short(str(error.get("message") or "")), param if isinstance(param, str) else None
+    if isinstance(error, str):
+        return _short(error), None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return _short(body["message"]), None
+    return _short(raw.decode("utf-8", "replace")), None
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def status_error(status: int, raw: bytes, headers: httpx.Headers) -> GatewayError:
+    message, param = upstream_message(raw)
+    if status == 429:
+        return RateLimited(
+            f"The upstream model is rate limited{': ' + message if message else ''}",
+            retry_after=retry_after(headers),
+        )
+    if status in (400, 422):
+        return InvalidRequest(
+            message or f"The upstream model rejected the request (HTTP {status})", param=param
+        )
+    if status in (401, 403):
+        return UpstreamError(
+            f"The upstream model refused the gateway's credentials for it (HTTP {status}); "
+            "this is a gateway configuration problem, not a problem with your API key",
+            code="upstream_auth_failed",
+        )
+    detail = f": {message}" if message else ""
+    return UpstreamError(f"The upstream model answered HTTP {status}{detail}")
+
+
+def transport_error(exc: httpx.HTTPError, before_response: bool = False) -> GatewayError:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return DeadlineExceeded("The upstream model could not be reached in time")
+    if isinstance(exc, httpx.TimeoutException):
+        if before_response:
+            return DeadlineExceeded("The upstream model did not start answering in time")
+        return DeadlineExceeded("The upstream model stopped sending data (idle timeout)")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError("Could not connect to the upstream model")
+    if before_response:
+        return UpstreamError("The connection to the upstream model failed before it answered")
+    return UpstreamError("The connection to the upstream model was lost mid-answer")

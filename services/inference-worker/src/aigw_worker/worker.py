@@ -1,0 +1,126 @@
+"""The worker's requests in flight: start, bound, cancel, and end them all on shutdown.
+
+Each request runs as its own asyncio task, so a long stream never holds up the next request. The
+NATS callback only parses the envelope and starts the task: it never waits, so a cancel or the next
+request is never stuck behind a busy worker. At most `max_inflight` upstream calls run at once;
+up to `max_queued` more wait for a slot (their deadline still counts), beyond that a request is
+refused at once with a 503, which the SDKs retry (NATS then likely picks another worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from aigw_contracts import CancelRequest, ChatEnvelope
+from aigw_contracts.errors import GatewayError, InternalError, Unavailable
+from aigw_contracts.usage_publisher import UsagePublisher
+
+from .bus import Bus
+from .call import SHUTDOWN, Call, Events, cancel_error
+from .settings import WorkerSettings
+from .upstream import Upstream
+
+log = logging.getLogger("aigw.worker")
+
+_EARLY_CANCELS = 10_000  # cancels remembered for requests not (yet) seen here
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, upstream: Upstream | None = None) -> None:
+        self.settings = settings
+        self.upstream = upstream or Upstream(settings)
+        self.bus: Bus | None = None
+        self.usage: UsagePublisher | None = None
+        self.calls: dict[str, Call] = {}
+        self.accepting = False
+        self._slots = asyncio.Semaphore(settings.max_inflight)
+        self._capacity = settings.max_inflight + settings.max_queued
+        # Cancels are broadcast to every worker; one may arrive before its request does (or for a
+        # request another worker runs). Remembered briefly, so a request cancelled before it
+        # started here is not started at all.
+        self._early_cancels: OrderedDict[str, str] = OrderedDict()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        await bus.ensure_usage_stream()
+        self.usage = UsagePublisher(
+            bus,
+            max_in_flight=self.settings.usage_in_flight,
+            retry_window=self.settings.usage_retry_window,
+        )
+        await self.usage.start()
+        self.accepting = True
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, raw: bytes) -> None:
+        """A routed envelope arrived (called from the NATS callback: no waiting here)."""
+        try:
+            envelope = ChatEnvelope.model_validate_json(raw)
+        except ValueError:
+            log.warning("dropped a malformed envelope")  # no reply subject we can trust
+            return
+        request_id = envelope.request_id
+        if envelope.route is None:
+            self._reject(envelope, InternalError("The request reached an inference worker without a route"))
+            return
+        if request_id in self.calls:
+            log.warning("dropped a duplicate envelope", extra={"request_id": request_id})
+            return
+        reason = self._early_cancels.pop(request_id, None)
+        if reason is not None:
+            self._reject(envelope, cancel_error(reason))
+            return
+        if not self.accepting:
+            self._reject(envelope, Unavailable("The inference worker is shutting down; retry the request"))
+            return
+        if len(self.calls) >= self._capacity:
+            self._reject(envelope, Unavailable("The inference workers are at capacity; retry the request"))
+            return
+        call = Call(self, envelope, envelope.route)
+        task = asyncio.create_task(call.run(self._slots), name=f"aigw-call-{request_id}")
+        call.task = task
+        self.calls[request_id] = call
+        task.add_done_callback(lambda _: self.calls.pop(request_id, None))
+
+    def cancel(self, raw: bytes) -> None:
+        try:
+            request = CancelRequest.model_validate_json(raw)
+        except ValueError:
+            log.warning("dropped a malformed cancel")
+            return
+        call = self.calls.get(request.request_id)
+        if call is not None:
+            call.cancel(request.reason)
+            return
+        self._early_cancels[request.request_id] = request.reason
+        if len(self._early_cancels) > _EARLY_CANCELS:
+            self._early_cancels.popitem(last=False)
+
+    def _reject(self, envelope: ChatEnvelope, err: GatewayError) -> None:
+        events = Events(self, envelope.reply, envelope.route)
+        task = asyncio.create_task(events.error(err))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # ------------------------------------------------------------------ shutdown
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests, let running ones finish within `grace`, end the rest with 503,
+        then publish the usage events still queued. The caller unsubscribes first."""
+        self.accepting = False
+        tasks = [call.task for call in self.calls.values() if call.task is not None]
+        if tasks:
+            log.info("waiting for requests in flight", extra={"in_flight": len(tasks), "grace_s": grace})
+            _, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), set(tasks))
+            if pending:
+                log.warning("ending requests still running at shutdown", extra={"count": len(pending)})
+                for call in list(self.calls.values()):
+                    call.cancel(SHUTDOWN)
+                await asyncio.wait(pending, timeout=5.0)
+        if self._side_tasks:
+            await asyncio.wait(list(self._side_tasks), timeout=2.0)
+        if self.usage is not None:
+            await self.usage.close(within=10.0)
+        await self.upstream.aclose()

@@ -1,0 +1,185 @@
+"""The usage publisher: publishes without waiting on acks, yet every event is acknowledged once by
+the stream, retried with its Nats-Msg-Id when an ack is lost or refused, bounded in flight, and
+logged in full when it cannot be delivered. Fault cases run against a recording bus; the
+no-responders and dedup cases against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import nats
+import pytest
+
+from aigw_contracts import GeneratedUsage, UsageEvent, skus, streams, subjects
+from aigw_contracts.ids import uuid7
+from aigw_contracts.usage_publisher import NATS_EXPECTED_STREAM, NATS_MSG_ID, OnAck, UsagePublisher, parse_ack
+from aigw_devstack.nats import NatsServer
+from aigw_worker.bus import NatsBus
+
+
+def usage_event(tenant: str = "t-usage") -> UsageEvent:
+    return UsageEvent(
+        request_id=uuid7(),
+        source="inference",
+        tenant=tenant,
+        key_id="k",
+        upstream="@sim/m",
+        model="m",
+        lines=[GeneratedUsage.priced(skus.CHAT_OUT, Decimal("0.000002"), 3, "x")],
+        started_at=datetime.now(UTC),
+    )
+
+
+class RecordingBus:
+    """Records every publish; the test decides which ones get which ack (or none)."""
+
+    def __init__(self) -> None:
+        self.on_ack: OnAck | None = None
+        self.sent: list[tuple[int, str, bytes, dict[str, str]]] = []
+        self.fail_sends = 0  # the next N sends raise (e.g. disconnected, buffer full)
+
+    async def start_usage_acks(self, on_ack: OnAck) -> None:
+        self.on_ack = on_ack
+
+    async def send_usage(self, token: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        if self.fail_sends:
+            self.fail_sends -= 1
+            raise ConnectionError("not connected")
+        self.sent.append((token, subject, payload, dict(headers)))
+
+    def ack(self, index: int, duplicate: bool = False, error: str | None = None) -> None:
+        assert self.on_ack is not None
+        self.on_ack(self.sent[index][0], duplicate, error)
+
+
+async def until(check: Callable[[], object], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_lost_ack_is_retried_with_the_same_msg_id_and_settles_once() -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, attempt_timeout=0.05, first_backoff=0.01)
+    await pub.start()
+    event = usage_event()
+    pub.submit(event)
+    await until(lambda: len(bus.sent) == 2)  # no ack for the first attempt: sent again
+    (t1, subject1, payload1, hdrs1), (t2, subject2, payload2, hdrs2) = bus.sent
+    assert t1 != t2 and (subject1, payload1, hdrs1) == (subject2, payload2, hdrs2)
+    assert subject1 == subjects.usage_subject(event.tenant)
+    assert hdrs1 == {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: streams.USAGE_STREAM}
+    assert UsageEvent.model_validate_json(payload1) == event
+    bus.ack(0)  # the late ack of the abandoned attempt settles nothing
+    assert pub.published == 0 and pub.pending == 1
+    bus.ack(1, duplicate=True)  # the server had stored the first one: the retry is a duplicate
+    assert (pub.published, pub.duplicates, pub.lost, pub.pending) == (1, 1, 0, 0)
+    await pub.close(within=1)
+    assert pub.lost == 0
+
+
+async def test_a_refused_or_failed_publish_is_retried_after_a_backoff() -> None:
+    bus = RecordingBus()
+    bus.fail_sends = 1
+    pub = UsagePublisher(bus, attempt_timeout=5.0, first_backoff=0.01)
+    await pub.start()
+    pub.submit(usage_event())
+    await until(lambda: len(bus.sent) == 1)  # the failed send came back after its backoff
+    bus.ack(0, error="maximum messages exceeded")
+    await until(lambda: len(bus.sent) == 2)
+    bus.ack(1)
+    assert (pub.published, pub.lost, pub.pending) == (1, 0, 0)
+    await pub.close(within=1)
+
+
+async def test_at_most_max_in_flight_publishes_await_their_ack() -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, max_in_flight=2, attempt_timeout=30.0)
+    await pub.start()
+    for _ in range(5):
+        pub.submit(usage_event())
+    await until(lambda: len(bus.sent) == 2)
+    await asyncio.sleep(0)
+    assert len(bus.sent) == 2 and pub.pending == 5  # the rest wait in memory
+    bus.ack(0)
+    await until(lambda: len(bus.sent) == 3)
+    for i in (1, 2):
+        bus.ack(i)
+    await until(lambda: len(bus.sent) == 5)
+    for i in (3, 4):
+        bus.ack(i)
+    assert (pub.published, pub.pending) == (5, 0)
+    assert len({headers[NATS_MSG_ID] for _, _, _, headers in bus.sent}) == 5
+    await pub.close(within=1)
+
+
+async def test_an_event_past_its_retry_window_is_logged_in_full(caplog: pytest.LogCaptureFixture) -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, retry_window=0.2, attempt_timeout=0.03, first_backoff=0.02, max_backoff=0.05)
+    await pub.start()
+    event = usage_event()
+    with caplog.at_level(logging.WARNING, logger="aigw.usage"):
+        pub.submit(event)
+        await until(lambda: pub.lost == 1)
+    assert len(bus.sent) >= 2 and pub.pending == 0
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.__dict__["usage_event"]["request_id"] == event.request_id
+    assert record.__dict__["usage_event"]["lines"][0]["amount"] == "0.000006"
+    await pub.close(within=1)
+
+
+async def test_close_logs_what_is_still_unconfirmed(caplog: pytest.LogCaptureFixture) -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, attempt_timeout=30.0)
+    await pub.start()
+    event = usage_event()
+    pub.submit(event)
+    await until(lambda: len(bus.sent) == 1)
+    with caplog.at_level(logging.ERROR, logger="aigw.usage"):
+        await pub.close(within=0.05)
+    assert pub.lost == 1 and pub.pending == 0
+    assert [r.__dict__["usage_event"]["request_id"] for r in caplog.records] == [event.request_id]
+
+
+def test_acks_are_read_as_jetstream_writes_them() -> None:
+    assert parse_ack(None, b'{"stream":"AIGW_USAGE","seq":7}') == (False, None)
+    assert parse_ack(None, b'{"stream":"AIGW_USAGE","seq":7,"duplicate":true}') == (True, None)
+    refused = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    assert parse_ack(None, refused) == (False, "maximum messages exceeded")
+    duplicate, error = parse_ack({"Status": "503"}, b"")
+    assert not duplicate and error is not None and "no responders" in error
+    assert parse_ack(None, b"not json")[1] is not None
+
+
+async def test_over_real_nats_an_event_waits_for_its_stream_and_lands_once(fresh_nats: NatsServer) -> None:
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        bus = NatsBus(nc)
+        pub = UsagePublisher(bus, attempt_timeout=0.5, first_backoff=0.05, max_backoff=0.2)
+        await pub.start()
+        event = usage_event(tenant=f"t{uuid7().replace('-', '')}")
+        pub.submit(event)
+        await until(lambda: pub.retried >= 2)  # no stream yet: "no responders", retried
+        assert pub.published == 0 and pub.pending == 1 and pub.lost == 0
+        await bus.ensure_usage_stream()
+        await until(lambda: pub.published == 1)
+        pub.submit(event)  # the same event again: the stream drops it by its Nats-Msg-Id
+        await until(lambda: pub.published == 2)
+        assert pub.duplicates == 1
+        js = nc.jetstream()
+        info = await js.stream_info(streams.USAGE_STREAM)
+        assert info.state.messages == 1
+        stored = await js.get_last_msg(streams.USAGE_STREAM, subjects.usage_subject(event.tenant))
+        assert (stored.headers or {})[NATS_MSG_ID] == event.msg_id()
+        assert json.loads(stored.data or b"")["request_id"] == event.request_id
+        await pub.close(within=2)
+        assert pub.lost == 0
+    finally:
+        await nc.close()

@@ -1,0 +1,51 @@
+"""Usage reports over NATS request-reply: `UsageQuery` in, `UsageReport` out (see its docstring).
+
+Metering answers because it owns the store (a chDB path opens in one process only). Reports are
+read in a thread, on the store's reader client, so they never wait for an insert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from aigw_contracts import errors, headers
+from aigw_contracts.usage import UsageQuery
+
+from . import queries
+from .store import Store, StoreUnavailable
+
+log = logging.getLogger("aigw.metering")
+
+
+async def answer(store: Store, data: bytes) -> tuple[bytes, dict[str, str] | None]:
+    """The reply (payload, headers) to one query; headers only on an error."""
+    try:
+        query = UsageQuery.model_validate_json(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        return _error(errors.InvalidRequest(f"Invalid usage query: {first['msg']}", param=where))
+    if not store.is_open:
+        return _error(errors.Unavailable("The usage store is unavailable; try again shortly"))
+    try:
+        report = await asyncio.to_thread(queries.run, store, query)
+    except StoreUnavailable as err:
+        log.warning("usage query failed", extra={"error": str(err)})
+        return _error(errors.Unavailable("The usage store is unavailable; try again shortly"))
+    return report.model_dump_json().encode(), None
+
+
+def _error(err: errors.GatewayError) -> tuple[bytes, dict[str, str]]:
+    return err.to_json(), {headers.STATUS: str(err.status)}
+
+
+async def respond(nc: NATS, store: Store, msg: Msg) -> None:
+    if not msg.reply:
+        return
+    payload, hdrs = await answer(store, msg.data)
+    await nc.publish(msg.reply, payload, headers=hdrs)

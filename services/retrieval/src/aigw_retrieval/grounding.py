@@ -1,0 +1,149 @@
+"""The request path: a routed envelope of a gateway with knowledge in, the grounded envelope out.
+
+For each envelope (`route.knowledge` set by the router):
+
+1. the conversation becomes search terms by the gateway's strategy (`query.py`; the rewrite
+   strategies ask a resolver model through the workers first, `rewrite.py`);
+2. the gateway's collection is searched for the envelope's tenant (from the caller's key; the
+   store applies it inside the query, so no query can reach another tenant's passages);
+3. the passages go into `route.body["messages"]` as fenced, untrusted data (`inject.py`), their ids
+   into `route.grounding` (the worker reports them in the response), and the priced knowledge lines
+   into `route.prior_usage` (the worker lists them in `generated_usage`; this service meters them);
+4. the envelope goes on to `WORKER_CHAT` with the reply set to a bounce subject of this replica: if
+   no worker listens, nats-server bounces a 503 status there and `bounce` turns it into an error
+   event for the edge.
+
+Every failure ends in an error event on the envelope's reply subject: the edge never waits in vain.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from aigw_contracts import ChatEnvelope, GeneratedUsage, errors, events, headers, subjects
+from aigw_contracts.knowledge import Grounding, KnowledgeSearch, KnowledgeSearchResult
+
+from .inject import inject_into_body
+from .query import UnsupportedStrategy, query_terms
+from .rewrite import REWRITE_STRATEGIES, Rewriter
+from .search import UnsupportedReranker
+from .service import Knowledge, Outgoing
+from .stores import CollectionNotFound, Scope
+
+log = logging.getLogger("aigw.retrieval.chat")
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default; the real value comes from the connection
+
+
+def error_event(reply: str, err: errors.GatewayError) -> Outgoing:
+    hdrs, payload = events.error_event(err, 0)
+    return Outgoing(reply, payload, hdrs)
+
+
+class Grounder:
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        retrieval_id: str,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        rewriter: Rewriter | None = None,
+    ) -> None:
+        self.knowledge = knowledge
+        self.retrieval_id = retrieval_id
+        self.max_payload = max_payload
+        self.rewriter = rewriter
+
+    async def chat(self, data: bytes) -> Outgoing | None:
+        try:
+            envelope = ChatEnvelope.model_validate_json(data)
+        except ValueError:
+            log.warning("dropped a malformed envelope")  # no reply subject we can trust
+            return None
+        started = datetime.now(UTC)
+        try:
+            return await self._ground(envelope, started)
+        except errors.GatewayError as err:
+            return error_event(envelope.reply, err)
+        except Exception:
+            log.exception("grounding failed", extra={"request_id": envelope.request_id})
+            return error_event(
+                envelope.reply,
+                errors.InternalError("The gateway could not search its knowledge for this request"),
+            )
+
+    async def _ground(self, envelope: ChatEnvelope, started: datetime) -> Outgoing:
+        route = envelope.route
+        if route is None or route.knowledge is None:
+            raise errors.InternalError("The request reached the retrieval service without a knowledge route")
+        if envelope.remaining() <= 0:
+            raise errors.DeadlineExceeded("The request's deadline passed before its knowledge was searched")
+        knowledge = route.knowledge
+        k = self.knowledge
+        rewrite_lines: list[GeneratedUsage] = []
+        try:
+            if knowledge.strategy in REWRITE_STRATEGIES:
+                if self.rewriter is None:
+                    raise errors.Unavailable("Query rewriting is not available in this retrieval service")
+                terms, rewrite_lines = await self.rewriter.queries(envelope, knowledge)
+                if not terms:  # the resolver said nothing usable: search the last user message
+                    plain = knowledge.model_copy(update={"strategy": "Plain"})
+                    terms = query_terms(envelope.request.messages, plain, k.settings.max_query_chars)
+            else:
+                terms = query_terms(envelope.request.messages, knowledge, k.settings.max_query_chars)
+        except UnsupportedStrategy as exc:
+            raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.strategy") from None
+        collection = k.collection(envelope.tenant, knowledge.collection)
+        if collection is None and k.foreign(envelope.tenant, knowledge.collection):
+            raise errors.NotFound(
+                "This gateway's knowledge collection does not exist.", code="collection_not_found"
+            )
+        scope = Scope(envelope.tenant, collection.id if collection is not None else knowledge.collection)
+        result = KnowledgeSearchResult(passages=[])
+        if terms:
+            search = KnowledgeSearch(
+                query=terms, top=knowledge.top, min_score=knowledge.min_score, reranker=knowledge.reranker
+            )
+            try:
+                result = await k.searcher.search(scope, search)
+            except CollectionNotFound:  # no document added yet: answer without passages
+                pass
+            except UnsupportedReranker as exc:
+                raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.reranker") from None
+        passages = result.passages
+        lines = k.lines(1 if terms else 0, result.embedding_tokens)
+        if passages:
+            route.body["messages"] = inject_into_body(route.body.get("messages", []), passages)
+            route.grounding = [
+                Grounding(id=p.id, docid=p.docid, score=p.score, title=p.title) for p in passages
+            ]
+        # The resolver's lines were metered by the worker that ran it; this service meters `lines`.
+        route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines]
+        payload = envelope.model_dump_json(exclude_none=True).encode()
+        if len(payload) > self.max_payload:
+            raise errors.PayloadTooLarge(
+                "The conversation with its retrieved passages is larger than the message bus allows; "
+                "send a shorter conversation or lower the gateway's knowledge `top`.",
+                code="context_too_large",
+            )
+        k.meter(
+            request_id=envelope.request_id,
+            tenant=envelope.tenant,
+            key_id=envelope.key_id,
+            gateway_id=route.gateway_id,
+            lines=lines,
+            started_at=started,
+            metadata=envelope.request.metadata,
+        )
+        return Outgoing(
+            subjects.WORKER_CHAT, payload, reply=subjects.bounce_subject(self.retrieval_id, envelope.reply)
+        )
+
+    def bounce(self, subject: str, hdrs: dict[str, str] | None) -> Outgoing | None:
+        """A no-responders bounce from the worker pool, as a 503 error event for the edge."""
+        if (hdrs or {}).get(headers.NATS_STATUS) != headers.NO_RESPONDERS:
+            return None
+        reply = subjects.reply_from_bounce(self.retrieval_id, subject)
+        return error_event(
+            reply, errors.Unavailable("No inference worker is available; try again shortly", retry_after=1)
+        )

@@ -1,0 +1,138 @@
+"""What the retrieval service holds: one store, one embedder, the collections it was told about.
+
+`Knowledge` is shared by the management handler (`manage.py`) and the request-path handler
+(`grounding.py`). Scopes are (tenant, collection id): the tenant always comes from the message
+(the edge took it from the caller's key), and every store call applies it inside the query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from aigw_contracts import UsageEvent
+from aigw_contracts.api import GeneratedUsage
+from aigw_contracts.configstore import ConfigView
+from aigw_contracts.knowledge import Collection
+from aigw_contracts.usage_publisher import UsagePublisher
+
+from .embed import Embedder
+from .embed.cache import CachedEmbedder
+from .ingest import Ingestor
+from .metering import knowledge_usage
+from .search import Searcher
+from .settings import RetrievalSettings
+from .stores import CollectionExists, KnowledgeStore, Scope
+
+log = logging.getLogger("aigw.retrieval")
+
+# What usage events of knowledge work name as their upstream (the lines are ours, not a model's).
+KNOWLEDGE_UPSTREAM = "@aigw/knowledge"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: what a handler decided, apart from how it gets sent."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None = None
+    reply: str = ""
+
+
+class Knowledge:
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        store: KnowledgeStore,
+        embedder: Embedder,
+        view: ConfigView | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.view = view if view is not None else ConfigView()
+        self.ingestor = Ingestor(
+            store, embedder, max_chars=settings.chunk_chars, overlap=settings.chunk_overlap
+        )
+        # Searches go through a cache of query embeddings; ingestion always embeds.
+        self.searcher = Searcher(store, CachedEmbedder(embedder, settings.query_cache_size))
+        self.usage: UsagePublisher | None = None
+        self._created: set[Scope] = set()
+
+    # ------------------------------------------------------------------ collections
+    def collection(self, tenant: str, ref: str) -> Collection | None:
+        """The tenant's collection with this id (or, for hand-written gateway configs, this name)."""
+        found = self.view.collections.get(ref)
+        if found is not None:
+            return found if found.tenant == tenant else None
+        return next((c for c in self.view.collections.values() if c.tenant == tenant and c.name == ref), None)
+
+    def foreign(self, tenant: str, collection_id: str) -> bool:
+        """Whether the config store says this collection belongs to someone else (never trust the bus alone)."""
+        found = self.view.collections.get(collection_id)
+        return found is not None and found.tenant != tenant
+
+    async def writable(self, scope: Scope) -> Scope:
+        """The scope, its store collection created on first write (collections are config data;
+        the store learns of one when documents first arrive)."""
+        if scope not in self._created:
+            with contextlib.suppress(CollectionExists):
+                await self.store.create_collection(scope, self.embedder.name, self.embedder.dim)
+            self._created.add(scope)
+        return scope
+
+    async def drop(self, scope: Scope) -> bool:
+        self._created.discard(scope)
+        return await self.store.delete_collection(scope)
+
+    # ------------------------------------------------------------------ metering
+    def lines(self, searches: int, embedding_tokens: int) -> list[GeneratedUsage]:
+        return knowledge_usage(
+            searches=searches,
+            embedding_tokens=embedding_tokens,
+            search_price=self.settings.price_knowledge_search,
+            embedding_token_price=self.settings.price_knowledge_embedding_token,
+        )
+
+    def meter(
+        self,
+        *,
+        request_id: str,
+        tenant: str,
+        key_id: str,
+        lines: list[GeneratedUsage],
+        started_at: datetime,
+        gateway_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        status: Literal["completed", "failed", "cancelled"] = "completed",
+    ) -> None:
+        """Hand a usage event to the publisher (no I/O here); nothing to bill, nothing sent."""
+        if not lines or self.usage is None:
+            return
+        try:
+            event = UsageEvent(
+                request_id=request_id,
+                source="retrieval",
+                tenant=tenant,
+                key_id=key_id or "-",
+                gateway_id=gateway_id,
+                upstream=KNOWLEDGE_UPSTREAM,
+                upstream_kind="catalog",
+                model=self.embedder.name,
+                lines=lines,
+                metadata=metadata or {},
+                status=status,
+                started_at=started_at,
+                latency_ms=round((datetime.now(UTC) - started_at).total_seconds() * 1000, 3),
+            )
+            self.usage.submit(event)
+        except Exception:
+            log.exception("could not account knowledge usage", extra={"request_id": request_id})
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.embedder.aclose()

@@ -1,0 +1,358 @@
+"""The retrieval service's handlers under faststream's TestNatsBroker (in memory, no server): grounding
+envelopes on the request path and management requests, with the real embedder and embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream import TestApp
+from faststream.nats import JStream, TestNatsBroker
+from faststream.nats.annotations import NatsMessage
+
+from aigw_contracts import (
+    ChatCompletionRequest,
+    ChatEnvelope,
+    RoutedCall,
+    UpstreamTarget,
+    UsageEvent,
+    headers,
+    skus,
+    subjects,
+)
+from aigw_contracts.config import Prices
+from aigw_contracts.configstore import ConfigView
+from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeRequest, KnowledgeSearch
+from aigw_retrieval.app import create_app
+from aigw_retrieval.embed import MiniLMEmbedder
+from aigw_retrieval.settings import RetrievalSettings
+from aigw_retrieval.stores import EmbeddedStore
+
+REPLY = subjects.reply_subject("edge1", "req1")
+ACME_DOCS = "0199aaaa-0000-7000-8000-00000000acdc"
+GLOBEX_DOCS = "0199bbbb-0000-7000-8000-00000000beef"
+
+HANDBOOK = """# Acme handbook
+
+## Refunds
+
+Refunds are paid back to the original card within five business days.
+
+## Passwords
+
+To reset your password, open Settings, choose Security and click Reset password.
+"""
+
+
+@dataclass
+class Harness:
+    broker: Any
+    test_broker: Any = None
+    worker: list[NatsMessage] = field(default_factory=list)
+    replies: list[NatsMessage] = field(default_factory=list)
+    usage: list[UsageEvent] = field(default_factory=list)
+
+    async def ask(self, **request: Any) -> tuple[int, Any]:
+        body = KnowledgeRequest(**request).model_dump_json(by_alias=True).encode()
+        msg = await self.test_broker.request(body, subjects.RETRIEVAL_MANAGE, timeout=30)
+        status = int((msg.headers or {}).get(headers.STATUS, 200))
+        return status, json.loads(msg.body)
+
+    async def usage_count(self, count: int, within: float = 5.0) -> None:
+        """Wait until exactly `count` usage events arrived (they are published off the request path)."""
+        deadline = time.monotonic() + within
+        while len(self.usage) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.usage)} usage events, expected {count}")
+            await asyncio.sleep(0.005)
+        assert len(self.usage) == count
+
+    async def chat(self, envelope: ChatEnvelope) -> None:
+        await self.test_broker.publish(
+            envelope.model_dump_json(exclude_none=True).encode(), subjects.RETRIEVAL_CHAT
+        )
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, minilm: MiniLMEmbedder, **settings: Any) -> AsyncIterator[Harness]:
+    view = ConfigView()
+    view.collections[ACME_DOCS] = Collection(id=ACME_DOCS, tenant="acme", name="docs")
+    view.collections[GLOBEX_DOCS] = Collection(id=GLOBEX_DOCS, tenant="globex", name="docs")
+    values: dict[str, Any] = {"nats_url": "nats://127.0.0.1:1", "retrieval_id": "rtest", **settings}
+    app, broker, _ = create_app(
+        RetrievalSettings(**values),
+        store=EmbeddedStore(tmp_path / "kb"),
+        embedder=minilm,
+        view=view,
+        hot_path="broker",
+    )
+    h = Harness(broker)
+
+    @broker.subscriber(subjects.WORKER_CHAT)
+    async def worker(msg: NatsMessage) -> None:
+        h.worker.append(msg)
+
+    @broker.subscriber(REPLY)
+    async def edge(msg: NatsMessage) -> None:
+        h.replies.append(msg)
+
+    @broker.subscriber(subjects.USAGE_WILDCARD, stream=JStream(subjects.USAGE_STREAM, declare=False))
+    async def usage(msg: NatsMessage) -> None:
+        h.usage.append(UsageEvent.model_validate_json(msg.body))
+
+    async with TestNatsBroker(broker) as br, TestApp(app):
+        h.test_broker = br
+        yield h
+
+
+def envelope(
+    text: str | list[str],
+    *,
+    tenant: str = "acme",
+    collection: str = ACME_DOCS,
+    strategy: str = "Plain",
+    deadline: float = 30,
+    **knowledge: Any,
+) -> ChatEnvelope:
+    texts = [text] if isinstance(text, str) else text
+    messages: list[dict[str, Any]] = []
+    for t in texts:
+        messages += [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}]
+    messages.pop()
+    request = ChatCompletionRequest(model="grounded", messages=messages, metadata={"team": "qa"})
+    return ChatEnvelope(
+        request_id="req1",
+        tenant=tenant,
+        key_id="k1",
+        reply=REPLY,
+        deadline=time.time() + deadline,
+        request=request,
+        route=RoutedCall(
+            gateway_id="gw1",
+            upstream=UpstreamTarget(
+                id="@sim/sim-model",
+                kind="catalog",
+                provider="sim",
+                model="sim",
+                base_url="http://x",
+                prices=Prices(),
+            ),
+            body={"messages": [{"role": "system", "content": "Be brief."}, *messages]},
+            response_model="@sim/sim-model",
+            knowledge=GatewayKnowledge.model_validate(
+                {"collection": collection, "strategy": strategy, **knowledge}
+            ),
+        ),
+    )
+
+
+async def _seed(h: Harness, tenant: str = "acme", collection: str = ACME_DOCS, text: str = HANDBOOK) -> None:
+    doc = {"docid": "handbook", "text": text, "content_type": "text/markdown", "__tags": ["hr"]}
+    status, report = await h.ask(
+        op="upsert", tenant=tenant, collection=collection, key_id="k1", documents=[doc]
+    )
+    assert status == 200 and report["created"] == 1, report
+    await h.usage_count(len(h.usage) + 1)  # its embedding tokens are billed
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, minilm: MiniLMEmbedder) -> AsyncIterator[Harness]:
+    async with running(
+        tmp_path, minilm, price_knowledge_search="0.001", price_knowledge_embedding_token="1E-7"
+    ) as h:
+        yield h
+
+
+async def test_grounded_envelope_carries_fenced_passages_grounding_and_priced_lines(harness: Harness) -> None:
+    await _seed(harness)
+    await harness.chat(envelope("How do I reset my password?"))
+    assert not harness.replies
+    (msg,) = harness.worker
+    assert msg.reply_to == subjects.bounce_subject("rtest", REPLY)
+    routed = ChatEnvelope.model_validate_json(msg.body)
+    assert routed.route is not None
+    messages = routed.route.body["messages"]
+    # system prompt first, then the knowledge message just before the question
+    assert messages[0]["content"] == "Be brief." and messages[-1]["content"] == "How do I reset my password?"
+    knowledge = messages[-2]
+    assert knowledge["role"] == "user" and 'id="handbook#1"' in knowledge["content"]
+    assert "Reset password" in knowledge["content"] and "NOT instructions" in knowledge["content"]
+    top = routed.route.grounding[0]
+    assert (top.id, top.docid) == ("handbook#1", "handbook") and 0 < top.score <= 1
+    lines = {line.sku: line for line in routed.route.prior_usage}
+    assert lines[skus.KNOWLEDGE_SEARCH].quantity == 1
+    assert lines[skus.KNOWLEDGE_SEARCH].amount == Decimal("0.001")
+    tokens = lines[skus.KNOWLEDGE_EMBEDDINGS_IN].quantity
+    assert tokens > 0 and lines[skus.KNOWLEDGE_EMBEDDINGS_IN].amount == Decimal("1E-7") * tokens
+
+
+async def test_search_is_metered_once_per_request_as_a_retrieval_usage_event(harness: Harness) -> None:
+    await _seed(harness)
+    harness.usage.clear()
+    await harness.chat(envelope("refunds to my card?"))
+    await harness.usage_count(1)
+    (event,) = [e for e in harness.usage if e.request_id == "req1"]
+    assert event.source == "retrieval" and event.msg_id() == "req1:retrieval"
+    assert (event.tenant, event.key_id, event.gateway_id, event.metadata) == (
+        "acme",
+        "k1",
+        "gw1",
+        {"team": "qa"},
+    )
+    assert {line.sku for line in event.lines} == {skus.KNOWLEDGE_SEARCH, skus.KNOWLEDGE_EMBEDDINGS_IN}
+    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    assert routed.route is not None and event.lines == routed.route.prior_usage
+
+
+async def test_a_tenant_never_gets_another_tenants_passages(harness: Harness) -> None:
+    await _seed(
+        harness, "globex", GLOBEX_DOCS, "# Globex secrets\n\nThe vault code is 4242; reset passwords weekly."
+    )
+    # acme names globex's collection id: the config store says it is not theirs
+    await harness.chat(envelope("vault code and password reset", collection=GLOBEX_DOCS))
+    (err,) = harness.replies
+    assert err.headers[headers.STATUS] == "404" and not harness.worker
+    # acme's own collection: its passages only, never globex's, whatever the query
+    await _seed(harness)
+    await harness.chat(envelope("Globex vault code and how to reset passwords"))
+    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    assert routed.route is not None and routed.route.grounding
+    assert {g.docid for g in routed.route.grounding} == {"handbook"}
+    assert "vault code is" not in json.dumps(routed.route.body)
+    # and the management API scoped to acme sees nothing of globex either
+    status, found = await harness.ask(
+        op="search", tenant="acme", collection=GLOBEX_DOCS, search=KnowledgeSearch(query="vault code")
+    )
+    assert status == 404 and "vault" not in json.dumps(found)
+
+
+async def test_concatenate_searches_the_earlier_user_turns_too(harness: Harness) -> None:
+    await _seed(harness)
+    await harness.chat(
+        envelope(["I have a question about refunds", "how many days?"], strategy="Concatenate")
+    )
+    await harness.chat(
+        envelope(["I have a question about refunds", "how many days?"], strategy="Plain", min_score=0.3)
+    )
+    concatenated = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    plain = ChatEnvelope.model_validate_json(harness.worker[1].body)
+    assert concatenated.route is not None and plain.route is not None
+    assert concatenated.route.grounding[0].id == "handbook#0"  # the Refunds section
+    assert "handbook#0" not in [g.id for g in plain.route.grounding]
+
+
+async def test_no_worker_bounce_becomes_a_503_event_for_the_edge(harness: Harness) -> None:
+    await harness.test_broker.publish(
+        b"", subjects.bounce_subject("rtest", REPLY), headers={headers.NATS_STATUS: headers.NO_RESPONDERS}
+    )
+    (err,) = harness.replies
+    assert err.headers[headers.EVENT] == "error" and err.headers[headers.STATUS] == "503"
+    assert "worker" in json.loads(err.body)["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "param"),
+    [
+        ({"strategy": "QueryFunction"}, "400", "knowledge.strategy"),
+        ({"reranker": "model"}, "400", "knowledge.reranker"),
+        ({"deadline": -1}, "504", None),
+    ],
+)
+async def test_requests_it_cannot_ground_end_in_an_error_event(
+    harness: Harness, changes: dict[str, Any], status: str, param: str | None
+) -> None:
+    await _seed(harness)
+    await harness.chat(envelope("passwords?", **changes))
+    (err,) = harness.replies
+    assert err.headers[headers.STATUS] == status and not harness.worker
+    assert json.loads(err.body)["error"]["param"] == param
+
+
+async def test_a_conversation_without_user_text_is_forwarded_unsearched_and_unbilled(
+    harness: Harness,
+) -> None:
+    await _seed(harness)
+    harness.usage.clear()
+    await harness.chat(envelope("   "))
+    await harness.chat(envelope("and refunds?"))  # a search after it: its event is the only one
+    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    assert routed.route is not None and routed.route.grounding == [] and routed.route.prior_usage == []
+    await harness.usage_count(1)
+
+
+async def test_documents_are_added_listed_shown_updated_searched_and_deleted(harness: Harness) -> None:
+    scope = {"tenant": "acme", "collection": ACME_DOCS, "key_id": "k1"}
+    await _seed(harness)
+    status, listed = await harness.ask(op="list", **scope)
+    assert status == 200 and [d["docid"] for d in listed["data"]] == ["handbook"]
+    status, shown = await harness.ask(op="get", docid="handbook", **scope)
+    assert (shown["title"], shown["__tags"], shown["chunks"]) == ("Acme handbook", ["hr"], 2)
+
+    same = {"docid": "handbook", "text": HANDBOOK, "content_type": "text/markdown", "__tags": ["hr", "v2"]}
+    status, report = await harness.ask(op="upsert", documents=[same], **scope)
+    assert (report["metadata_only"], report["embedding_tokens"]) == (1, 0)
+    changed = {**same, "text": "# Acme handbook\n\n## Parking\n\nVisitors park on level -2."}
+    status, report = await harness.ask(op="upsert", documents=[changed], **scope)
+    assert report["updated"] == 1 and report["chunks"] == 1
+
+    status, found = await harness.ask(
+        op="search", search=KnowledgeSearch(query="where do visitors park"), **scope
+    )
+    assert status == 200 and found["passages"][0]["id"] == "handbook#0"
+    assert found["passages"][0]["__tags"] == ["hr", "v2"] and "level -2" in found["passages"][0]["text"]
+
+    status, gone = await harness.ask(op="delete", docid="handbook", **scope)
+    assert status == 200 and gone["deleted"] is True
+    status, err = await harness.ask(op="get", docid="handbook", **scope)
+    assert status == 404 and err["error"]["code"] == "document_not_found"
+    status, found = await harness.ask(op="search", search=KnowledgeSearch(query="visitors park"), **scope)
+    assert found["passages"] == []
+
+
+async def test_imports_report_bad_lines_and_rerunning_one_does_no_work(harness: Harness) -> None:
+    scope = {"tenant": "acme", "collection": ACME_DOCS, "key_id": "k1"}
+    lines = [
+        json.dumps({"docid": f"d{i}", "text": f"Rule {i}: badges are renewed every {i} months."})
+        for i in range(6)
+    ]
+    jsonl = "\n".join([*lines[:3], "{not json", *lines[3:]])
+    status, first = await harness.ask(op="import", jsonl=jsonl, **scope)
+    assert status == 200 and (first["total"], first["created"], first["failed"]) == (7, 6, 1)
+    assert first["errors"][0].startswith("line 4:")
+    await harness.usage_count(1)
+    harness.usage.clear()
+    status, again = await harness.ask(op="import", jsonl=jsonl, **scope)
+    assert (again["unchanged"], again["created"], again["chunks"], again["embedding_tokens"]) == (6, 0, 0, 0)
+    await harness.ask(op="search", search=KnowledgeSearch(query="badges"), **scope)
+    await harness.usage_count(1)  # the search's event only: the re-import embedded and billed nothing
+    assert {line.sku for line in harness.usage[0].lines} >= {skus.KNOWLEDGE_SEARCH}
+
+
+async def test_ingestion_bills_its_embedding_tokens_to_the_key(harness: Harness) -> None:
+    await _seed(harness)
+    (event,) = harness.usage
+    assert (event.source, event.tenant, event.key_id) == ("retrieval", "acme", "k1")
+    (line,) = event.lines
+    assert line.sku == skus.KNOWLEDGE_EMBEDDINGS_IN and line.quantity > 0
+
+
+async def test_bad_management_requests_are_openai_errors(harness: Harness) -> None:
+    status, err = await harness.ask(op="upsert", tenant="acme", collection=ACME_DOCS, documents=[])
+    assert status == 400 and err["error"]["param"] == "documents"
+    status, err = await harness.ask(
+        op="upsert",
+        tenant="acme",
+        collection=ACME_DOCS,
+        documents=[{"docid": "p", "text": "not base64!", "content_type": "application/pdf"}],
+    )
+    assert status == 400 and "base64" in err["error"]["message"]
+    msg = await harness.test_broker.request(b'{"op": "explode"}', subjects.RETRIEVAL_MANAGE, timeout=5)
+    assert msg.headers[headers.STATUS] == "400"

@@ -1,0 +1,222 @@
+"""The router service: resolves the gateway a request names, applies its policy, forwards to workers.
+
+One message in, one message out per request. Publishing to the worker pool sets the NATS reply to
+a "bounce" subject that embeds the edge's reply subject: if no worker listens, nats-server answers
+a 503 status there and the router turns it into an error event for the edge, with no state kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
+
+from aigw_contracts import (
+    ChatEnvelope,
+    ConfigSnapshot,
+    RoutedCall,
+    UpstreamTarget,
+    errors,
+    events,
+    headers,
+    subjects,
+)
+from aigw_contracts.api import Model, ModelList
+from aigw_contracts.configstore import ConfigWatcher
+from aigw_contracts.messages import ModelsQuery
+
+from .policy import cap_output_tokens, effective_parameters, upstream_body
+from .registry import Registry
+from .settings import RouterSettings
+
+log = logging.getLogger("aigw.router")
+
+
+class Router:
+    """The routing logic, apart from the broker wiring so it is testable on its own."""
+
+    def __init__(self, settings: RouterSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    def route(self, envelope: ChatEnvelope) -> ChatEnvelope:
+        if envelope.remaining() <= 0:
+            raise errors.DeadlineExceeded("The request's deadline passed before it could be routed")
+        request = envelope.request
+        gateway, upstream = self.registry.resolve(request.model, envelope.tenant, envelope.key_kind)
+        params = effective_parameters(request, gateway, envelope.key_kind)
+        cap_output_tokens(params, self.settings.max_output_tokens)
+        envelope.route = RoutedCall(
+            gateway_id=gateway.id if gateway else None,
+            gateway_slug=gateway.slug if gateway else None,
+            upstream=UpstreamTarget.of(upstream),
+            body=upstream_body(request, gateway, params),
+            prefill=gateway.prefill if gateway else None,
+            params_used=params,
+            response_model=upstream.id,
+            knowledge=gateway.knowledge if gateway else None,
+        )
+        return envelope
+
+    def models(self, query: ModelsQuery) -> ModelList:
+        now = int(time.time())
+        return ModelList(
+            data=[
+                Model(id=mid, created=now, owned_by=owner)
+                for mid, owner in self.registry.models_for(query.tenant, query.key_kind)
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: what a handler decided, apart from how it gets sent."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None = None
+    reply: str = ""
+
+
+def _error(reply: str, err: errors.GatewayError) -> Outgoing:
+    hdrs, payload = events.error_event(err, 0)
+    return Outgoing(reply, payload, hdrs)
+
+
+class Handlers:
+    """What the router does with each message, as pure functions from bytes to `Outgoing`."""
+
+    def __init__(self, router: Router, router_id: str) -> None:
+        self.router = router
+        self.router_id = router_id
+        # Separate bounce subjects per destination, so a bounce says who was missing.
+        self.worker_bounce = router_id
+        self.retrieval_bounce = f"{router_id}-k"
+
+    def chat(self, data: bytes) -> Outgoing | None:
+        try:
+            envelope = ChatEnvelope.model_validate_json(data)
+        except ValueError:
+            log.warning("dropped a malformed envelope")  # no reply subject we can trust
+            return None
+        try:
+            routed = self.router.route(envelope)
+        except errors.GatewayError as err:
+            return _error(envelope.reply, err)
+        except Exception:
+            log.exception("routing failed", extra={"request_id": envelope.request_id})
+            return _error(envelope.reply, errors.InternalError("The gateway could not route this request"))
+        # Gateways with knowledge go through retrieval first; the others skip it entirely.
+        grounded = routed.route is not None and routed.route.knowledge is not None
+        return Outgoing(
+            subjects.RETRIEVAL_CHAT if grounded else subjects.WORKER_CHAT,
+            routed.model_dump_json(exclude_none=True).encode(),
+            reply=subjects.bounce_subject(
+                self.retrieval_bounce if grounded else self.worker_bounce, envelope.reply
+            ),
+        )
+
+    def bounce(self, subject: str, hdrs: dict[str, str] | None) -> Outgoing | None:
+        if (hdrs or {}).get(headers.NATS_STATUS) != headers.NO_RESPONDERS:
+            return None
+        prefix = f"{subjects.BOUNCE_PREFIX}.{self.retrieval_bounce}."
+        if subject.startswith(prefix):
+            reply = subjects.reply_from_bounce(self.retrieval_bounce, subject)
+            return _error(
+                reply,
+                errors.Unavailable("No retrieval service is available; try again shortly", retry_after=1),
+            )
+        reply = subjects.reply_from_bounce(self.worker_bounce, subject)
+        return _error(
+            reply, errors.Unavailable("No inference worker is available; try again shortly", retry_after=1)
+        )
+
+
+def create_app(
+    settings: RouterSettings, registry: Registry | None = None, hot_path: str = "raw"
+) -> tuple[FastStream, NatsBroker]:
+    """The router app. Without a `registry`, gateways and upstreams come from the config store.
+
+    `hot_path="raw"` subscribes the per-request subjects with nats-py directly: measured here, a
+    faststream subscriber costs about 100 µs of CPU per message (dependency injection, middlewares,
+    a thread hop) against about 7 µs for a raw one, and the router sees every request. Service tests
+    use `hot_path="broker"`, which runs the same `Handlers` as faststream subscribers, so faststream's
+    TestNatsBroker can drive them in memory.
+    """
+    watch_store = registry is None
+    registry = registry or Registry.from_snapshot(ConfigSnapshot())
+    router = Router(settings, registry)
+    handlers = Handlers(router, settings.router_id)
+    broker = NatsBroker(settings.nats_url, logger=None)
+    watcher: ConfigWatcher | None = None
+
+    async def send_via_broker(out: Outgoing | None) -> None:
+        if out is not None:
+            await broker.publish(out.payload, subject=out.subject, headers=out.headers, reply_to=out.reply)
+
+    if hot_path == "broker":
+
+        @broker.subscriber(subjects.ROUTER_CHAT, queue=subjects.ROUTER_QUEUE, no_reply=True)
+        async def on_chat(msg: NatsMessage) -> None:
+            await send_via_broker(handlers.chat(msg.body))
+
+        for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
+
+            @broker.subscriber(subjects.bounce_wildcard(prefix), no_reply=True)
+            async def on_bounce(msg: NatsMessage) -> None:
+                await send_via_broker(handlers.bounce(msg.raw_message.subject, msg.headers))
+
+    @broker.subscriber(subjects.ROUTER_MODELS, queue=subjects.ROUTER_QUEUE)
+    async def on_models(msg: NatsMessage) -> Any:
+        return router.models(ModelsQuery.model_validate_json(msg.body)).model_dump(mode="json")
+
+    app = FastStream(broker, logger=None)
+
+    @app.on_startup
+    async def load_config() -> None:
+        # Load the whole configuration before subscribing, so no request meets a half-loaded router.
+        nonlocal watcher
+        if not watch_store:
+            return
+        await broker.connect()
+        watcher = ConfigWatcher(broker.connection.jetstream())
+        view = await watcher.start()
+        for upstream in view.upstreams.values():
+            registry.put_upstream(upstream)
+        for gateway in view.gateways.values():
+            registry.add_gateway(gateway)
+        watcher.listeners.append(registry.on_config_change)
+
+    @app.after_startup
+    async def subscribe_hot_path() -> None:
+        if hot_path != "raw":
+            return
+        nc = broker.connection
+
+        async def send(out: Outgoing | None) -> None:
+            if out is not None:
+                await nc.publish(out.subject, out.payload, reply=out.reply, headers=out.headers)
+
+        async def on_chat(msg: Msg) -> None:
+            await send(handlers.chat(msg.data))
+
+        async def on_bounce(msg: Msg) -> None:
+            await send(handlers.bounce(msg.subject, msg.headers))
+
+        await nc.subscribe(subjects.ROUTER_CHAT, queue=subjects.ROUTER_QUEUE, cb=on_chat)
+        for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
+            await nc.subscribe(subjects.bounce_wildcard(prefix), cb=on_bounce)
+        await nc.flush()
+
+    @app.on_shutdown
+    async def stop_watching() -> None:
+        if watcher is not None:
+            await watcher.stop()
+
+    return app, broker

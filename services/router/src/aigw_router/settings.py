@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import uuid
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIGW_")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    router_id: str = uuid.uuid4().hex[:12]
+    max_output_tokens: int | None = None  # operator cap on max_(completion_)tokens (OWASP LLM10)
+    log_level: str = "INFO"

@@ -1,0 +1,1 @@
+"""`aigw`: the command-line client of the management and usage APIs."""

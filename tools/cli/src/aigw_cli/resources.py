@@ -1,0 +1,199 @@
+"""`aigw gateway|upstream|key|tenant …`: the management API as commands, with tables or --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .client import CliError
+from .table import render
+
+Renderer = Callable[[Any], str]
+
+
+def _table(columns: list[str]) -> Renderer:
+    def show(result: Any) -> str:
+        if isinstance(result, dict) and result.get("object") == "list":
+            return render(result["data"], columns) if result["data"] else "(none)"
+        if isinstance(result, dict) and result.get("deleted"):
+            return f"deleted {result['object']} {result['id']}"
+        return "\n".join(
+            f"{k:>14}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items()
+        )
+
+    return show
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{what} must be JSON: {exc}") from None
+
+
+def _body(args: argparse.Namespace, fields: dict[str, str]) -> dict[str, Any]:
+    """Only the options the user gave; JSON-typed options parsed."""
+    body: dict[str, Any] = {}
+    for dest, kind in fields.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        body[dest] = _json_arg(value, f"--{dest.replace('_', '-')}") if kind == "json" else value
+    return body
+
+
+GATEWAY_FIELDS = {
+    "name": "str",
+    "upstream": "str",
+    "instructions": "str",
+    "prefill": "str",
+    "description": "str",
+    "parameters": "json",
+    "policy": "json",
+    "knowledge": "json",
+}
+
+
+def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
+    p.add_argument("--name", required=create)
+    p.add_argument("--upstream", required=create, help="e.g. @openai/gpt-5-mini or an own upstream id")
+    p.add_argument("--instructions")
+    p.add_argument("--prefill")
+    p.add_argument("--description")
+    p.add_argument("--parameters", help="JSON, e.g. '{\"temperature\": 0.3}'")
+    p.add_argument("--policy", help='JSON, e.g. \'{"temperature": {"mode": "clamped", "max": 1}}\'')
+    p.add_argument(
+        "--knowledge", help='JSON, e.g. \'{"collection": "faq", "top": 5, "strategy": "Plain"}\' (null: none)'
+    )
+
+
+def register(commands: Any) -> None:
+    gw = commands.add_parser("gateway", help="manage gateways").add_subparsers(dest="action", required=True)
+    cols = ["id", "slug", "upstream", "version", "description"]
+    p = gw.add_parser("create")
+    _gateway_options(p, create=True)
+    p.add_argument("--tenant", help="operators: create for another tenant")
+    p.set_defaults(
+        run=lambda api, a: api.request(
+            "POST", "/gateways", json=_body(a, {**GATEWAY_FIELDS, "tenant": "str"})
+        )
+    )
+    p = gw.add_parser("list")
+    p.add_argument("--tenant")
+    p.set_defaults(run=lambda api, a: api.request("GET", "/gateways", params=_body(a, {"tenant": "str"})))
+    p = gw.add_parser("show")
+    p.add_argument("ref", help="id, slug or name")
+    p.set_defaults(run=lambda api, a: api.request("GET", f"/gateways/{a.ref}"))
+    p = gw.add_parser("update")
+    p.add_argument("ref")
+    _gateway_options(p, create=False)
+    p.set_defaults(
+        run=lambda api, a: api.request("PATCH", f"/gateways/{a.ref}", json=_body(a, GATEWAY_FIELDS))
+    )
+    p = gw.add_parser("delete")
+    p.add_argument("ref")
+    p.set_defaults(run=lambda api, a: api.request("DELETE", f"/gateways/{a.ref}"))
+    p = gw.add_parser("export")
+    p.add_argument("ref")
+    p.set_defaults(
+        run=lambda api, a: api.request("GET", f"/gateways/{a.ref}/export"),
+        render=lambda r: json.dumps(r, indent=2),
+    )
+    p = gw.add_parser("import")
+    p.add_argument("file", type=Path)
+    p.set_defaults(
+        run=lambda api, a: api.request(
+            "POST", "/gateways/import", json=_json_arg(a.file.read_text(), str(a.file))
+        )
+    )
+    for sub in gw.choices.values():
+        sub.set_defaults(render=sub.get_default("render") or _table(cols))
+
+    up = commands.add_parser("upstream", help="manage upstreams").add_subparsers(dest="action", required=True)
+    p = up.add_parser(
+        "create", help="add your own OpenAI-compatible endpoint (or, as operator, a catalog model)"
+    )
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--api-key")
+    p.add_argument("--provider")
+    p.add_argument("--kind", choices=("own", "catalog"))
+    p.add_argument("--id", help="catalog ids: @provider/model")
+    p.add_argument("--prices", help='JSON per token, e.g. \'{"input": "2.5e-7", "output": "2e-6"}\'')
+    p.add_argument("--description")
+    p.add_argument("--tenant")
+    fields = {
+        "base_url": "str",
+        "model": "str",
+        "api_key": "str",
+        "provider": "str",
+        "kind": "str",
+        "id": "str",
+        "prices": "json",
+        "description": "str",
+        "tenant": "str",
+    }
+    p.set_defaults(run=lambda api, a: api.request("POST", "/upstreams", json=_body(a, fields)))
+    up.add_parser("list").set_defaults(run=lambda api, a: api.request("GET", "/upstreams"))
+    p = up.add_parser("show")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("GET", f"/upstreams/{a.id}"))
+    p = up.add_parser("update")
+    p.add_argument("id")
+    p.add_argument("--base-url")
+    p.add_argument("--model")
+    p.add_argument("--api-key")
+    p.add_argument("--prices")
+    p.add_argument("--description")
+    upd = {"base_url": "str", "model": "str", "api_key": "str", "prices": "json", "description": "str"}
+    p.set_defaults(run=lambda api, a: api.request("PATCH", f"/upstreams/{a.id}", json=_body(a, upd)))
+    p = up.add_parser("delete")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("DELETE", f"/upstreams/{a.id}"))
+    for sub in up.choices.values():
+        sub.set_defaults(render=_table(["id", "kind", "model", "base_url", "has_api_key", "tenant"]))
+
+    ks = commands.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
+    p = ks.add_parser("create", help="create a key; its secret is printed once")
+    p.add_argument("--name")
+    p.add_argument("--kind", choices=("private", "public"))
+    p.add_argument("--admin", action="store_true", default=None)
+    p.add_argument("--expires-in", type=float, help="seconds")
+    p.add_argument("--tenant")
+    kf = {"name": "str", "kind": "str", "admin": "bool", "expires_in": "float", "tenant": "str"}
+    p.set_defaults(run=lambda api, a: api.request("POST", "/keys", json=_body(a, kf)))
+    p = ks.add_parser("list")
+    p.add_argument("--tenant")
+    p.set_defaults(run=lambda api, a: api.request("GET", "/keys", params=_body(a, {"tenant": "str"})))
+    p = ks.add_parser("revoke")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("POST", f"/keys/{a.id}/revoke"))
+    p = ks.add_parser("delete")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("DELETE", f"/keys/{a.id}"))
+    for sub in ks.choices.values():
+        sub.set_defaults(render=_table(["id", "name", "kind", "admin", "prefix", "expires_at", "revoked"]))
+
+    ts = commands.add_parser("tenant", help="manage tenants (operators)").add_subparsers(
+        dest="action", required=True
+    )
+    p = ts.add_parser("create")
+    p.add_argument("id")
+    p.add_argument("--name")
+    p.set_defaults(
+        run=lambda api, a: api.request("POST", "/tenants", json=_body(a, {"id": "str", "name": "str"}))
+    )
+    ts.add_parser("list").set_defaults(run=lambda api, a: api.request("GET", "/tenants"))
+    p = ts.add_parser("show")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("GET", f"/tenants/{a.id}"))
+    p = ts.add_parser("delete")
+    p.add_argument("id")
+    p.set_defaults(run=lambda api, a: api.request("DELETE", f"/tenants/{a.id}"))
+    for sub in ts.choices.values():
+        sub.set_defaults(render=_table(["id", "name"]))

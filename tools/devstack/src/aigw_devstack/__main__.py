@@ -1,0 +1,86 @@
+"""`aigw-dev run`: start the whole system locally (what `make run` does) and wait for Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .stack import Stack
+
+EXAMPLE = """
+aigw is running.
+  edge (OpenAI-compatible API): {base}
+  gateway:  model="demo"  (id {gid}, slug {slug}) -> {upstream}
+  API key:  written to {keyfile}
+  state:    {state} (logs in {state}/logs)
+
+Try it:
+
+  curl -s {base}/chat/completions \\
+    -H "Authorization: Bearer $(cat {keyfile})" -H "Content-Type: application/json" \\
+    -d '{{"model": "demo", "messages": [{{"role": "user", "content": "Why use an AI gateway?"}}]}}'
+
+  uv run python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}", api_key=open("{keyfile}").read().strip())
+for chunk in client.chat.completions.create(
+    model="demo", messages=[{{"role": "user", "content": "Why use an AI gateway?"}}], stream=True,
+):
+    print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
+print()
+PY
+
+Ctrl-C stops everything.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="aigw-dev", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start NATS and every service on 127.0.0.1")
+    run.add_argument("--state", type=Path, default=Path(os.environ.get("AIGW_STATE_DIR", ".aigw")))
+    run.add_argument("--port", type=int, default=int(os.environ.get("AIGW_PORT", "8080")))
+    run.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    stack = Stack(
+        state_dir=args.state.resolve(),
+        edge_port=args.port,
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        workers=args.workers,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("starting nats-server and the aigw services…", file=sys.stderr)
+    try:
+        stack.start()
+        assert stack.demo is not None
+        print(
+            EXAMPLE.format(
+                base=stack.base_url,
+                gid=stack.demo.gateway_id,
+                slug=stack.demo.gateway_slug,
+                upstream=stack.demo.upstream
+                + ("" if stack.openai_api_key else " (the aigw simulator: set OPENAI_API_KEY for OpenAI)"),
+                keyfile=stack.state_dir / "demo-key",
+                state=stack.state_dir,
+            ),
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            dead = [name for name, proc in stack.procs.items() if not proc.alive()]
+            if dead:
+                print(f"{', '.join(dead)} stopped unexpectedly; see {stack.state_dir}/logs", file=sys.stderr)
+                break
+    finally:
+        print("stopping…", file=sys.stderr)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Validating a chat-completions request body, with OpenAI's error messages where it matters.
+
+Only what the simulator uses is checked; everything else in the body (temperature, tools, n, ...)
+is accepted and ignored, but recorded for tests in /sim/requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aigw_simulator.asgi import Headers
+from aigw_simulator.config import Knobs
+from aigw_simulator.directives import resolve_knobs
+from aigw_simulator.errors import bad_request
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    knobs: Knobs
+
+
+def _max_tokens(payload: dict[str, Any]) -> int | None:
+    # max_completion_tokens is the current name; max_tokens the deprecated one still widely sent.
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_request(f"Invalid '{name}': expected a non-negative integer.", param=name)
+        return value
+    return None
+
+
+def parse_chat_request(payload: Any, headers: Headers, defaults: Knobs) -> ChatRequest:
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    messages = payload.get("messages")
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("Invalid 'messages': expected a non-empty array.", "messages", "invalid_value")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"Invalid type for 'messages[{index}]': expected an object.", "messages")
+    stream = payload.get("stream") is True
+    options = payload.get("stream_options")
+    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=_max_tokens(payload),
+        knobs=resolve_knobs(defaults, headers, messages),
+    )

@@ -1,0 +1,115 @@
+"""Response bodies as byte templates, in OpenAI's exact shapes and key order.
+
+Why templates: the simulator is the zero-latency baseline of the gateway benchmarks, so a response
+costs a few `bytes.join`s, not a dict build plus `json.dumps`. Only what varies per request (id,
+created, model, content, counts) is formatted; everything else is a constant below.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
+
+DONE = b"data: [DONE]\n\n"
+
+_USAGE = (
+    b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+    b'"prompt_tokens_details":{"cached_tokens":%d,"audio_tokens":0},'
+    b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+    b'"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}'
+)
+
+_COMPLETION_HEAD = b'{"id":"'
+_COMPLETION_CREATED = b'","object":"chat.completion","created":'
+_MODEL = b',"model":'
+_COMPLETION_CONTENT = b',"choices":[{"index":0,"message":{"role":"assistant","content":'
+_COMPLETION_FINISH = b',"refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"'
+_COMPLETION_USAGE = b'"}],"usage":'
+_COMPLETION_TAIL = b',"service_tier":"default","system_fingerprint":"fp_sim"}'
+
+_CHUNK_HEAD = b'data: {"id":"'
+_CHUNK_CREATED = b'","object":"chat.completion.chunk","created":'
+_CHUNK_CHOICES = b',"service_tier":"default","system_fingerprint":"fp_sim","choices":'
+_ROLE_CHOICE = (
+    b'[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+    b'"logprobs":null,"finish_reason":null}]'
+)
+_PIECE_OPEN = b'[{"index":0,"delta":{"content":'
+_PIECE_CLOSE = b'},"logprobs":null,"finish_reason":null}]'
+_FINISH_OPEN = b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"'
+_FINISH_CLOSE = b'"}]'
+_TAIL_WITH_USAGE_NULL = b',"usage":null}\n\n'
+_TAIL = b"}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> bytes:
+    """OpenAI semantics: prompt_tokens includes the cached ones, so cached is clamped to it."""
+    cached = min(cached_tokens, prompt_tokens)
+    return _USAGE % (prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, cached)
+
+
+@lru_cache(maxsize=128)
+def model_json(model: str) -> bytes:
+    return json.dumps(model).encode()
+
+
+def completion(
+    completion_id: bytes, created: int, model: bytes, content: bytes, finish_reason: bytes, usage: bytes
+) -> bytes:
+    """A non-stream `chat.completion`; `model` and `content` are JSON literals already."""
+    return b"".join(
+        (
+            _COMPLETION_HEAD,
+            completion_id,
+            _COMPLETION_CREATED,
+            b"%d" % created,
+            _MODEL,
+            model,
+            _COMPLETION_CONTENT,
+            content,
+            _COMPLETION_FINISH,
+            finish_reason,
+            _COMPLETION_USAGE,
+            usage,
+            _COMPLETION_TAIL,
+        )
+    )
+
+
+class ChunkFrames:
+    """The SSE frames of one stream: the per-stream prefix is built once, each frame is a join.
+
+    With `stream_options.include_usage`, OpenAI puts `"usage":null` on every chunk and then sends
+    one last chunk with `"choices":[]` and the usage; without it, chunks carry no usage key at all.
+    """
+
+    __slots__ = ("_prefix", "_tail")
+
+    def __init__(self, completion_id: bytes, created: int, model: bytes, include_usage: bool) -> None:
+        self._prefix = b"".join(
+            (_CHUNK_HEAD, completion_id, _CHUNK_CREATED, b"%d" % created, _MODEL, model, _CHUNK_CHOICES)
+        )
+        self._tail = _TAIL_WITH_USAGE_NULL if include_usage else _TAIL
+
+    def role(self) -> bytes:
+        return self._prefix + _ROLE_CHOICE + self._tail
+
+    def piece(self, piece: bytes) -> bytes:
+        return b"".join((self._prefix, _PIECE_OPEN, piece, _PIECE_CLOSE, self._tail))
+
+    def finish(self, finish_reason: bytes) -> bytes:
+        return b"".join((self._prefix, _FINISH_OPEN, finish_reason, _FINISH_CLOSE, self._tail))
+
+    def usage(self, usage: bytes) -> bytes:
+        return b"".join((self._prefix, b'[],"usage":', usage, _TAIL))
+
+
+def models_list(model_id: str) -> bytes:
+    model = {"id": model_id, "object": "model", "created": 0, "owned_by": "aigw-simulator"}
+    return json.dumps({"object": "list", "data": [model]}).encode()
+
+
+HEALTHZ = b'{"status":"ok","service":"aigw-simulator"}'
