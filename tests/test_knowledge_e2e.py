@@ -333,3 +333,96 @@ def test_rewrite_strategies_ask_the_resolver_and_bill_it_on_its_own_skus(
         assert set(skus_in_order[2:4]) == KNOWLEDGE_SKUS and skus.CHAT_OUT in skus_in_order[4:]
         _assert_exact(lines)
         admin.delete(f"/gateways/{gw['id']}")
+
+
+def _answer(client: OpenAI, model: str, content: str, stream: bool) -> tuple[str, str, dict[str, Any], Any]:
+    """(text, finish_reason, generation_context, usage) of one answer, streamed or not; a stream must
+    show the client no tool call at all and one role chunk."""
+    messages: Any = [{"role": "user", "content": content}]
+    if not stream:
+        reply = client.chat.completions.create(model=model, messages=messages)
+        choice = reply.choices[0]
+        assert not choice.message.tool_calls
+        return choice.message.content or "", choice.finish_reason, _context(reply.model_extra), reply.usage
+    chunks = list(client.chat.completions.create(model=model, messages=messages, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert not any(d.tool_calls for d in deltas)
+    assert [d.role for d in deltas if d.role] == ["assistant"]
+    finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+    text = "".join(d.content or "" for d in deltas)
+    return text, finish, _context(chunks[-1].model_extra), chunks[-1].usage
+
+
+def _direct_usage(sim: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    answer = sim.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json()["usage"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_query_function_lets_the_model_search_and_answers_once(
+    admin: httpx.Client,
+    client: OpenAI,
+    sim: httpx.Client,
+    handbook: tuple[dict[str, Any], dict[str, Any]],
+    stream: bool,
+) -> None:
+    kb, _ = handbook
+    gw = _grounded_gateway(admin, client, kb["id"], strategy="QueryFunction", top=2)
+    sim.delete("/sim/requests")
+    # The simulator calls the offered tool with the user's text as the query, then (once the tool's
+    # result is the last message) echoes every message it received.
+    text, finish, context, usage = _answer(
+        client, gw["id"], "How do I reset my password? [sim call=knowledge_search echo]", stream
+    )
+    calls = sim.get("/sim/requests").json()
+    assert len(calls) == 2  # the model called the tool, then answered
+    offered = calls[0]["body"]["tools"]
+    assert [t["function"]["name"] for t in offered] == ["knowledge_search"]
+    assert f"'{kb['name']}' (HR)" in offered[0]["function"]["description"]
+    received = json.loads(text)
+    asked, result = received[-2], received[-1]
+    (call,) = asked["tool_calls"]
+    assert asked["role"] == "assistant" and call["function"]["name"] == "knowledge_search"
+    assert json.loads(call["function"]["arguments"]) == {"query": "How do I reset my password?"}
+    assert result["role"] == "tool" and result["tool_call_id"] == call["id"]
+    assert "NOT instructions" in result["content"] and 'id="handbook#1"' in result["content"]
+    assert "click Reset password" in result["content"]
+    assert finish == "stop"
+
+    (ran,) = context["runned_functions"]
+    assert ran["name"] == "knowledge_search" and ran["id"] == call["id"]
+    assert "handbook#1" in ran["passages"]
+    assert context["grounding"][0]["id"] == "handbook#1"
+    lines = context["generated_usage"]
+    assert [line["sku"] for line in lines][:2] == [skus.KNOWLEDGE_SEARCH, skus.KNOWLEDGE_EMBEDDINGS_IN]
+    assert next(line for line in lines if line["sku"] == skus.KNOWLEDGE_SEARCH)["quantity"] == 1
+    # both model calls are billed: usage is their sum, and the chat lines match it
+    chat = {line["sku"]: line["quantity"] for line in lines if line["sku"].startswith("inference.chat")}
+    assert chat.get(skus.CHAT_IN, 0) + chat.get(skus.CHAT_IN_CACHED, 0) == usage.prompt_tokens
+    assert chat[skus.CHAT_OUT] == usage.completion_tokens
+    # The simulator counts tokens deterministically: asking it the two recorded calls again gives
+    # each round's usage, and the client's usage is their sum.
+    rounds = [_direct_usage(sim, c["body"]) for c in calls]
+    assert [c["outcome"] for c in calls] == ["tool_calls", "completed"]
+    assert usage.prompt_tokens == sum(r["prompt_tokens"] for r in rounds)
+    assert usage.completion_tokens == sum(r["completion_tokens"] for r in rounds)
+    _assert_exact(lines)
+    admin.delete(f"/gateways/{gw['id']}")
+
+
+def test_query_function_answers_without_searching_when_the_model_does_not_call(
+    admin: httpx.Client, client: OpenAI, sim: httpx.Client, handbook: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    kb, _ = handbook
+    gw = _grounded_gateway(admin, client, kb["id"], strategy="QueryFunction")
+    sim.delete("/sim/requests")
+    reply = client.chat.completions.create(
+        model=gw["id"], messages=[{"role": "user", "content": "Just say hi [sim tokens=3]"}]
+    )
+    assert len(sim.get("/sim/requests").json()) == 1
+    context = _context(reply.model_extra)
+    assert context["runned_functions"] == [] and not context.get("grounding")
+    assert not KNOWLEDGE_SKUS & {line["sku"] for line in context["generated_usage"]}  # no search, no bill
+    admin.delete(f"/gateways/{gw['id']}")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from aigw_contracts import skus
 from aigw_devstack.stack import Stack
 from tests.conftest import eventually, start_stack
 
@@ -110,3 +111,46 @@ def test_usage_is_per_tenant_and_operators_may_ask_for_any(metered: Stack) -> No
     assert everyone["tenant"] is None and "demo" in {row["tenant"] for row in everyone["rows"]}
     bad = httpx.get(f"{base}/usage", params={"bucket": "fortnight"}, headers=tenant_key, timeout=20)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "bucket"
+
+
+def test_knowledge_rewrite_and_tool_lines_are_stored_as_the_response_lists_them(metered: Stack) -> None:
+    """Lines from three producers (retrieval, a resolver call, the worker's tool loop) for one
+    request each: every one reaches ClickHouse once, exactly as the response listed it."""
+    assert metered.demo is not None
+    http = httpx.Client(
+        base_url=metered.base_url, headers={"Authorization": f"Bearer {metered.demo.key}"}, timeout=20
+    )
+    client = OpenAI(base_url=metered.base_url, api_key=metered.demo.key, max_retries=0)
+    kb = http.post("/collections", json={"name": "billing-kb"}).json()["id"]
+    added = http.post(
+        f"/collections/{kb}/documents",
+        json={"docid": "faq", "text": "# FAQ\n\nInvoices are sent on the first day of each month."},
+    )
+    assert added.status_code == 200, added.text
+    cases = {
+        "kb-plain": ({}, "When are invoices sent? [sim tokens=5]"),
+        "kb-rewrite": (
+            {"strategy": "FullRewrite", "resolver": "@sim/sim-model"},
+            "When are invoices sent? [sim tokens=5]",
+        ),
+        "kb-tool": ({"strategy": "QueryFunction"}, "When are invoices sent? [sim call=knowledge_search]"),
+    }
+    sent: dict[str, dict[str, tuple[int, Decimal]]] = {}
+    for name, (knowledge, question) in cases.items():
+        gw = http.post(
+            "/gateways",
+            json={"name": name, "upstream": "@sim/sim-model", "knowledge": {"collection": kb, **knowledge}},
+        )
+        assert gw.status_code == 201, gw.text
+        gw_id = gw.json()["id"]
+        eventually(lambda g=gw_id: g in {m.id for m in client.models.list()}, 5.0, f"{name} visible")
+        reply = client.chat.completions.create(model=gw_id, messages=[{"role": "user", "content": question}])
+        sent[gw_id] = _exact(reply.model_extra["generation_context"]["generated_usage"])  # type: ignore[index]
+    expected_skus = {
+        "kb-plain": {skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
+        "kb-rewrite": {skus.REWRITE_IN, skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
+        "kb-tool": {skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
+    }
+    for (gw_id, lines), name in zip(sent.items(), cases, strict=True):
+        assert expected_skus[name] <= set(lines), (name, lines)
+        eventually(lambda g=gw_id, want=lines: _stored(http, g)[0] == want, 15.0, f"{name} lines stored")

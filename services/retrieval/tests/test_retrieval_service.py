@@ -30,7 +30,14 @@ from aigw_contracts import (
 )
 from aigw_contracts.config import Prices
 from aigw_contracts.configstore import ConfigView
-from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeRequest, KnowledgeSearch
+from aigw_contracts.knowledge import (
+    KNOWLEDGE_TOOL_NAME,
+    Collection,
+    GatewayKnowledge,
+    KnowledgeRequest,
+    KnowledgeSearch,
+    ToolSearch,
+)
 from aigw_retrieval.app import create_app
 from aigw_retrieval.embed import MiniLMEmbedder
 from aigw_retrieval.settings import RetrievalSettings
@@ -74,6 +81,12 @@ class Harness:
                 raise AssertionError(f"{len(self.usage)} usage events, expected {count}")
             await asyncio.sleep(0.005)
         assert len(self.usage) == count
+
+    async def tool(self, **request: Any) -> tuple[int, Any]:
+        body = ToolSearch(**request).model_dump_json().encode()
+        msg = await self.test_broker.request(body, subjects.RETRIEVAL_TOOL, timeout=30)
+        status = int((msg.headers or {}).get(headers.STATUS, 200))
+        return status, json.loads(msg.body)
 
     async def chat(self, envelope: ChatEnvelope) -> None:
         await self.test_broker.publish(
@@ -261,7 +274,6 @@ async def test_no_worker_bounce_becomes_a_503_event_for_the_edge(harness: Harnes
 @pytest.mark.parametrize(
     ("changes", "status", "param"),
     [
-        ({"strategy": "QueryFunction"}, "400", "knowledge.strategy"),
         ({"reranker": "model"}, "400", "knowledge.reranker"),
         ({"deadline": -1}, "504", None),
     ],
@@ -356,3 +368,68 @@ async def test_bad_management_requests_are_openai_errors(harness: Harness) -> No
     assert status == 400 and "base64" in err["error"]["message"]
     msg = await harness.test_broker.request(b'{"op": "explode"}', subjects.RETRIEVAL_MANAGE, timeout=5)
     assert msg.headers[headers.STATUS] == "400"
+
+
+async def test_query_function_offers_the_search_tool_instead_of_searching(harness: Harness) -> None:
+    await _seed(harness)
+    harness.usage.clear()
+    client_tool = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+    sent = envelope("How do I reset my password?", strategy="QueryFunction", top=3)
+    assert sent.route is not None
+    sent.route.body["tools"] = [client_tool]
+    await harness.chat(sent)
+    (msg,) = harness.worker
+    routed = ChatEnvelope.model_validate_json(msg.body)
+    assert routed.route is not None and routed.route.knowledge_tool is not None
+    tool = routed.route.knowledge_tool
+    assert (tool.collection, tool.top, tool.name) == (ACME_DOCS, 3, KNOWLEDGE_TOOL_NAME)
+    # the client's tool first, then ours; the conversation untouched, nothing searched or billed yet
+    tools = routed.route.body["tools"]
+    assert tools[0] == client_tool and tools[1]["function"]["name"] == KNOWLEDGE_TOOL_NAME
+    assert "'docs'" in tools[1]["function"]["description"]
+    assert tools[1]["function"]["parameters"]["required"] == ["query"]
+    assert routed.route.body["messages"] == sent.route.body["messages"]
+    assert routed.route.grounding == [] and routed.route.prior_usage == []
+    await asyncio.sleep(0.1)
+    assert harness.usage == []
+
+
+async def test_query_function_refuses_a_client_tool_of_the_same_name(harness: Harness) -> None:
+    sent = envelope("hi", strategy="QueryFunction")
+    assert sent.route is not None
+    sent.route.body["tools"] = [{"type": "function", "function": {"name": KNOWLEDGE_TOOL_NAME}}]
+    await harness.chat(sent)
+    (err,) = harness.replies
+    assert err.headers[headers.STATUS] == "400" and not harness.worker
+    assert json.loads(err.body)["error"]["param"] == "tools"
+
+
+async def test_a_tool_search_answers_fenced_passages_with_their_priced_lines(harness: Harness) -> None:
+    await _seed(harness)
+    harness.usage.clear()
+    status, found = await harness.tool(
+        request_id="req9", tenant="acme", collection=ACME_DOCS, query="reset my password", top=2
+    )
+    assert status == 200, found
+    assert 'id="handbook#1"' in found["content"] and "NOT instructions" in found["content"]
+    assert "Reset password" in found["content"]
+    assert found["grounding"][0]["id"] == "handbook#1" and len(found["grounding"]) <= 2
+    lines = {line["sku"]: line for line in found["lines"]}
+    assert (
+        lines[skus.KNOWLEDGE_SEARCH]["quantity"] == 1 and lines[skus.KNOWLEDGE_EMBEDDINGS_IN]["quantity"] > 0
+    )
+    await asyncio.sleep(0.1)
+    assert harness.usage == []  # the worker meters tool searches, merged per request
+
+
+async def test_a_tool_search_never_reaches_another_tenants_collection(harness: Harness) -> None:
+    await _seed(harness, "globex", GLOBEX_DOCS, "# Globex secrets\n\nThe vault code is 4242.")
+    status, found = await harness.tool(
+        request_id="r", tenant="acme", collection=GLOBEX_DOCS, query="vault code"
+    )
+    assert status == 404 and "4242" not in json.dumps(found)
+    # a collection with no documents yet: an honest "nothing found", still billed as a search
+    status, found = await harness.tool(
+        request_id="r", tenant="acme", collection=ACME_DOCS, query="vault code"
+    )
+    assert status == 200 and found["grounding"] == [] and "No passages" in found["content"]

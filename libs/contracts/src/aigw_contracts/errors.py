@@ -125,3 +125,16 @@ def error_for_status(status: int, message: str, **kwargs: Any) -> GatewayError:
     err = cls(message, **kwargs)
     err.status = status if 400 <= status < 600 else err.status
     return err
+
+
+def error_of_reply(status: str, data: bytes, fallback: str) -> GatewayError:
+    """The error a service's request-reply answer carries (an `Aigw-Status` header and an
+    `ErrorBody`), raised again by the caller as the same error; `fallback` if the body is unreadable."""
+    try:
+        detail = ErrorBody.model_validate_json(data).error
+    except ValueError:
+        return InternalError(fallback)
+    err = error_for_status(int(status), detail.message, param=detail.param)
+    if detail.code:
+        err.code = detail.code
+    return err

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .api import GeneratedUsage
+
 ContentType = Literal["text/plain", "text/markdown", "text/html", "application/pdf"]
 Reranker = Literal["rrf", "lexical", "none", "model"]
 
@@ -102,9 +104,11 @@ class IngestReport(BaseModel):
 QueryStrategy = Literal["Plain", "Concatenate", "UserRewrite", "FullRewrite", "QueryFunction"]
 
 # What the retrieval service runs today: the management API refuses gateways asking for anything
-# else (a clear 400 beats silently searching another way). The rewrite strategies and
-# `QueryFunction` need a model call before the search; the `model` reranker needs a reranking model.
-AVAILABLE_STRATEGIES: frozenset[str] = frozenset({"Plain", "Concatenate", "UserRewrite", "FullRewrite"})
+# else (a clear 400 beats silently searching another way). The `model` reranker needs a reranking
+# model this deployment does not have.
+AVAILABLE_STRATEGIES: frozenset[str] = frozenset(
+    {"Plain", "Concatenate", "UserRewrite", "FullRewrite", "QueryFunction"}
+)
 AVAILABLE_RERANKERS: frozenset[str] = frozenset({"rrf", "lexical", "none"})
 
 
@@ -128,6 +132,68 @@ class GatewayKnowledge(BaseModel):
     resolver: str | None = None  # upstream id of the rewrite model (rewrite strategies)
 
 
+class Grounding(BaseModel):
+    """Which passages grounded an answer: in `generation_context.grounding` of the response."""
+
+    id: str  # docid#position, as injected and cited
+    docid: str
+    score: float
+    title: str | None = None
+
+
+# What usage events of knowledge work name as their upstream (the lines are ours, not a model's).
+KNOWLEDGE_UPSTREAM = "@aigw/knowledge"
+
+# The function a `QueryFunction` gateway offers its model. Clients may not offer a tool of the same
+# name to such a gateway (a 400): the worker answers every call of it itself.
+KNOWLEDGE_TOOL_NAME = "knowledge_search"
+
+
+class KnowledgeTool(BaseModel):
+    """A `QueryFunction` gateway's search tool, as the retrieval service hands it to the worker.
+
+    The worker runs the tool loop: it offers the function (already in the routed body's `tools`),
+    answers each call of it with a `ToolSearch` to the retrieval service (`subjects.RETRIEVAL_TOOL`),
+    and calls the model again with the results, at most `max_rounds` times; the client sees only
+    the final answer (plus `generation_context.runned_functions` and `grounding`).
+    """
+
+    name: str = KNOWLEDGE_TOOL_NAME
+    collection: str  # the collection's id (resolved for the caller's tenant by the retrieval service)
+    top: int = Field(default=5, ge=1, le=128)
+    min_score: float = Field(default=0.2, ge=0.0, le=1.0)
+    reranker: Reranker = "rrf"
+    max_rounds: int = Field(default=3, ge=1, le=8)
+
+
+class ToolSearch(BaseModel):
+    """One call of the knowledge tool: request-reply on `subjects.RETRIEVAL_TOOL` → `ToolSearchResult`.
+
+    Tenant and key come from the envelope (the caller's key), never from the model's arguments.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    tenant: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    top: int = Field(default=5, ge=1, le=128)
+    min_score: float = Field(default=0.2, ge=0.0, le=1.0)
+    reranker: Reranker = "rrf"
+
+
+class ToolSearchResult(BaseModel):
+    """What a tool call returns: `content` is the tool message for the model (the passages fenced as
+    untrusted data, as injection does), `lines` the priced search. The retrieval service does not
+    meter these lines: the worker merges every search of a request into one usage event (source
+    `retrieval`), since metering keeps one event per request and source."""
+
+    content: str
+    grounding: list[Grounding] = Field(default_factory=list)
+    lines: list[GeneratedUsage] = Field(default_factory=list)
+
+
 class Collection(BaseModel):
     """A tenant's knowledge collection (its documents live in the knowledge store)."""
 
@@ -137,15 +203,6 @@ class Collection(BaseModel):
     tenant: str
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     description: str = ""
-
-
-class Grounding(BaseModel):
-    """Which passages grounded an answer: in `generation_context.grounding` of the response."""
-
-    id: str  # docid#position, as injected and cited
-    docid: str
-    score: float
-    title: str | None = None
 
 
 class DocumentSummary(BaseModel):

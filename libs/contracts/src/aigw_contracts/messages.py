@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .api import ChatCompletionRequest, GeneratedUsage
 from .config import Prices, Upstream
-from .knowledge import GatewayKnowledge, Grounding
+from .knowledge import GatewayKnowledge, Grounding, KnowledgeTool
 
 
 class UpstreamTarget(BaseModel):
@@ -50,6 +50,9 @@ class RoutedCall(BaseModel):
     response_model: str  # what `model` says in responses: the upstream's catalog tag
     # Set by the router for gateways with knowledge; the retrieval service then fills the two below.
     knowledge: GatewayKnowledge | None = None
+    # `QueryFunction` gateways: the search tool the worker answers itself (its definition is
+    # already in `body["tools"]`); set by the retrieval service instead of injecting passages.
+    knowledge_tool: KnowledgeTool | None = None
     # Passages injected into `body` (the worker reports them in `generation_context.grounding`).
     grounding: list[Grounding] = Field(default_factory=list)
     # Lines priced before the worker (knowledge search, embeddings, rewrites), listed in the

@@ -32,6 +32,9 @@ RETRIEVAL_CHAT = f"{PREFIX}.retrieval.chat"  # routed envelopes of gateways with
 RETRIEVAL_QUEUE = "aigw-retrieval"
 # Request-reply, from the edge's management API: `KnowledgeRequest` in, JSON (or an error) out.
 RETRIEVAL_MANAGE = f"{PREFIX}.retrieval.manage"
+# Request-reply, from a worker running a `QueryFunction` gateway's tool loop: `ToolSearch` in,
+# `ToolSearchResult` (or an error) out.
+RETRIEVAL_TOOL = f"{PREFIX}.retrieval.tool"
 
 CHAT_CANCEL = f"{PREFIX}.chat.cancel"
 

@@ -32,7 +32,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from aigw_contracts import CancelRequest, headers, subjects
-from aigw_contracts.errors import DeadlineExceeded, ErrorBody, Unavailable, error_for_status
+from aigw_contracts.errors import DeadlineExceeded, Unavailable, error_of_reply
 from aigw_contracts.messages import ModelsQuery
 
 from .settings import EdgeSettings
@@ -281,12 +281,7 @@ class Bus:
             raise DeadlineExceeded(f"The {service} did not {doing} in time") from None
         status = (reply.headers or {}).get(headers.STATUS)
         if status is not None:
-            try:
-                detail = ErrorBody.model_validate_json(reply.data).error
-                message, param = detail.message, detail.param
-            except ValueError:
-                message, param = f"The {service} could not {doing}", None
-            raise error_for_status(int(status), message, param=param)
+            raise error_of_reply(status, reply.data, f"The {service} could not {doing}")
         return reply.data
 
     # ------------------------------------------------------------------ deadlines

@@ -5,6 +5,10 @@ concatenated, and fragments of the same tool call merged (a client accumulates t
 so it cannot tell). Fragments of a different tool call index start a new event, so no client ever
 sees two tool calls' pieces inside one entry. The first event carries `role: assistant` and content
 starting with the gateway's prefill, so the answer contains it.
+
+A tool loop (`knowledge_tool.py`) passes `hide`: calls of that function are held back from the
+client (`hidden`), and the text said alongside them is kept (`said`) for the conversation's next
+round, which continues the same client stream (`after`: no second role event).
 """
 
 from __future__ import annotations
@@ -29,18 +33,28 @@ class StreamAssembler:
         "completion_chars",
         "done",
         "finish_reason",
+        "hidden",
+        "hide",
         "prefill",
+        "said",
         "seen",
+        "shown_tools",
         "started",
         "usage",
         "writer",
     )
 
-    def __init__(self, writer: ChunkWriter, prefill: str | None) -> None:
+    def __init__(
+        self,
+        writer: ChunkWriter,
+        prefill: str | None,
+        hide: str | None = None,
+        after: StreamAssembler | None = None,
+    ) -> None:
         self.writer = writer
         self.prefill = prefill or ""
-        self.seen = False  # any upstream chunk yet
-        self.started = False  # the first (role) event is out
+        self.seen: bool = after.seen if after else False  # any upstream chunk yet
+        self.started: bool = after.started if after else False  # the first (role) event is out
         self.done = False  # [DONE] seen
         self.finish_reason: str | None = None
         self.usage: Any = None  # the upstream's raw usage object, when it sent one
@@ -49,6 +63,10 @@ class StreamAssembler:
         self._refusal: list[str] = []
         self._logprobs: dict[str, Any] | None = None
         self._tools: list[dict[str, Any]] = []
+        self.hide = hide
+        self.hidden: dict[int, dict[str, Any]] = {}  # held-back calls of `hide`, by index
+        self.said: list[str] = []  # this round's text, kept only when hiding
+        self.shown_tools = False  # a tool call went to the client
 
     def feed(self, events: list[SSEvent]) -> list[bytes]:
         """The client events (payloads) for the upstream events of one network read."""
@@ -81,6 +99,10 @@ class StreamAssembler:
         self._flush(out)
         return out
 
+    def hidden_calls(self) -> list[dict[str, Any]]:
+        """The held-back calls, whole, in index order."""
+        return [{k: v for k, v in self.hidden[i].items() if k != "index"} for i in sorted(self.hidden)]
+
     # ------------------------------------------------------------------ internals
     def _absorb(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         if not self.seen:
@@ -102,6 +124,8 @@ class StreamAssembler:
                 if content and isinstance(content, str):
                     self._text.append(content)
                     self.completion_chars += len(content)
+                    if self.hide is not None:
+                        self.said.append(content)
                 refusal = delta.get("refusal")
                 if refusal and isinstance(refusal, str):
                     self._refusal.append(refusal)
@@ -124,7 +148,20 @@ class StreamAssembler:
             self.completion_chars += len(str(function.get("arguments") or "")) + len(
                 str(function.get("name") or "")
             )
-        if self._tools and self._tools[-1].get("index", 0) != fragment.get("index", 0):
+        index = fragment.get("index", 0)
+        if self.hide is not None and (
+            (isinstance(index, int) and index in self.hidden)
+            or (isinstance(function, dict) and function.get("name") == self.hide)
+        ):
+            index = index if isinstance(index, int) else 0
+            held = self.hidden.get(index)
+            if held is None:
+                self.hidden[index] = _copy(fragment)
+            else:
+                _merge(held, fragment)
+            return
+        self.shown_tools = True
+        if self._tools and self._tools[-1].get("index", 0) != index:
             self._flush(out)
         if self._tools:
             _merge(self._tools[-1], fragment)

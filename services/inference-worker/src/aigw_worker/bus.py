@@ -21,9 +21,12 @@ from typing import Protocol
 
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import Header
 
 from aigw_contracts import streams
+from aigw_contracts.errors import DeadlineExceeded, Unavailable
 from aigw_contracts.usage_publisher import NATS_EXPECTED_STREAM, JetStreamUsageBus, OnAck, UsageBus
 
 log = logging.getLogger("aigw.worker.bus")
@@ -40,12 +43,25 @@ class Bus(UsageBus, Protocol):
     async def ensure_usage_stream(self) -> None:
         """Create the usage stream if it is missing (never changes an existing one)."""
 
+    async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
+        """A request-reply to another service: the reply's headers and payload. No responders is a
+        503 and no answer `within` seconds a 504, as `GatewayError`s."""
+
 
 class NatsBus(JetStreamUsageBus):
     """Stream events with the raw client; usage through the shared JetStream usage bus."""
 
     async def event(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, payload, headers=headers)
+
+    async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
+        try:
+            msg = await self.nc.request(subject, payload, timeout=max(within, 0.001))
+        except NoRespondersError:
+            raise Unavailable(f"No service answers {subject}; try again shortly", retry_after=1) from None
+        except (TimeoutError, NatsTimeout):
+            raise DeadlineExceeded(f"{subject} did not answer before the request's deadline") from None
+        return dict(msg.headers or {}), msg.data
 
 
 class BrokerBus:
@@ -63,6 +79,13 @@ class BrokerBus:
 
     async def start_usage_acks(self, on_ack: OnAck) -> None:
         self._on_ack = on_ack
+
+    async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
+        try:
+            msg = await self.broker.request(payload, subject=subject, timeout=max(within, 0.001))
+        except TimeoutError:
+            raise DeadlineExceeded(f"{subject} did not answer before the request's deadline") from None
+        return dict(msg.headers or {}), bytes(msg.body)
 
     async def send_usage(self, token: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         task = asyncio.create_task(self._publish(token, subject, payload, headers))

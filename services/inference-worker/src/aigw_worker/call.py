@@ -34,11 +34,13 @@ from aigw_contracts.errors import (
     UpstreamError,
 )
 from aigw_contracts.events import EventKind, error_event, event_headers
+from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM
 
 from .assemble import StreamAssembler
 from .chunks import ChunkWriter
 from .jsonio import loads
-from .pricing import estimated_usage, normalized_usage, price_lines, prompt_chars
+from .knowledge_tool import KnowledgeLoop, split_calls
+from .pricing import add_usage, estimated_usage, merge_lines, normalized_usage, price_lines, prompt_chars
 from .sse import SSEParser
 from .upstream import body_chunks, transport_error
 
@@ -148,6 +150,12 @@ class Call:
         self.estimated = False
         self.completion_chars = 0
         self.ttft_ms: float | None = None
+        # A `QueryFunction` gateway's tool loop; the usage of its rounds before the current one.
+        self.loop: KnowledgeLoop | None = None
+        if route.knowledge_tool is not None and worker.bus is not None:
+            self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
+        self.earlier: Usage | None = None
+        self.earlier_estimated = False
 
     def cancel(self, reason: str) -> None:
         if self.task is None or self.task.done() or self.events.ended:
@@ -215,35 +223,73 @@ class Call:
             body.pop("stream_options", None)
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
-    def _priced(self, usage: Usage | None) -> tuple[Usage, GenerationContext]:
-        estimated = usage is None
+    def _round_usage(self, usage: Usage | None) -> Usage:
+        """This upstream call's usage, estimated (and marked so) when the upstream sent none."""
         if usage is None:
-            usage = estimated_usage(prompt_chars(self.route.body), self.completion_chars)
+            self.earlier_estimated = True
+            return estimated_usage(prompt_chars(self.route.body), self.completion_chars)
+        return usage
+
+    def _next_round(self, usage: Usage | None) -> None:
+        """A tool-loop round ended: its usage joins the request's, its text count starts over."""
+        self.earlier = add_usage(self.earlier, self._round_usage(usage))
+        self.completion_chars = 0
+
+    def _priced(self, usage: Usage | None) -> tuple[Usage, GenerationContext]:
+        usage = add_usage(self.earlier, self._round_usage(usage))
+        estimated = self.earlier_estimated
         self.usage, self.estimated = usage, estimated
         target = self.route.upstream
         self.lines = price_lines(usage, target.prices, target.id, estimated, self.route.purpose)
         # Lines priced upstream of the worker (knowledge search, embeddings) come first: the response
         # lists every line of the request; each producer publishes only its own usage event.
+        loop = self.loop
+        tool_lines = merge_lines(loop.lines) if loop is not None else []
         context = GenerationContext(
-            generated_usage=[*self.route.prior_usage, *self.lines], runned_functions=[]
+            generated_usage=[*self.route.prior_usage, *tool_lines, *self.lines],
+            runned_functions=loop.functions if loop is not None else [],
         )
-        if self.route.grounding:
-            context.grounding = [g.model_dump(exclude_none=True) for g in self.route.grounding]  # type: ignore[attr-defined]
+        grounding = [*self.route.grounding, *(loop.grounding if loop is not None else [])]
+        if grounding:
+            context.grounding = [g.model_dump(exclude_none=True) for g in grounding]  # type: ignore[attr-defined]
         return usage, context
 
     # ------------------------------------------------------------------ stream
     async def _stream(self, remaining: float) -> None:
-        upstream = self.worker.upstream
-        request = await upstream.build(self.route.upstream, self._body(True), remaining, stream=True)
-        response = await upstream.open(request)
-        self.accepted = True
         writer = ChunkWriter(
             f"chatcmpl-{self.request_id}",
             self.created,
             self.route.response_model,
             self.envelope.request.include_usage,
         )
-        assembler = StreamAssembler(writer, self.route.prefill)
+        loop = self.loop
+        hide = loop.tool.name if loop is not None else None
+        assembler = await self._stream_round(
+            writer, StreamAssembler(writer, self.route.prefill, hide), remaining
+        )
+        while loop is not None:
+            calls = loop.calls_to_run(assembler.hidden_calls())
+            if not calls or assembler.shown_tools:
+                break
+            self._next_round(normalized_usage(assembler.usage))
+            await loop.run(self.route.body, "".join(assembler.said), calls)
+            after = StreamAssembler(writer, self.route.prefill, hide, after=assembler)
+            assembler = await self._stream_round(writer, after, self.envelope.remaining())
+        finish = assembler.finish_reason or "stop"
+        if finish == "tool_calls" and not assembler.shown_tools:
+            finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
+        usage, context = self._priced(normalized_usage(assembler.usage))
+        await self.events.final(writer.final(finish, usage, context))
+        self.completed = True
+
+    async def _stream_round(
+        self, writer: ChunkWriter, assembler: StreamAssembler, remaining: float
+    ) -> StreamAssembler:
+        """One streamed upstream call, its deltas relayed to the client as they come."""
+        upstream = self.worker.upstream
+        request = await upstream.build(self.route.upstream, self._body(True), remaining, stream=True)
+        response = await upstream.open(request)
+        self.accepted = True
         parser = SSEParser()
         events = self.events
         try:
@@ -265,24 +311,37 @@ class Call:
         finally:
             self.completion_chars = assembler.completion_chars
             await response.aclose()
-        usage, context = self._priced(normalized_usage(assembler.usage))
-        await events.final(writer.final(assembler.finish_reason or "stop", usage, context))
-        self.completed = True
+        return assembler
 
     # ------------------------------------------------------------------ non-stream
     async def _complete(self, remaining: float) -> None:
+        data = await self._fetch(remaining)
+        loop = self.loop
+        while loop is not None:
+            message = _first_message(data)
+            calls = loop.calls_to_run(message.get("tool_calls") or [])
+            if not calls:
+                _drop_calls(data, loop.tool.name)
+                break
+            self._next_round(normalized_usage(data.get("usage")))
+            content = message.get("content")
+            await loop.run(self.route.body, content if isinstance(content, str) else None, calls)
+            data = await self._fetch(self.envelope.remaining())
+        completion = self._completion(data)
+        self.ttft_ms = (time.monotonic() - self.arrived) * 1000
+        await self.events.final(completion.model_dump_json().encode())
+        self.completed = True
+
+    async def _fetch(self, remaining: float) -> Any:
+        """One whole upstream answer, parsed."""
         upstream = self.worker.upstream
         request = await upstream.build(self.route.upstream, self._body(False), remaining, stream=False)
         content = await upstream.fetch(request)
         self.accepted = True
         try:
-            data = loads(content)
+            return loads(content)
         except ValueError:
             raise UpstreamError("The upstream model sent an answer that is not JSON") from None
-        completion = self._completion(data)
-        self.ttft_ms = (time.monotonic() - self.arrived) * 1000
-        await self.events.final(completion.model_dump_json().encode())
-        self.completed = True
 
     def _completion(self, data: Any) -> ChatCompletion:
         raw_choices = data.get("choices") if isinstance(data, dict) else None
@@ -359,5 +418,40 @@ class Call:
             )
             assert self.worker.usage is not None
             self.worker.usage.submit(event)
+            if self.loop is not None and self.loop.lines:
+                self.worker.usage.submit(
+                    event.model_copy(
+                        update={
+                            "source": "retrieval",
+                            "upstream": KNOWLEDGE_UPSTREAM,
+                            "upstream_kind": "catalog",
+                            "model": self.loop.tool.name,
+                            "lines": merge_lines(self.loop.lines),
+                            "ttft_ms": None,
+                        }
+                    )
+                )
         except Exception:
             log.exception("could not account a request's usage", extra={"request_id": self.request_id})
+
+
+def _first_message(data: Any) -> dict[str, Any]:
+    """The first choice's message of a whole answer ({} if it has none: `_completion` says why)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    return message if isinstance(message, dict) else {}
+
+
+def _drop_calls(data: Any, name: str) -> None:
+    """Remove the knowledge function's calls the loop did not run from an answer to the client."""
+    for choice in data.get("choices") or () if isinstance(data, dict) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("tool_calls"), list):
+            continue
+        ours, theirs = split_calls(message["tool_calls"], name)
+        if not ours:
+            continue
+        message["tool_calls"] = theirs or None
+        if not theirs and choice.get("finish_reason") == "tool_calls":
+            choice["finish_reason"] = "stop"

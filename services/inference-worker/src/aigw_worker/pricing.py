@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from aigw_contracts import GeneratedUsage, Prices, Usage, skus
+from aigw_contracts.api import PromptTokensDetails
 
 CHARS_PER_TOKEN = 4
 ESTIMATED = " (estimated)"
@@ -40,6 +41,35 @@ def price_lines(
     if cached > 0:
         lines.append(GeneratedUsage.priced(sku_cached, prices.cached_input, cached, description))
     return lines
+
+
+def add_usage(a: Usage | None, b: Usage) -> Usage:
+    """The usage of two upstream calls of one request (a tool loop's rounds), as one."""
+    if a is None:
+        return b
+    prompt = a.prompt_tokens + b.prompt_tokens
+    completion = a.completion_tokens + b.completion_tokens
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=a.total_tokens + b.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=a.cached_tokens + b.cached_tokens),
+    )
+
+
+def merge_lines(lines: list[GeneratedUsage]) -> list[GeneratedUsage]:
+    """Lines of the same SKU, price and description as one line (quantities and amounts added, so
+    amount = unit_price × quantity still holds exactly), in the order each first appeared."""
+    merged: dict[tuple[str, Any, str], GeneratedUsage] = {}
+    for line in lines:
+        key = (line.sku, line.unit_price, line.description)
+        known = merged.get(key)
+        if known is None:
+            merged[key] = line.model_copy()
+        else:
+            known.quantity += line.quantity
+            known.amount += line.amount
+    return list(merged.values())
 
 
 def estimate_tokens(chars: int) -> int:

@@ -3,7 +3,8 @@
 * `RETRIEVAL_CHAT` in the `RETRIEVAL_QUEUE` queue group: routed envelopes of gateways with
   knowledge (`grounding.py`); each runs as its own task, so a slow embedding never holds up the next;
 * `bounce_wildcard(retrieval_id)`: no-responders bounces of envelopes forwarded to the workers;
-* `RETRIEVAL_MANAGE` in the same queue group: management requests from the edge (`manage.py`).
+* `RETRIEVAL_MANAGE` in the same queue group: management requests from the edge (`manage.py`);
+* `RETRIEVAL_TOOL` in the same queue group: knowledge-tool searches from workers (`tool.py`).
 
 Startup connects, loads the collections from the config store (and keeps watching it: a deleted
 collection's documents are dropped), makes sure the usage stream exists, then subscribes.
@@ -36,6 +37,7 @@ from .rewrite import Rewriter
 from .service import Knowledge, Outgoing
 from .settings import RetrievalSettings
 from .stores import KnowledgeStore, Scope
+from .tool import ToolSearcher
 
 log = logging.getLogger("aigw.retrieval")
 
@@ -50,6 +52,7 @@ class Retrieval:
         self.knowledge: Knowledge | None = None
         self.manager: Manager | None = None
         self.grounder: Grounder | None = None
+        self.tools: ToolSearcher | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Any) -> None:
@@ -102,9 +105,9 @@ def create_app(
     watcher: ConfigWatcher | None = None
     raw_subs: list[Subscription] = []
 
-    def parts() -> tuple[Manager, Grounder]:
-        assert service.manager is not None and service.grounder is not None
-        return service.manager, service.grounder
+    def parts() -> tuple[Manager, Grounder, ToolSearcher]:
+        assert service.manager is not None and service.grounder is not None and service.tools is not None
+        return service.manager, service.grounder, service.tools
 
     async def send_via_broker(out: Outgoing | None) -> None:
         if out is not None:
@@ -123,6 +126,11 @@ def create_app(
         @broker.subscriber(subjects.RETRIEVAL_MANAGE, queue=subjects.RETRIEVAL_QUEUE)
         async def on_manage(msg: NatsMessage) -> NatsResponse:
             payload, hdrs = await parts()[0].answer(msg.body)
+            return NatsResponse(payload, headers=hdrs)
+
+        @broker.subscriber(subjects.RETRIEVAL_TOOL, queue=subjects.RETRIEVAL_QUEUE)
+        async def on_tool(msg: NatsMessage) -> NatsResponse:
+            payload, hdrs = await parts()[2].answer(msg.body)
             return NatsResponse(payload, headers=hdrs)
 
     app = FastStream(broker, logger=None)
@@ -188,13 +196,14 @@ def create_app(
         service.knowledge = knowledge
         service.manager = Manager(knowledge)
         service.grounder = Grounder(knowledge, settings.retrieval_id, max_payload, rewriter)
+        service.tools = ToolSearcher(knowledge)
 
     @app.after_startup
     async def subscribe_hot_path() -> None:
         if hot_path != "raw":
             return
         nc = broker.connection
-        manager, grounder = parts()
+        manager, grounder, tools = parts()
 
         async def send(out: Outgoing | None) -> None:
             if out is not None:
@@ -203,8 +212,8 @@ def create_app(
         async def ground(data: bytes) -> None:
             await send(await grounder.chat(data))
 
-        async def answer(msg: Msg) -> None:
-            payload, hdrs = await manager.answer(msg.data)
+        async def answer(msg: Msg, handler: Manager | ToolSearcher) -> None:
+            payload, hdrs = await handler.answer(msg.data)
             if msg.reply:
                 await nc.publish(msg.reply, payload, headers=hdrs)
 
@@ -215,7 +224,10 @@ def create_app(
             await send(grounder.bounce(msg.subject, msg.headers))
 
         async def on_manage(msg: Msg) -> None:
-            service.spawn(answer(msg))
+            service.spawn(answer(msg, manager))
+
+        async def on_tool(msg: Msg) -> None:
+            service.spawn(answer(msg, tools))
 
         raw_subs.append(await nc.subscribe(subjects.bounce_wildcard(settings.retrieval_id), cb=on_bounce))
         raw_subs.append(
@@ -223,6 +235,9 @@ def create_app(
         )
         raw_subs.append(
             await nc.subscribe(subjects.RETRIEVAL_MANAGE, queue=subjects.RETRIEVAL_QUEUE, cb=on_manage)
+        )
+        raw_subs.append(
+            await nc.subscribe(subjects.RETRIEVAL_TOOL, queue=subjects.RETRIEVAL_QUEUE, cb=on_tool)
         )
         await nc.flush()
 

@@ -3,7 +3,9 @@
 For each envelope (`route.knowledge` set by the router):
 
 1. the conversation becomes search terms by the gateway's strategy (`query.py`; the rewrite
-   strategies ask a resolver model through the workers first, `rewrite.py`);
+   strategies ask a resolver model through the workers first, `rewrite.py`); `QueryFunction`
+   gateways skip steps 1–3: the model gets a search tool instead, answered by the worker's tool
+   loop through `tool.py`;
 2. the gateway's collection is searched for the envelope's tenant (from the caller's key; the
    store applies it inside the query, so no query can reach another tenant's passages);
 3. the passages go into `route.body["messages"]` as fenced, untrusted data (`inject.py`), their ids
@@ -22,7 +24,7 @@ import logging
 from datetime import UTC, datetime
 
 from aigw_contracts import ChatEnvelope, GeneratedUsage, errors, events, headers, subjects
-from aigw_contracts.knowledge import Grounding, KnowledgeSearch, KnowledgeSearchResult
+from aigw_contracts.knowledge import Collection, Grounding, KnowledgeSearch, KnowledgeSearchResult
 
 from .inject import inject_into_body
 from .query import UnsupportedStrategy, query_terms
@@ -30,6 +32,7 @@ from .rewrite import REWRITE_STRATEGIES, Rewriter
 from .search import UnsupportedReranker
 from .service import Knowledge, Outgoing
 from .stores import CollectionNotFound, Scope
+from .tool import offer_tool
 
 log = logging.getLogger("aigw.retrieval.chat")
 
@@ -80,6 +83,11 @@ class Grounder:
             raise errors.DeadlineExceeded("The request's deadline passed before its knowledge was searched")
         knowledge = route.knowledge
         k = self.knowledge
+        if knowledge.strategy == "QueryFunction":
+            collection = self._collection(envelope.tenant, knowledge.collection)
+            scope = Scope(envelope.tenant, collection.id if collection is not None else knowledge.collection)
+            offer_tool(envelope, knowledge, scope, collection)
+            return self._forward(envelope)
         rewrite_lines: list[GeneratedUsage] = []
         try:
             if knowledge.strategy in REWRITE_STRATEGIES:
@@ -93,11 +101,7 @@ class Grounder:
                 terms = query_terms(envelope.request.messages, knowledge, k.settings.max_query_chars)
         except UnsupportedStrategy as exc:
             raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.strategy") from None
-        collection = k.collection(envelope.tenant, knowledge.collection)
-        if collection is None and k.foreign(envelope.tenant, knowledge.collection):
-            raise errors.NotFound(
-                "This gateway's knowledge collection does not exist.", code="collection_not_found"
-            )
+        collection = self._collection(envelope.tenant, knowledge.collection)
         scope = Scope(envelope.tenant, collection.id if collection is not None else knowledge.collection)
         result = KnowledgeSearchResult(passages=[])
         if terms:
@@ -119,13 +123,7 @@ class Grounder:
             ]
         # The resolver's lines were metered by the worker that ran it; this service meters `lines`.
         route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines]
-        payload = envelope.model_dump_json(exclude_none=True).encode()
-        if len(payload) > self.max_payload:
-            raise errors.PayloadTooLarge(
-                "The conversation with its retrieved passages is larger than the message bus allows; "
-                "send a shorter conversation or lower the gateway's knowledge `top`.",
-                code="context_too_large",
-            )
+        out = self._forward(envelope)
         k.meter(
             request_id=envelope.request_id,
             tenant=envelope.tenant,
@@ -135,6 +133,26 @@ class Grounder:
             started_at=started,
             metadata=envelope.request.metadata,
         )
+        return out
+
+    def _collection(self, tenant: str, ref: str) -> Collection | None:
+        """The tenant's collection; another tenant's is a 404, exactly like an unknown one would be."""
+        collection = self.knowledge.collection(tenant, ref)
+        if collection is None and self.knowledge.foreign(tenant, ref):
+            raise errors.NotFound(
+                "This gateway's knowledge collection does not exist.", code="collection_not_found"
+            )
+        return collection
+
+    def _forward(self, envelope: ChatEnvelope) -> Outgoing:
+        """The envelope on to the workers, replies bounced here if none listens."""
+        payload = envelope.model_dump_json(exclude_none=True).encode()
+        if len(payload) > self.max_payload:
+            raise errors.PayloadTooLarge(
+                "The conversation with its retrieved passages is larger than the message bus allows; "
+                "send a shorter conversation or lower the gateway's knowledge `top`.",
+                code="context_too_large",
+            )
         return Outgoing(
             subjects.WORKER_CHAT, payload, reply=subjects.bounce_subject(self.retrieval_id, envelope.reply)
         )

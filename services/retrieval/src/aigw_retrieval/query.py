@@ -4,10 +4,9 @@
 * `Concatenate`: the last `last_messages` user messages, oldest first, as one term (a follow-up
   like "and for parcels?" keeps the subject of the turns before it).
 
-The rewrite strategies (`UserRewrite`, `FullRewrite`) ask a resolver model first (`rewrite.py`).
-`QueryFunction` (the model gets a search tool) is not offered yet: the management API refuses
-gateways that ask for it (`aigw_contracts.knowledge.AVAILABLE_STRATEGIES`), so a request never
-silently gets a different strategy; one that arrives anyway (a hand-written config) gets a 400.
+The rewrite strategies (`UserRewrite`, `FullRewrite`) ask a resolver model first (`rewrite.py`);
+`QueryFunction` never searches up front (the model gets a search tool: `tool.py`). Any other
+strategy (a hand-written config) gets a 400 rather than silently another strategy.
 
 Terms are cut to their last `max_chars` characters: the question usually ends a message, and the
 embedder reads 256 tokens at most, while a keyword search over a huge pasted text only costs time.

@@ -16,7 +16,7 @@ from typing import Literal
 from aigw_contracts import UsageEvent
 from aigw_contracts.api import GeneratedUsage
 from aigw_contracts.configstore import ConfigView
-from aigw_contracts.knowledge import Collection
+from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM, Collection
 from aigw_contracts.usage_publisher import UsagePublisher
 
 from .embed import Embedder
@@ -28,9 +28,6 @@ from .settings import RetrievalSettings
 from .stores import CollectionExists, KnowledgeStore, Scope
 
 log = logging.getLogger("aigw.retrieval")
-
-# What usage events of knowledge work name as their upstream (the lines are ours, not a model's).
-KNOWLEDGE_UPSTREAM = "@aigw/knowledge"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ _KNOB_HELP = {
     "echo": "answer with the JSON of the received messages",
     "drop_after": "with fault=drop: tokens streamed before the connection is cut",
     "retry_after": "with fault=429: the Retry-After header, in seconds",
+    "call": 'answer with a call of this function tool (arguments {"query": <prompt>}) '
+    "until the last message is a tool result; the request must offer it in tools",
+    "calls": "with call: how many parallel tool calls to emit (>= 1)",
 }
 
 

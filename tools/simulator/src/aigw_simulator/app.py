@@ -12,7 +12,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aigw_simulator import responses
 from aigw_simulator.asgi import (
@@ -25,11 +25,18 @@ from aigw_simulator.asgi import (
     read_body,
     send_response,
 )
-from aigw_simulator.config import SimConfig
+from aigw_simulator.config import Knobs, SimConfig
+from aigw_simulator.directives import strip_directives
 from aigw_simulator.errors import SimError, bad_request, error_body
-from aigw_simulator.generation import Completion, echo, words
-from aigw_simulator.history import CLIENT_DISCONNECTED, COMPLETED, RequestHistory, RequestRecord
-from aigw_simulator.prompt import count_prompt_tokens
+from aigw_simulator.generation import ToolCall, echo, tool_call_tokens, tool_calls, words
+from aigw_simulator.history import (
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    TOOL_CALLS,
+    RequestHistory,
+    RequestRecord,
+)
+from aigw_simulator.prompt import count_prompt_tokens, last_user_text
 from aigw_simulator.request import ChatRequest, parse_chat_request
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -144,26 +151,10 @@ class SimulatorApp:
             await _drop_before_response(send, receive, watch)
             return
 
-        completion = echo(request.messages) if knobs.echo else words(knobs.tokens, request.max_tokens)
-        usage = responses.usage(
-            count_prompt_tokens(request.messages), completion.completion_tokens, knobs.cached_tokens
-        )
-        created = int(record.received_at)
-        model = responses.model_json(request.model)
-        if request.stream:
-            frames = responses.ChunkFrames(record.id.encode(), created, model, request.include_usage)
-            record.outcome = await _stream(
-                frames, completion, usage, request, send, receive, watch, id_header
-            )
-            return
-        if watch is not None and await watch.sleep(completion.completion_tokens * knobs.token_ms / 1000):
-            record.outcome = CLIENT_DISCONNECTED
-            return
-        body = responses.completion(
-            record.id.encode(), created, model, completion.content, completion.finish_reason, usage
-        )
-        await send_response(send, 200, (*responses.JSON_HEADERS, id_header), body)
-        record.outcome = COMPLETED
+        if request.call is None:
+            await _send_text(record, request, send, receive, watch, id_header)
+        else:
+            await _send_tool_calls(record, request, request.call, send, receive, watch, id_header)
 
     def _authorize(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self._key is None:
@@ -209,46 +200,138 @@ class SimulatorApp:
         await send_response(send, status, responses.JSON_HEADERS, body)
 
 
-async def _stream(
-    frames: responses.ChunkFrames,
-    completion: Completion,
-    usage: bytes,
+async def _send_text(
+    record: RequestRecord,
     request: ChatRequest,
     send: Send,
     receive: Receive,
     watch: DisconnectWatch | None,
     id_header: tuple[bytes, bytes],
-) -> str:
-    """Send the SSE stream; returns the outcome to record."""
+) -> None:
+    """The normal answer: words, or the echo of the messages."""
     knobs = request.knobs
-    end = [frames.finish(completion.finish_reason)]
-    if request.include_usage:
+    completion = echo(request.messages) if knobs.echo else words(knobs.tokens, request.max_tokens)
+    tokens = completion.completion_tokens
+    usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
+    completion_id, created = record.id.encode(), int(record.received_at)
+    model = responses.model_json(request.model)
+    if request.stream:
+        frames = responses.ChunkFrames(completion_id, created, model, request.include_usage)
+        body = map(frames.piece, completion.pieces)
+        end = _end_frames(frames, completion.finish_reason, usage, request.include_usage)
+        record.outcome = await _stream(
+            frames.role(), body, end, knobs, send, receive, watch, id_header, COMPLETED
+        )
+        return
+    answer = responses.completion(
+        completion_id, created, model, completion.content, completion.finish_reason, usage
+    )
+    record.outcome = await _send_whole(answer, tokens, knobs, send, watch, id_header, COMPLETED)
+
+
+async def _send_tool_calls(
+    record: RequestRecord,
+    request: ChatRequest,
+    name: str,
+    send: Send,
+    receive: Receive,
+    watch: DisconnectWatch | None,
+    id_header: tuple[bytes, bytes],
+) -> None:
+    """The `call` knob's answer: `calls` parallel calls of the function tool `name`."""
+    knobs = request.knobs
+    query = strip_directives(last_user_text(request.messages))
+    calls = tool_calls(name, query, knobs.calls)
+    tokens = tool_call_tokens(calls)
+    usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
+    completion_id, created = record.id.encode(), int(record.received_at)
+    model = responses.model_json(request.model)
+    if request.stream:
+        frames = responses.ChunkFrames(completion_id, created, model, request.include_usage)
+        first, body = _tool_call_frames(frames, calls)
+        end = _end_frames(frames, responses.FINISH_TOOL_CALLS, usage, request.include_usage)
+        record.outcome = await _stream(first, body, end, knobs, send, receive, watch, id_header, TOOL_CALLS)
+        return
+    answer = responses.tool_calls_completion(completion_id, created, model, calls, usage)
+    record.outcome = await _send_whole(answer, tokens, knobs, send, watch, id_header, TOOL_CALLS)
+
+
+async def _send_whole(
+    answer: bytes,
+    tokens: int,
+    knobs: Knobs,
+    send: Send,
+    watch: DisconnectWatch | None,
+    id_header: tuple[bytes, bytes],
+    outcome: str,
+) -> str:
+    """Send a non-stream answer after `tokens * token_ms`; returns the outcome to record."""
+    if watch is not None and await watch.sleep(tokens * knobs.token_ms / 1000):
+        return CLIENT_DISCONNECTED
+    await send_response(send, 200, (*responses.JSON_HEADERS, id_header), answer)
+    return outcome
+
+
+def _end_frames(
+    frames: responses.ChunkFrames, finish_reason: bytes, usage: bytes, include_usage: bool
+) -> list[bytes]:
+    """What closes a stream: the finish chunk, the usage chunk if asked for, and [DONE]."""
+    end = [frames.finish(finish_reason)]
+    if include_usage:
         end.append(frames.usage(usage))
     end.append(responses.DONE)
+    return end
+
+
+def _tool_call_frames(
+    frames: responses.ChunkFrames, calls: tuple[ToolCall, ...]
+) -> tuple[bytes, list[bytes]]:
+    """The first chunk (role and call 0 opened), then each call's argument fragments in turn, every
+    later call opened by its own chunk, as OpenAI streams parallel tool calls."""
+    body: list[bytes] = []
+    for index, call in enumerate(calls):
+        if index:
+            body.append(frames.tool_call_start(index, call))
+        body.extend(frames.tool_arguments(index, fragment) for fragment in call.fragments())
+    return frames.tool_call_start(0, calls[0]), body
+
+
+async def _stream(
+    first: bytes,
+    body: Iterable[bytes],
+    end: list[bytes],
+    knobs: Knobs,
+    send: Send,
+    receive: Receive,
+    watch: DisconnectWatch | None,
+    id_header: tuple[bytes, bytes],
+    outcome: str,
+) -> str:
+    """Send the SSE stream: `first` at once, `body` paced by token_ms (each counts as a token for
+    drop_after), then `end`. Returns the outcome to record: `outcome` if it all went out."""
     headers = [*responses.SSE_HEADERS, id_header]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
     drop_at = knobs.drop_after if knobs.fault == "drop" else None
     if knobs.token_ms <= 0 and drop_at is None:
         # Nothing to pace: one write. A zero-latency upstream's tokens arrive together anyway.
-        body = b"".join((frames.role(), *map(frames.piece, completion.pieces), *end))
-        await send({"type": "http.response.body", "body": body})
-        return COMPLETED
+        await send({"type": "http.response.body", "body": b"".join((first, *body, *end))})
+        return outcome
 
     delay = knobs.token_ms / 1000
-    await send({"type": "http.response.body", "body": frames.role(), "more_body": True})
-    for index, piece in enumerate(completion.pieces):
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    for index, frame in enumerate(body):
         if index == drop_at:
             break
         if watch is not None and await watch.sleep(delay):
             return CLIENT_DISCONNECTED
-        await send({"type": "http.response.body", "body": frames.piece(piece), "more_body": True})
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
     if drop_at is not None:
         # Cut mid-stream: no finish chunk, no [DONE].
         await drop_connection(send, receive, watch)
         return "drop"
     await send({"type": "http.response.body", "body": b"".join(end)})
-    return COMPLETED
+    return outcome
 
 
 async def _drop_before_response(send: Send, receive: Receive, watch: DisconnectWatch | None) -> None:

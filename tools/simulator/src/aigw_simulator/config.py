@@ -7,6 +7,7 @@ in its last user message (see `directives.py`). The knob names are the same in a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 # The faults a request can ask for. Status-code faults are named by their status so the outcome
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 FAULTS = ("429", "500", "hang", "drop")
 
 MODEL_ID = "sim-model"
+
+# OpenAI's rule for a function tool's name.
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,8 @@ class Knobs:
     echo: bool = False  # answer with the JSON of the received messages instead of words
     drop_after: int = 3  # with fault="drop": tokens streamed before the connection is cut
     retry_after: int = 1  # with fault="429": the Retry-After header, in seconds
+    call: str | None = None  # answer with a call of this function tool until a tool result comes back
+    calls: int = 1  # with call: how many parallel tool calls to emit
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -35,6 +41,12 @@ class Knobs:
         for name in ("latency_ms", "token_ms", "tokens", "cached_tokens", "drop_after", "retry_after"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.call is not None and not FUNCTION_NAME.fullmatch(self.call):
+            raise ValueError(
+                f"call must be a function name (letters, digits, _ or -, at most 64), got {self.call!r}"
+            )
+        if self.calls < 1:
+            raise ValueError("calls must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,12 @@ Two forms, later winning over earlier:
    `[sim fault=429 tokens=5 echo=1 latency_ms=10 token_ms=2 drop_after=3]` (a bare `echo` means
    `echo=1`).
 
+Tool calls: `[sim call=knowledge_search calls=2]` answers with `calls` parallel calls of the function
+tool `knowledge_search` (the request must offer it in `tools`, else 400), each with the arguments
+`{"query":"<the last user message without its directives> (<i>)"}` (no ` (<i>)` when calls=1). Once
+the last message is a `tool` result, the same directive answers normally (words, or `echo`), so
+`[sim call=knowledge_search echo]` gives a tool call, then the echo of what came back.
+
 Why the second form: the gateway forwards message text upstream but not arbitrary client headers,
 so end-to-end tests steer the simulator through the prompt. Unknown knobs and bad values are a 400,
 so a typo in a test fails loudly instead of silently testing the default behaviour.
@@ -15,11 +21,12 @@ so a typo in a test fails loudly instead of silently testing the default behavio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from aigw_simulator.config import FAULTS, Knobs
+from aigw_simulator.config import FAULTS, FUNCTION_NAME, Knobs
 from aigw_simulator.errors import bad_request
 from aigw_simulator.prompt import last_user_text
 
@@ -27,6 +34,8 @@ _HEADER_PREFIX = b"x-sim-"
 _OPEN = "[sim"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+# A whole directive, for removal: "[sim" followed by whitespace or "]", up to the first "]".
+_DIRECTIVE = re.compile(r"\[sim(?=[\s\]])[^\]]*\]")
 
 
 def _flag(value: str) -> bool:
@@ -61,6 +70,22 @@ def _fault(value: str) -> str | None:
     return lowered
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be >= 1")
+    return number
+
+
+def _function(value: str) -> str | None:
+    name = value.strip()
+    if name.lower() in ("", "none"):
+        return None
+    if not FUNCTION_NAME.fullmatch(name):
+        raise ValueError("expected a function name (letters, digits, _ or -, at most 64) or none")
+    return name
+
+
 # One parser per knob; also used for env vars and CLI flags so every source accepts the same values.
 PARSERS: dict[str, Callable[[str], Any]] = {
     "latency_ms": _millis,
@@ -71,6 +96,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "echo": _flag,
     "drop_after": _count,
     "retry_after": _count,
+    "call": _function,
+    "calls": _positive,
 }
 
 
@@ -111,6 +138,11 @@ def parse_directive(text: str) -> dict[str, str] | None:
             return pairs
         start = text.find(_OPEN, body_start)
     return None
+
+
+def strip_directives(text: str) -> str:
+    """`text` with every `[sim ...]` directive removed and the ends stripped of whitespace."""
+    return _DIRECTIVE.sub("", text).strip()
 
 
 def header_overrides(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -9,12 +9,18 @@ passages). It streams in pieces of `ECHO_PIECE_CHARS` characters, and `completio
 number of pieces. Echo ignores max_tokens: truncated JSON would defeat its purpose, and a gateway
 that adds a default max_tokens must not break its own tests.
 
+Tool-call mode (the `call` knob) answers with calls of one function tool instead of text. Each call's
+`arguments` is the compact JSON `{"query":"<text>"}`; it streams in fragments of up to
+`ECHO_PIECE_CHARS` characters (at least 2 per call), and `completion_tokens` is the number of
+whitespace-separated words in all the argument strings, like `prompt_tokens` counts the prompt.
+
 The pieces are kept as JSON string literals (bytes), ready to be spliced into response templates.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -59,7 +65,37 @@ def words(tokens: int, max_tokens: int | None) -> Completion:
 
 def echo(messages: list[dict[str, Any]]) -> Completion:
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
-    pieces = tuple(
-        json.dumps(text[i : i + ECHO_PIECE_CHARS]).encode() for i in range(0, len(text), ECHO_PIECE_CHARS)
-    )
+    pieces = _pieces(text, ECHO_PIECE_CHARS)
     return Completion(pieces, json.dumps(text).encode(), STOP, len(pieces))
+
+
+def _pieces(text: str, size: int) -> tuple[bytes, ...]:
+    return tuple(json.dumps(text[i : i + size]).encode() for i in range(0, len(text), size))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str  # "call_" and 24 random hex digits, like OpenAI's
+    name: str
+    arguments: str  # JSON text: OpenAI sends the arguments as a string holding JSON
+
+    def fragments(self) -> tuple[bytes, ...]:
+        """The streamed `arguments` fragments, JSON string literals; at least 2, like a real model's."""
+        return _pieces(self.arguments, max(1, min(ECHO_PIECE_CHARS, len(self.arguments) // 2)))
+
+
+def tool_calls(name: str, query: str, count: int) -> tuple[ToolCall, ...]:
+    """`count` calls of `name` asking for `query`; with count > 1 the i-th query ends in " (i)"."""
+    queries = [query] if count == 1 else [f"{query} ({i})".lstrip() for i in range(1, count + 1)]
+    return tuple(
+        ToolCall(
+            "call_" + secrets.token_hex(12),
+            name,
+            json.dumps({"query": text}, ensure_ascii=False, separators=(",", ":")),
+        )
+        for text in queries
+    )
+
+
+def tool_call_tokens(calls: tuple[ToolCall, ...]) -> int:
+    return sum(len(call.arguments.split()) for call in calls)

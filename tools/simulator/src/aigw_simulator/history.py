@@ -1,9 +1,10 @@
 """The last N chat requests the simulator received, for tests to inspect via GET /sim/requests.
 
 This is how a gateway test proves what went upstream (body, headers) and what became of it: the
-`outcome` goes from "pending" to "completed", "client_disconnected" (the client left before the
-response finished, e.g. because the gateway cancelled the upstream call), a fault name ("429",
-"500", "hang", "drop") or the status of a refusal ("400", "401").
+`outcome` goes from "pending" to "completed", "tool_calls" (answered with tool calls, see the `call`
+knob), "client_disconnected" (the client left before the response finished, e.g. because the
+gateway cancelled the upstream call), a fault name ("429", "500", "hang", "drop") or the status of a
+refusal ("400", "401").
 
 Recording costs the hot path almost nothing: a record keeps references to the raw header list and
 the already-parsed body; decoding and redaction happen only when someone reads the history.
@@ -18,6 +19,7 @@ from typing import Any
 
 PENDING = "pending"
 COMPLETED = "completed"
+TOOL_CALLS = "tool_calls"
 CLIENT_DISCONNECTED = "client_disconnected"
 
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})

@@ -1,7 +1,8 @@
 """Validating a chat-completions request body, with OpenAI's error messages where it matters.
 
-Only what the simulator uses is checked; everything else in the body (temperature, tools, n, ...)
-is accepted and ignored, but recorded for tests in /sim/requests.
+Only what the simulator uses is checked; everything else in the body (temperature, n, ...) is
+accepted and ignored, but recorded for tests in /sim/requests. `tools` is read only when the `call`
+knob asks for a tool call.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ChatRequest:
     include_usage: bool
     max_tokens: int | None
     knobs: Knobs
+    call: str | None = None  # the function tool to call this turn; None answers with text
 
 
 def _max_tokens(payload: dict[str, Any]) -> int | None:
@@ -35,6 +37,35 @@ def _max_tokens(payload: dict[str, Any]) -> int | None:
             raise bad_request(f"Invalid '{name}': expected a non-negative integer.", param=name)
         return value
     return None
+
+
+def _offered_functions(tools: Any) -> list[str]:
+    """The names of the function tools in a request's `tools`."""
+    if not isinstance(tools, list):
+        return []
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _call_now(payload: dict[str, Any], messages: list[dict[str, Any]], knobs: Knobs) -> str | None:
+    """The function to call this turn: the `call` knob, unless the model already got a tool result."""
+    name = knobs.call
+    if name is None or messages[-1].get("role") == "tool":
+        return None
+    offered = _offered_functions(payload.get("tools"))
+    if name not in offered:
+        listed = ", ".join(offered) or "none"
+        raise bad_request(
+            f"Invalid simulator override: call={name} but the request offers no function tool named "
+            f"{name!r} in 'tools' (offered: {listed}).",
+            param="tools",
+        )
+    return name
 
 
 def parse_chat_request(payload: Any, headers: Headers, defaults: Knobs) -> ChatRequest:
@@ -54,11 +85,13 @@ def parse_chat_request(payload: Any, headers: Headers, defaults: Knobs) -> ChatR
     stream = payload.get("stream") is True
     options = payload.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    knobs = resolve_knobs(defaults, headers, messages)
     return ChatRequest(
         model=model,
         messages=messages,
         stream=stream,
         include_usage=include_usage,
         max_tokens=_max_tokens(payload),
-        knobs=resolve_knobs(defaults, headers, messages),
+        knobs=knobs,
+        call=_call_now(payload, messages, knobs),
     )

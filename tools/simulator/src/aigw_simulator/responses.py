@@ -8,12 +8,16 @@ created, model, content, counts) is formatted; everything else is a constant bel
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
+
+from aigw_simulator.generation import ToolCall
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
 
 DONE = b"data: [DONE]\n\n"
+FINISH_TOOL_CALLS = b"tool_calls"  # the finish_reason of a tool-call answer
 
 _USAGE = (
     b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
@@ -26,6 +30,7 @@ _COMPLETION_HEAD = b'{"id":"'
 _COMPLETION_CREATED = b'","object":"chat.completion","created":'
 _MODEL = b',"model":'
 _COMPLETION_CONTENT = b',"choices":[{"index":0,"message":{"role":"assistant","content":'
+_TOOL_CALLS_MESSAGE = b',"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":'
 _COMPLETION_FINISH = b',"refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"'
 _COMPLETION_USAGE = b'"}],"usage":'
 _COMPLETION_TAIL = b',"service_tier":"default","system_fingerprint":"fp_sim"}'
@@ -39,6 +44,12 @@ _ROLE_CHOICE = (
 )
 _PIECE_OPEN = b'[{"index":0,"delta":{"content":'
 _PIECE_CLOSE = b'},"logprobs":null,"finish_reason":null}]'
+_DELTA_OPEN = b'[{"index":0,"delta":'
+_DELTA_CLOSE = b',"logprobs":null,"finish_reason":null}]'
+_TOOL_START_FIRST = b'{"role":"assistant","content":null,"tool_calls":[{"index":%d,"id":%s,"type":"function",'
+_TOOL_START_NEXT = b'{"tool_calls":[{"index":%d,"id":%s,"type":"function",'
+_TOOL_START_NAME = b'"function":{"name":%s,"arguments":""}}]'
+_TOOL_ARGUMENTS = b'{"tool_calls":[{"index":%d,"function":{"arguments":%s}}]}'
 _FINISH_OPEN = b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"'
 _FINISH_CLOSE = b'"}]'
 _TAIL_WITH_USAGE_NULL = b',"usage":null}\n\n'
@@ -79,6 +90,43 @@ def completion(
     )
 
 
+def _literal(text: str) -> bytes:
+    return json.dumps(text).encode()
+
+
+def _tool_calls_json(calls: Sequence[ToolCall]) -> bytes:
+    return json.dumps(
+        [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
+        ],
+        separators=(",", ":"),
+    ).encode()
+
+
+def tool_calls_completion(
+    completion_id: bytes, created: int, model: bytes, calls: Sequence[ToolCall], usage: bytes
+) -> bytes:
+    """A non-stream `chat.completion` whose message is `calls` (content null, finish "tool_calls")."""
+    return b"".join(
+        (
+            _COMPLETION_HEAD,
+            completion_id,
+            _COMPLETION_CREATED,
+            b"%d" % created,
+            _MODEL,
+            model,
+            _TOOL_CALLS_MESSAGE,
+            _tool_calls_json(calls),
+            _COMPLETION_FINISH,
+            FINISH_TOOL_CALLS,
+            _COMPLETION_USAGE,
+            usage,
+            _COMPLETION_TAIL,
+        )
+    )
+
+
 class ChunkFrames:
     """The SSE frames of one stream: the per-stream prefix is built once, each frame is a join.
 
@@ -99,6 +147,18 @@ class ChunkFrames:
 
     def piece(self, piece: bytes) -> bytes:
         return b"".join((self._prefix, _PIECE_OPEN, piece, _PIECE_CLOSE, self._tail))
+
+    def tool_call_start(self, index: int, call: ToolCall) -> bytes:
+        """Opens tool call `index` (id, name, empty arguments); the first one also carries the role."""
+        template = _TOOL_START_FIRST if index == 0 else _TOOL_START_NEXT
+        delta = template % (index, _literal(call.id)) + _TOOL_START_NAME % _literal(call.name)
+        delta += b',"refusal":null}' if index == 0 else b"}"
+        return b"".join((self._prefix, _DELTA_OPEN, delta, _DELTA_CLOSE, self._tail))
+
+    def tool_arguments(self, index: int, fragment: bytes) -> bytes:
+        """One `arguments` fragment (a JSON string literal) of tool call `index`."""
+        delta = _TOOL_ARGUMENTS % (index, fragment)
+        return b"".join((self._prefix, _DELTA_OPEN, delta, _DELTA_CLOSE, self._tail))
 
     def finish(self, finish_reason: bytes) -> bytes:
         return b"".join((self._prefix, _FINISH_OPEN, finish_reason, _FINISH_CLOSE, self._tail))

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from aigw_contracts import ApiKey, errors, headers, subjects
-from aigw_contracts.errors import ErrorBody, error_for_status
 from aigw_contracts.ids import is_uuid, uuid7
 from aigw_contracts.knowledge import Collection, KnowledgeDocument, KnowledgeRequest, KnowledgeSearch
 
@@ -59,14 +58,7 @@ class KnowledgeClient:
             raise errors.DeadlineExceeded("The retrieval service did not answer in time") from None
         status = (reply.headers or {}).get(headers.STATUS)
         if status is not None:
-            try:
-                detail = ErrorBody.model_validate_json(reply.data).error
-            except ValueError:
-                raise errors.InternalError("The retrieval service sent an unreadable error") from None
-            err = error_for_status(int(status), detail.message, param=detail.param)
-            if detail.code:
-                err.code = detail.code
-            raise err
+            raise errors.error_of_reply(status, reply.data, "The retrieval service sent an unreadable error")
         return reply.data
 
 
