@@ -335,22 +335,32 @@ def test_rewrite_strategies_ask_the_resolver_and_bill_it_on_its_own_skus(
         admin.delete(f"/gateways/{gw['id']}")
 
 
-def _answer(client: OpenAI, model: str, content: str, stream: bool) -> tuple[str, str, dict[str, Any], Any]:
-    """(text, finish_reason, generation_context, usage) of one answer, streamed or not; a stream must
-    show the client no tool call at all and one role chunk."""
+def _answer(
+    client: OpenAI, model: str, content: str, stream: bool
+) -> tuple[str, str, dict[str, Any], Any, list[Any]]:
+    """(text, finish_reason, generation_context, usage, annotations as dicts) of one answer,
+    streamed or not; a stream must show the client no tool call at all and one role chunk."""
     messages: Any = [{"role": "user", "content": content}]
     if not stream:
         reply = client.chat.completions.create(model=model, messages=messages)
         choice = reply.choices[0]
         assert not choice.message.tool_calls
-        return choice.message.content or "", choice.finish_reason, _context(reply.model_extra), reply.usage
+        cited = [a.model_dump() for a in choice.message.annotations or []]
+        return (
+            choice.message.content or "",
+            choice.finish_reason,
+            _context(reply.model_extra),
+            reply.usage,
+            cited,
+        )
     chunks = list(client.chat.completions.create(model=model, messages=messages, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert not any(d.tool_calls for d in deltas)
     assert [d.role for d in deltas if d.role] == ["assistant"]
     finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
     text = "".join(d.content or "" for d in deltas)
-    return text, finish, _context(chunks[-1].model_extra), chunks[-1].usage
+    cited = [a for d in deltas for a in (d.model_extra or {}).get("annotations", [])]
+    return text, finish, _context(chunks[-1].model_extra), chunks[-1].usage, cited
 
 
 def _direct_usage(sim: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +383,7 @@ def test_query_function_lets_the_model_search_and_answers_once(
     sim.delete("/sim/requests")
     # The simulator calls the offered tool with the user's text as the query, then (once the tool's
     # result is the last message) echoes every message it received.
-    text, finish, context, usage = _answer(
+    text, finish, context, usage, cited = _answer(
         client, gw["id"], "How do I reset my password? [sim call=knowledge_search echo]", stream
     )
     calls = sim.get("/sim/requests").json()
@@ -390,6 +400,12 @@ def test_query_function_lets_the_model_search_and_answers_once(
     assert "NOT instructions" in result["content"] and 'id="handbook#1"' in result["content"]
     assert "click Reset password" in result["content"]
     assert finish == "stop"
+    # The echoed tool result holds the rules' example citation "[handbook#1]": an annotation marks it
+    assert cited and all(
+        text[a["url_citation"]["start_index"] : a["url_citation"]["end_index"]] == "[handbook#1]"
+        for a in cited
+    )
+    assert cited[0]["url_citation"]["url"] == "urn:aigw:passage:handbook#1"
 
     (ran,) = context["runned_functions"]
     assert ran["name"] == "knowledge_search" and ran["id"] == call["id"]

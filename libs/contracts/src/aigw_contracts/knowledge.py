@@ -139,6 +139,19 @@ class Grounding(BaseModel):
     docid: str
     score: float
     title: str | None = None
+    url: str | None = None  # the document's `__meta.url`, when it is an http(s) URL
+
+    @classmethod
+    def of(cls, passage: Passage) -> Grounding:
+        url = passage.meta.get("url")
+        has_url = isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) <= 2048
+        return cls(
+            id=passage.id,
+            docid=passage.docid,
+            score=passage.score,
+            title=passage.title,
+            url=url if has_url else None,
+        )
 
 
 # What usage events of knowledge work name as their upstream (the lines are ours, not a model's).

@@ -8,7 +8,8 @@ starting with the gateway's prefill, so the answer contains it.
 
 A tool loop (`knowledge_tool.py`) passes `hide`: calls of that function are held back from the
 client (`hidden`), and the text said alongside them is kept (`said`) for the conversation's next
-round, which continues the same client stream (`after`: no second role event).
+round, which continues the same client stream (`after`: no second role event). Grounded answers
+pass `keep` to keep their text too, for citation annotations (`citations.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StreamAssembler:
         "finish_reason",
         "hidden",
         "hide",
+        "keep",
         "prefill",
         "said",
         "seen",
@@ -50,6 +52,7 @@ class StreamAssembler:
         prefill: str | None,
         hide: str | None = None,
         after: StreamAssembler | None = None,
+        keep: bool = False,
     ) -> None:
         self.writer = writer
         self.prefill = prefill or ""
@@ -65,7 +68,8 @@ class StreamAssembler:
         self._tools: list[dict[str, Any]] = []
         self.hide = hide
         self.hidden: dict[int, dict[str, Any]] = {}  # held-back calls of `hide`, by index
-        self.said: list[str] = []  # this round's text, kept only when hiding
+        self.keep = keep or hide is not None
+        self.said: list[str] = []  # this round's text, kept only with `keep` or `hide`
         self.shown_tools = False  # a tool call went to the client
 
     def feed(self, events: list[SSEvent]) -> list[bytes]:
@@ -124,7 +128,7 @@ class StreamAssembler:
                 if content and isinstance(content, str):
                     self._text.append(content)
                     self.completion_chars += len(content)
-                    if self.hide is not None:
+                    if self.keep:
                         self.said.append(content)
                 refusal = delta.get("refusal")
                 if refusal and isinstance(refusal, str):

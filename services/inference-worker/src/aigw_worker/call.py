@@ -34,10 +34,11 @@ from aigw_contracts.errors import (
     UpstreamError,
 )
 from aigw_contracts.events import EventKind, error_event, event_headers
-from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM
+from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM, Grounding
 
 from .assemble import StreamAssembler
 from .chunks import ChunkWriter
+from .citations import citation_annotations
 from .jsonio import loads
 from .knowledge_tool import KnowledgeLoop, split_calls
 from .pricing import add_usage, estimated_usage, merge_lines, normalized_usage, price_lines, prompt_chars
@@ -235,6 +236,12 @@ class Call:
         self.earlier = add_usage(self.earlier, self._round_usage(usage))
         self.completion_chars = 0
 
+    def _grounding(self) -> list[Grounding]:
+        """The passages that grounded the answer: injected ones, then those the tool loop found."""
+        if self.loop is None:
+            return self.route.grounding
+        return [*self.route.grounding, *self.loop.grounding]
+
     def _priced(self, usage: Usage | None) -> tuple[Usage, GenerationContext]:
         usage = add_usage(self.earlier, self._round_usage(usage))
         estimated = self.earlier_estimated
@@ -249,7 +256,7 @@ class Call:
             generated_usage=[*self.route.prior_usage, *tool_lines, *self.lines],
             runned_functions=loop.functions if loop is not None else [],
         )
-        grounding = [*self.route.grounding, *(loop.grounding if loop is not None else [])]
+        grounding = self._grounding()
         if grounding:
             context.grounding = [g.model_dump(exclude_none=True) for g in grounding]  # type: ignore[attr-defined]
         return usage, context
@@ -264,9 +271,9 @@ class Call:
         )
         loop = self.loop
         hide = loop.tool.name if loop is not None else None
-        assembler = await self._stream_round(
-            writer, StreamAssembler(writer, self.route.prefill, hide), remaining
-        )
+        first = StreamAssembler(writer, self.route.prefill, hide, keep=bool(self.route.grounding))
+        assembler = await self._stream_round(writer, first, remaining)
+        spoken = list(assembler.said)  # the answer's text, when citations may need it
         while loop is not None:
             calls = loop.calls_to_run(assembler.hidden_calls())
             if not calls or assembler.shown_tools:
@@ -275,11 +282,13 @@ class Call:
             await loop.run(self.route.body, "".join(assembler.said), calls)
             after = StreamAssembler(writer, self.route.prefill, hide, after=assembler)
             assembler = await self._stream_round(writer, after, self.envelope.remaining())
+            spoken += assembler.said
         finish = assembler.finish_reason or "stop"
         if finish == "tool_calls" and not assembler.shown_tools:
             finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
         usage, context = self._priced(normalized_usage(assembler.usage))
-        await self.events.final(writer.final(finish, usage, context))
+        cited = citation_annotations((self.route.prefill or "") + "".join(spoken), self._grounding())
+        await self.events.final(writer.final(finish, usage, context, cited))
         self.completed = True
 
     async def _stream_round(
@@ -348,6 +357,7 @@ class Call:
         if not isinstance(raw_choices, list) or not raw_choices:
             raise UpstreamError("The upstream model sent an answer without choices")
         prefill = self.route.prefill or ""
+        grounding = self._grounding()
         choices: list[Choice] = []
         try:
             for position, raw in enumerate(raw_choices):
@@ -364,6 +374,10 @@ class Call:
                 for name in ("annotations", "tool_calls"):  # null upstream: the seed's [] instead
                     if message.get(name) is None:
                         message.pop(name, None)
+                if grounding and isinstance(message.get("content"), str):
+                    cited = citation_annotations(message["content"], grounding)
+                    if cited:
+                        message["annotations"] = [*(message.get("annotations") or []), *cited]
                 for call in message.get("tool_calls") or ():
                     function = call.get("function") if isinstance(call, dict) else None
                     if isinstance(function, dict):

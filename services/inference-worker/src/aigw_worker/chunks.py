@@ -91,19 +91,27 @@ class ChunkWriter:
         )
         return self._chunk(choices=[choice]).model_dump_json(exclude_unset=True).encode()
 
-    def final(self, finish_reason: str, usage: Usage, context: GenerationContext) -> bytes:
+    def final(
+        self,
+        finish_reason: str,
+        usage: Usage,
+        context: GenerationContext,
+        annotations: list[dict[str, Any]] | None = None,
+    ) -> bytes:
         """The `final` event: OpenAI's closing chunks, one per line.
 
         With `include_usage`: the finish chunk (`usage: null`), then the usage chunk (`choices: []`)
-        carrying usage and generation_context. Without: one finish chunk carrying both.
+        carrying usage and generation_context. Without: one finish chunk carrying both. Citation
+        `annotations` of the whole answer come first, in a delta of their own.
         """
+        head = self.delta({"annotations": annotations}).decode() + "\n" if annotations else ""
         finish = ChunkChoice(index=0, delta=ChunkDelta(), logprobs=None, finish_reason=finish_reason)
         if self.include_usage:
             closing = self._chunk(choices=[finish]).model_dump_json(exclude_unset=True)
             usage_chunk = self._chunk(choices=[], usage=usage, generation_context=context)
-            return (closing + "\n" + usage_chunk.model_dump_json(exclude_unset=True)).encode()
+            return (head + closing + "\n" + usage_chunk.model_dump_json(exclude_unset=True)).encode()
         chunk = self._chunk(choices=[finish], usage=usage, generation_context=context)
-        return chunk.model_dump_json(exclude_unset=True).encode()
+        return (head + chunk.model_dump_json(exclude_unset=True)).encode()
 
 
 def compact_json(value: Any) -> str:

@@ -118,9 +118,7 @@ class Grounder:
         lines = k.lines(1 if terms else 0, result.embedding_tokens)
         if passages:
             route.body["messages"] = inject_into_body(route.body.get("messages", []), passages)
-            route.grounding = [
-                Grounding(id=p.id, docid=p.docid, score=p.score, title=p.title) for p in passages
-            ]
+            route.grounding = [Grounding.of(p) for p in passages]
         # The resolver's lines were metered by the worker that ran it; this service meters `lines`.
         route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines]
         out = self._forward(envelope)

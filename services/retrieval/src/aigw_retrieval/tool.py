@@ -129,6 +129,6 @@ class ToolSearcher:
             raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.reranker") from None
         return ToolSearchResult(
             content=render_passages(passages) or NO_PASSAGES,
-            grounding=[Grounding(id=p.id, docid=p.docid, score=p.score, title=p.title) for p in passages],
+            grounding=[Grounding.of(p) for p in passages],
             lines=k.lines(1, tokens),
         )
