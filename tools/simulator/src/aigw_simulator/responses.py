@@ -71,6 +71,20 @@ def completion(
     completion_id: bytes, created: int, model: bytes, content: bytes, finish_reason: bytes, usage: bytes
 ) -> bytes:
     """A non-stream `chat.completion`; `model` and `content` are JSON literals already."""
+    return _completion(completion_id, created, model, _COMPLETION_CONTENT + content, finish_reason, usage)
+
+
+def tool_calls_completion(
+    completion_id: bytes, created: int, model: bytes, calls: Sequence[ToolCall], usage: bytes
+) -> bytes:
+    """A non-stream `chat.completion` whose message is `calls` (content null, finish "tool_calls")."""
+    message = _TOOL_CALLS_MESSAGE + _tool_calls_json(calls)
+    return _completion(completion_id, created, model, message, FINISH_TOOL_CALLS, usage)
+
+
+def _completion(
+    completion_id: bytes, created: int, model: bytes, message: bytes, finish_reason: bytes, usage: bytes
+) -> bytes:
     return b"".join(
         (
             _COMPLETION_HEAD,
@@ -79,8 +93,7 @@ def completion(
             b"%d" % created,
             _MODEL,
             model,
-            _COMPLETION_CONTENT,
-            content,
+            message,
             _COMPLETION_FINISH,
             finish_reason,
             _COMPLETION_USAGE,
@@ -102,29 +115,6 @@ def _tool_calls_json(calls: Sequence[ToolCall]) -> bytes:
         ],
         separators=(",", ":"),
     ).encode()
-
-
-def tool_calls_completion(
-    completion_id: bytes, created: int, model: bytes, calls: Sequence[ToolCall], usage: bytes
-) -> bytes:
-    """A non-stream `chat.completion` whose message is `calls` (content null, finish "tool_calls")."""
-    return b"".join(
-        (
-            _COMPLETION_HEAD,
-            completion_id,
-            _COMPLETION_CREATED,
-            b"%d" % created,
-            _MODEL,
-            model,
-            _TOOL_CALLS_MESSAGE,
-            _tool_calls_json(calls),
-            _COMPLETION_FINISH,
-            FINISH_TOOL_CALLS,
-            _COMPLETION_USAGE,
-            usage,
-            _COMPLETION_TAIL,
-        )
-    )
 
 
 class ChunkFrames:
