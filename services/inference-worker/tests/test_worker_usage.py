@@ -85,6 +85,31 @@ async def test_a_lost_ack_is_retried_with_the_same_msg_id_and_settles_once() -> 
     assert pub.lost == 0
 
 
+async def test_events_gather_for_the_linger_then_go_out_together() -> None:
+    bus = RecordingBus()
+    sends: list[float] = []
+    record = bus.send_usage
+
+    async def timed(token: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sends.append(time.monotonic())
+        await record(token, subject, payload, headers)
+
+    bus.send_usage = timed  # type: ignore[method-assign]
+    pub = UsagePublisher(bus, linger=0.2)
+    await pub.start()
+    started = time.monotonic()
+    for _ in range(3):
+        pub.submit(usage_event())
+        await asyncio.sleep(0.01)  # arriving one by one, as requests end
+    await until(lambda: len(bus.sent) == 3)
+    assert min(sends) - started >= 0.19  # nothing before the linger
+    assert max(sends) - min(sends) < 0.05  # then all of them in one go
+    for i in range(3):
+        bus.ack(i)
+    assert pub.pending == 0
+    await pub.close(within=1.0)
+
+
 async def test_a_refused_or_failed_publish_is_retried_after_a_backoff() -> None:
     bus = RecordingBus()
     bus.fail_sends = 1

@@ -32,6 +32,13 @@ Why this keeps the guarantees:
 (nats-py's own `publish_async` was not used: it draws a random token per publish, wraps the
 semaphore wait in `wait_for` (a task per publish), and never times out an ack that does not come.)
 
+Events are sent in batches: once one is submitted, the sender waits `linger` seconds (20 ms by
+default) and then publishes everything queued by then in one go. nats-py writes those publishes in
+one socket write, nats-server stores them from one read and answers the acks together, so at a
+modest request rate each event costs a fraction of the syscalls and process wake-ups it would alone
+(on a core shared with the request path, that was about a seventh of a request's latency). Billing
+data reaches the stream 20 ms later; nothing waits for it.
+
 On shutdown `close` waits for everything queued and in flight to settle, within a deadline.
 """
 
@@ -96,8 +103,10 @@ class UsagePublisher:
         attempt_timeout: float = 2.0,
         first_backoff: float = 0.05,
         max_backoff: float = 5.0,
+        linger: float = 0.02,
     ) -> None:
         self._bus = bus
+        self._linger = linger
         self._max_in_flight = max_in_flight
         self._retry_window = retry_window
         self._attempt_timeout = attempt_timeout
@@ -142,6 +151,8 @@ class UsagePublisher:
         submitted, retries, in_flight = self._submitted, self._retries, self._in_flight
         while True:
             await self._wake.wait()
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)  # let a batch gather (see the module docstring)
             self._wake.clear()
             while submitted or retries:
                 if len(in_flight) >= self._max_in_flight:

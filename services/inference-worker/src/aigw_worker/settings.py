@@ -38,6 +38,8 @@ class WorkerSettings(BaseSettings):
     usage_retry_window: float = Field(default=100.0, gt=0)
     # Usage publishes awaiting the stream's ack at once; beyond that, events wait in memory.
     usage_in_flight: int = Field(default=1024, ge=1)
+    # Seconds usage events gather before they are published together (fewer writes and wake-ups).
+    usage_linger: float = Field(default=0.02, ge=0, le=1)
     # CIDRs an own endpoint may resolve to although they are not public (SSRF guard), e.g. "10.1.0.0/16".
     # The same setting as the edge's, which checks URLs when they are saved.
     upstream_allowlist: list[str] = Field(default_factory=list)

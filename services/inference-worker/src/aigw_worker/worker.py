@@ -50,6 +50,7 @@ class Worker:
             bus,
             max_in_flight=self.settings.usage_in_flight,
             retry_window=self.settings.usage_retry_window,
+            linger=self.settings.usage_linger,
         )
         await self.usage.start()
         self.accepting = True
