@@ -155,3 +155,13 @@ def _inserted(mp: Any, n: int) -> bool:
 
 def _inserted_at_least(mp: Any, n: int) -> bool:
     return bool(mp.health()[1]["inserted_lines"] >= n)
+
+
+async def test_it_says_ready_whatever_the_log_level(
+    fresh_nats: NatsServer, tmp_path: Path, metering_procs: Any
+) -> None:
+    """Supervisors (make run, the bench) wait for the ready line; a quiet log level must not hide it."""
+    mp = metering_procs(tmp_path, fresh_nats.url, f"chdb://{tmp_path / 'u.chdb'}", AIGW_LOG_LEVEL="WARNING")
+    mp.start()  # waits for `"msg": "ready"` in its log
+    await eventually(lambda: mp.health()[0] == 200, what="healthy")
+    assert mp.stop() == 0

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from aigw_contracts.logs import setup_logging
+from aigw_contracts.logs import log_ready, setup_logging
 
 from .app import MeteringService
 from .settings import MeteringSettings
@@ -21,13 +21,7 @@ async def _serve(settings: MeteringSettings) -> None:
         loop.add_signal_handler(sig, service.request_stop)
 
     def ready() -> None:
-        log.info(
-            "ready",
-            extra={
-                "store": service.store.target.redacted,
-                "health_port": settings.metering_health_port or None,
-            },
-        )
+        log_ready(store=service.store.target.redacted, health_port=settings.metering_health_port or None)
 
     await service.run(ready)
     log.info("stopped", extra={"inserted_lines": service.health.inserted_lines})
