@@ -442,3 +442,30 @@ def test_query_function_answers_without_searching_when_the_model_does_not_call(
     assert context["runned_functions"] == [] and not context.get("grounding")
     assert not KNOWLEDGE_SKUS & {line["sku"] for line in context["generated_usage"]}  # no search, no bill
     admin.delete(f"/gateways/{gw['id']}")
+
+
+def test_the_model_reranker_grounds_on_the_models_order_and_bills_it(
+    admin: httpx.Client, client: OpenAI, sim: httpx.Client, handbook: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    kb, _ = handbook
+    gw = _grounded_gateway(admin, client, kb["id"], reranker="model", top=1, minScore=0)
+    sim.delete("/sim/requests")
+    # the simulator, as the ranking model, answers "2,1": the second fused candidate comes first
+    reply = client.chat.completions.create(
+        model=gw["id"], messages=[{"role": "user", "content": "How do I reset my password? [sim reply=2,1]"}]
+    )
+    ranking_call, answer_call = sim.get("/sim/requests").json()
+    prompt = ranking_call["body"]["messages"][1]["content"]
+    assert "most relevant first" in ranking_call["body"]["messages"][0]["content"]
+    second = next(line for line in prompt.splitlines() if line.startswith("[2] "))
+    context = _context(reply.model_extra)
+    (top,) = context["grounding"]  # top=1: only the model's first choice
+    assert top["score"] == 1.0
+    injected = answer_call["body"]["messages"][-2]["content"]
+    assert f'id="{top["id"]}"' in injected and second[4:40] in injected
+    lines = context["generated_usage"]
+    skus_in_order = [line["sku"] for line in lines]
+    assert set(skus_in_order[:2]) == KNOWLEDGE_SKUS
+    assert skus_in_order[2:4] == [skus.RERANK_IN, skus.RERANK_OUT] and skus.CHAT_OUT in skus_in_order[4:]
+    _assert_exact(lines)
+    admin.delete(f"/gateways/{gw['id']}")

@@ -114,19 +114,20 @@ def test_usage_is_per_tenant_and_operators_may_ask_for_any(metered: Stack) -> No
 
 
 def test_knowledge_rewrite_and_tool_lines_are_stored_as_the_response_lists_them(metered: Stack) -> None:
-    """Lines from three producers (retrieval, a resolver call, the worker's tool loop) for one
-    request each: every one reaches ClickHouse once, exactly as the response listed it."""
+    """Lines from four producers (retrieval, the rewrite and rerank resolver calls, the worker's tool
+    loop) for one request each: every one reaches ClickHouse once, exactly as the response listed it."""
     assert metered.demo is not None
     http = httpx.Client(
         base_url=metered.base_url, headers={"Authorization": f"Bearer {metered.demo.key}"}, timeout=20
     )
     client = OpenAI(base_url=metered.base_url, api_key=metered.demo.key, max_retries=0)
     kb = http.post("/collections", json={"name": "billing-kb"}).json()["id"]
-    added = http.post(
-        f"/collections/{kb}/documents",
-        json={"docid": "faq", "text": "# FAQ\n\nInvoices are sent on the first day of each month."},
-    )
-    assert added.status_code == 200, added.text
+    for docid, text in (
+        ("faq", "# FAQ\n\nInvoices are sent on the first day of each month."),
+        ("terms", "# Terms\n\nPayment is due thirty days after the invoice date."),
+    ):
+        added = http.post(f"/collections/{kb}/documents", json={"docid": docid, "text": text})
+        assert added.status_code == 200, added.text
     cases = {
         "kb-plain": ({}, "When are invoices sent? [sim tokens=5]"),
         "kb-rewrite": (
@@ -134,6 +135,7 @@ def test_knowledge_rewrite_and_tool_lines_are_stored_as_the_response_lists_them(
             "When are invoices sent? [sim tokens=5]",
         ),
         "kb-tool": ({"strategy": "QueryFunction"}, "When are invoices sent? [sim call=knowledge_search]"),
+        "kb-rerank": ({"reranker": "model", "minScore": 0}, "When are invoices sent? [sim reply=2,1]"),
     }
     sent: dict[str, dict[str, tuple[int, Decimal]]] = {}
     for name, (knowledge, question) in cases.items():
@@ -150,6 +152,7 @@ def test_knowledge_rewrite_and_tool_lines_are_stored_as_the_response_lists_them(
         "kb-plain": {skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
         "kb-rewrite": {skus.REWRITE_IN, skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
         "kb-tool": {skus.KNOWLEDGE_SEARCH, skus.CHAT_OUT},
+        "kb-rerank": {skus.KNOWLEDGE_SEARCH, skus.RERANK_IN, skus.RERANK_OUT, skus.CHAT_OUT},
     }
     for (gw_id, lines), name in zip(sent.items(), cases, strict=True):
         assert expected_skus[name] <= set(lines), (name, lines)

@@ -258,7 +258,7 @@ async def test_gateways_ground_only_on_their_tenants_collections(clients: Client
         ({"collection": "no-such-collection"}, "knowledge.collection"),
         ({"collection": kb["id"], "strategy": "Guess"}, "knowledge.strategy"),
         ({"collection": kb["id"], "strategy": "FullRewrite", "resolver": "@nope/none"}, "knowledge.resolver"),
-        ({"collection": kb["id"], "reranker": "model"}, "knowledge.reranker"),
+        ({"collection": kb["id"], "strategy": "QueryFunction", "reranker": "model"}, "knowledge.reranker"),
         ({"collection": kb["id"], "top": 0}, "knowledge.top"),
     ):
         resp = await clients.admin.post("/gateways", json={**gw, "knowledge": bad})

@@ -215,3 +215,12 @@ def test_requests_are_recorded_with_body_and_redacted_authorization(sim: SimProc
     deleted = httpx.delete(f"{sim.url}/sim/requests")
     assert deleted.json() == {"deleted": 1}
     assert sim.requests() == []
+
+
+def test_reply_answers_exactly_the_given_text_stream_and_not(sim: SimProcess) -> None:
+    messages: Any = [{"role": "user", "content": "rank these [sim reply=3,1,2]"}]
+    whole = sim.client().chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert whole.choices[0].message.content == "3,1,2" and whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None and whole.usage.completion_tokens == 1
+    chunks = sim.client().chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "3,1,2"

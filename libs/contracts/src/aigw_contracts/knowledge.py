@@ -8,8 +8,9 @@ and never embedded. Bulk import is JSON Lines: one `KnowledgeDocument` object pe
 Search: `top` 1–128 (default 5), `minScore` 0–1 (default 0.2: the minimum cosine similarity between
 query and passage; for the `lexical` reranker, the minimum BM25 score relative to the best hit),
 `reranker` `rrf` (default: fuses the vector and lexical rankings by reciprocal rank), `lexical`
-(keyword ranking alone), `none` (vector ranking alone) or `model` (reserved for a model-based
-reranker), `includeReferences` (also return the other chunks sharing a hit's `__ref`). Several terms
+(keyword ranking alone), `none` (vector ranking alone) or `model` (a resolver model orders the
+`rrf` candidates; gateways only, since it needs a model: the gateway's `resolver` or its own; the
+score is then 1 for the model's first choice, falling evenly by rank), `includeReferences` (also return the other chunks sharing a hit's `__ref`). Several terms
 are a ranked union: each term is searched, and the best score of a passage across terms ranks it.
 """
 
@@ -104,12 +105,13 @@ class IngestReport(BaseModel):
 QueryStrategy = Literal["Plain", "Concatenate", "UserRewrite", "FullRewrite", "QueryFunction"]
 
 # What the retrieval service runs today: the management API refuses gateways asking for anything
-# else (a clear 400 beats silently searching another way). The `model` reranker needs a reranking
-# model this deployment does not have.
+# else (a clear 400 beats silently searching another way). The `model` reranker runs for gateways
+# with an injecting strategy; a direct search has no model to ask, and `QueryFunction` gateways may
+# search several times per request, each search a model call of its own, so both refuse it.
 AVAILABLE_STRATEGIES: frozenset[str] = frozenset(
     {"Plain", "Concatenate", "UserRewrite", "FullRewrite", "QueryFunction"}
 )
-AVAILABLE_RERANKERS: frozenset[str] = frozenset({"rrf", "lexical", "none"})
+AVAILABLE_RERANKERS: frozenset[str] = frozenset({"rrf", "lexical", "none", "model"})
 
 
 class GatewayKnowledge(BaseModel):

@@ -60,8 +60,9 @@ class RoutedCall(BaseModel):
     prior_usage: list[GeneratedUsage] = Field(default_factory=list)
     # `query_rewrite`: a resolver-model call made by the retrieval service for a rewrite strategy;
     # the worker prices it under the `inference.resolving.query_rewrite.*` SKUs and meters it as
-    # source "rewrite", so it is billed once, apart from the answer itself.
-    purpose: Literal["chat", "query_rewrite"] = "chat"
+    # source "rewrite", so it is billed once, apart from the answer itself. `rerank`: the same for
+    # the `model` reranker's call (`inference.resolving.rerank.*`, source "rerank").
+    purpose: Literal["chat", "query_rewrite", "rerank"] = "chat"
 
 
 class ChatEnvelope(BaseModel):

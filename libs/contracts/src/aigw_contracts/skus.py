@@ -13,6 +13,10 @@ ROUTING_OUT: Final = "inference.resolving.routing_complexity.out"
 REWRITE_IN: Final = "inference.resolving.query_rewrite.in"
 REWRITE_IN_CACHED: Final = "inference.resolving.query_rewrite.in.cached"
 REWRITE_OUT: Final = "inference.resolving.query_rewrite.out"
+# A resolver model ordering search candidates by relevance (the `model` reranker).
+RERANK_IN: Final = "inference.resolving.rerank.in"
+RERANK_IN_CACHED: Final = "inference.resolving.rerank.in.cached"
+RERANK_OUT: Final = "inference.resolving.rerank.out"
 KNOWLEDGE_SEARCH: Final = "knowledge.search"
 KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
 
@@ -25,6 +29,9 @@ ALL: Final = (
     REWRITE_IN,
     REWRITE_IN_CACHED,
     REWRITE_OUT,
+    RERANK_IN,
+    RERANK_IN_CACHED,
+    RERANK_OUT,
     KNOWLEDGE_SEARCH,
     KNOWLEDGE_EMBEDDINGS_IN,
 )
@@ -39,3 +46,7 @@ ROUTING_DESCRIPTION: Final = "Inference for model routing"
 
 def rewrite_description(model: str) -> str:
     return f"Search query rewriting with AI model '{model}'"
+
+
+def rerank_description(model: str) -> str:
+    return f"Search result reranking with AI model '{model}'"

@@ -47,7 +47,8 @@ class UsageEvent(BaseModel):
 
     schema_version: Literal[1] = 1
     request_id: str
-    source: Literal["inference", "routing", "retrieval", "rewrite"]  # which producer priced these lines
+    # Which producer priced these lines.
+    source: Literal["inference", "routing", "retrieval", "rewrite", "rerank"]
     tenant: str
     key_id: str
     gateway_id: str | None = None

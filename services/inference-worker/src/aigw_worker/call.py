@@ -41,7 +41,15 @@ from .chunks import ChunkWriter
 from .citations import citation_annotations
 from .jsonio import loads
 from .knowledge_tool import KnowledgeLoop, split_calls
-from .pricing import add_usage, estimated_usage, merge_lines, normalized_usage, price_lines, prompt_chars
+from .pricing import (
+    SOURCES,
+    add_usage,
+    estimated_usage,
+    merge_lines,
+    normalized_usage,
+    price_lines,
+    prompt_chars,
+)
 from .sse import SSEParser
 from .upstream import body_chunks, transport_error
 
@@ -416,7 +424,7 @@ class Call:
             status = "completed" if self.completed else ("cancelled" if self.cancel_reason else "failed")
             event = UsageEvent(
                 request_id=self.request_id,
-                source="rewrite" if self.route.purpose == "query_rewrite" else "inference",
+                source=SOURCES[self.route.purpose],
                 tenant=self.envelope.tenant,
                 key_id=self.envelope.key_id,
                 gateway_id=self.route.gateway_id,

@@ -33,6 +33,8 @@ from .embed import Embedder, MiniLMEmbedder
 from .factory import build_embedder, build_store
 from .grounding import Grounder
 from .manage import Manager
+from .rerank import ModelReranker
+from .resolver import ResolverCalls
 from .rewrite import Rewriter
 from .service import Knowledge, Outgoing
 from .settings import RetrievalSettings
@@ -186,16 +188,19 @@ def create_app(
                     await sub.unsubscribe()
                 return dict(msg.headers or {}), msg.data
 
-            rewriter: Rewriter | None = Rewriter(collections.upstreams, ask_worker, settings.max_query_chars)
+            calls = ResolverCalls(collections.upstreams, ask_worker)
+            rewriter: Rewriter | None = Rewriter(calls, settings.max_query_chars)
+            reranker: ModelReranker | None = ModelReranker(calls)
         else:  # TestNatsBroker: no JetStream; usage goes through the broker (tests subscribe to it)
             usage_bus = BrokerUsageBus(broker)
             max_payload = 1024 * 1024
             rewriter = None
+            reranker = None
         knowledge.usage = UsagePublisher(usage_bus, retry_window=settings.usage_retry_window)
         await knowledge.usage.start()
         service.knowledge = knowledge
         service.manager = Manager(knowledge)
-        service.grounder = Grounder(knowledge, settings.retrieval_id, max_payload, rewriter)
+        service.grounder = Grounder(knowledge, settings.retrieval_id, max_payload, rewriter, reranker)
         service.tools = ToolSearcher(knowledge)
 
     @app.after_startup

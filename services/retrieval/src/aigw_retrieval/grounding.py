@@ -28,6 +28,7 @@ from aigw_contracts.knowledge import Collection, Grounding, KnowledgeSearch, Kno
 
 from .inject import inject_into_body
 from .query import UnsupportedStrategy, query_terms
+from .rerank import ModelReranker, candidates
 from .rewrite import REWRITE_STRATEGIES, Rewriter
 from .search import UnsupportedReranker
 from .service import Knowledge, Outgoing
@@ -51,11 +52,13 @@ class Grounder:
         retrieval_id: str,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         rewriter: Rewriter | None = None,
+        reranker: ModelReranker | None = None,
     ) -> None:
         self.knowledge = knowledge
         self.retrieval_id = retrieval_id
         self.max_payload = max_payload
         self.rewriter = rewriter
+        self.reranker = reranker
 
     async def chat(self, data: bytes) -> Outgoing | None:
         try:
@@ -104,9 +107,15 @@ class Grounder:
         collection = self._collection(envelope.tenant, knowledge.collection)
         scope = Scope(envelope.tenant, collection.id if collection is not None else knowledge.collection)
         result = KnowledgeSearchResult(passages=[])
+        by_model = knowledge.reranker == "model"
+        if by_model and self.reranker is None:
+            raise errors.Unavailable("Model reranking is not available in this retrieval service")
         if terms:
             search = KnowledgeSearch(
-                query=terms, top=knowledge.top, min_score=knowledge.min_score, reranker=knowledge.reranker
+                query=terms,
+                top=candidates(knowledge.top) if by_model else knowledge.top,
+                min_score=knowledge.min_score,
+                reranker="rrf" if by_model else knowledge.reranker,
             )
             try:
                 result = await k.searcher.search(scope, search)
@@ -116,11 +125,15 @@ class Grounder:
                 raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.reranker") from None
         passages = result.passages
         lines = k.lines(1 if terms else 0, result.embedding_tokens)
+        rerank_lines: list[GeneratedUsage] = []
+        if by_model and passages:
+            assert self.reranker is not None
+            passages, rerank_lines = await self.reranker.rerank(envelope, knowledge, terms, passages)
         if passages:
             route.body["messages"] = inject_into_body(route.body.get("messages", []), passages)
             route.grounding = [Grounding.of(p) for p in passages]
         # The resolver's lines were metered by the worker that ran it; this service meters `lines`.
-        route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines]
+        route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines, *rerank_lines]
         out = self._forward(envelope)
         k.meter(
             request_id=envelope.request_id,

@@ -44,6 +44,11 @@ class Searcher:
     async def search(self, scope: Scope, request: KnowledgeSearch) -> KnowledgeSearchResult:
         mode = _MODES.get(request.reranker)
         if mode is None:
+            if request.reranker == "model":
+                raise UnsupportedReranker(
+                    "reranker 'model' ranks with a gateway's model, so it works only for gateways "
+                    "with knowledge; a direct search can use rrf, lexical or none"
+                )
             raise UnsupportedReranker(f"reranker '{request.reranker}' is not available")
         terms = request.terms
         if not terms:

@@ -26,6 +26,7 @@ _KNOB_HELP = {
     "cached_tokens": "reported cached prompt tokens (clamped to prompt_tokens)",
     "fault": f"answer every request with a fault: {', '.join(FAULTS)} or none",
     "echo": "answer with the JSON of the received messages",
+    "reply": "answer with exactly this text (no whitespace)",
     "drop_after": "with fault=drop: tokens streamed before the connection is cut",
     "retry_after": "with fault=429: the Retry-After header, in seconds",
     "call": 'answer with a call of this function tool (arguments {"query": <prompt>}) '

@@ -28,7 +28,7 @@ from aigw_simulator.asgi import (
 from aigw_simulator.config import Knobs, SimConfig
 from aigw_simulator.directives import strip_directives
 from aigw_simulator.errors import SimError, bad_request, error_body
-from aigw_simulator.generation import ToolCall, echo, tool_call_tokens, tool_calls, words
+from aigw_simulator.generation import ToolCall, echo, fixed, tool_call_tokens, tool_calls, words
 from aigw_simulator.history import (
     CLIENT_DISCONNECTED,
     COMPLETED,
@@ -210,7 +210,12 @@ async def _send_text(
 ) -> None:
     """The normal answer: words, or the echo of the messages."""
     knobs = request.knobs
-    completion = echo(request.messages) if knobs.echo else words(knobs.tokens, request.max_tokens)
+    if knobs.echo:
+        completion = echo(request.messages)
+    elif knobs.reply is not None:
+        completion = fixed(knobs.reply)
+    else:
+        completion = words(knobs.tokens, request.max_tokens)
     tokens = completion.completion_tokens
     usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
     completion_id, created = record.id.encode(), int(record.received_at)

@@ -30,6 +30,7 @@ class Knobs:
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens, clamped to prompt_tokens
     fault: str | None = None  # one of FAULTS, or None for a normal answer
     echo: bool = False  # answer with the JSON of the received messages instead of words
+    reply: str | None = None  # answer with exactly this text (no whitespace: directives split on it)
     drop_after: int = 3  # with fault="drop": tokens streamed before the connection is cut
     retry_after: int = 1  # with fault="429": the Retry-After header, in seconds
     call: str | None = None  # answer with a call of this function tool until a tool result comes back

@@ -77,6 +77,10 @@ def _positive(value: str) -> int:
     return number
 
 
+def _text(value: str) -> str | None:
+    return value or None
+
+
 def _function(value: str) -> str | None:
     name = value.strip()
     if name.lower() in ("", "none"):
@@ -94,6 +98,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "cached_tokens": _count,
     "fault": _fault,
     "echo": _flag,
+    "reply": _text,
     "drop_after": _count,
     "retry_after": _count,
     "call": _function,

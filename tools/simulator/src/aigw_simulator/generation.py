@@ -3,6 +3,8 @@
 Default mode answers `tokens` words `sim0 sim1 sim2 ...`; each streamed piece is one word with its
 leading space (except the first), and `completion_tokens` is the number of words.
 
+Reply mode (`reply`) answers exactly the given text, in pieces like echo.
+
 Echo mode answers the compact JSON of the received `messages`, so a test can `json.loads` the
 reply and see exactly what the gateway sent upstream (instruction order, prefill, injected
 passages). It streams in pieces of `ECHO_PIECE_CHARS` characters, and `completion_tokens` is the
@@ -67,6 +69,12 @@ def echo(messages: list[dict[str, Any]]) -> Completion:
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     pieces = _pieces(text, ECHO_PIECE_CHARS)
     return Completion(pieces, json.dumps(text).encode(), STOP, len(pieces))
+
+
+def fixed(text: str) -> Completion:
+    """Exactly `text` (the `reply` knob), e.g. a ranking a test wants a resolver model to give."""
+    pieces = _pieces(text, ECHO_PIECE_CHARS)
+    return Completion(pieces, json.dumps(text).encode(), STOP, max(1, len(text.split())))
 
 
 def _pieces(text: str, size: int) -> tuple[bytes, ...]:

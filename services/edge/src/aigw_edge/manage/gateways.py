@@ -64,6 +64,12 @@ def _check_knowledge(config: ManagedConfig, tenant: str, value: Any) -> GatewayK
             f"{', '.join(sorted(AVAILABLE_RERANKERS))}.",
             param="knowledge.reranker",
         )
+    if knowledge.reranker == "model" and knowledge.strategy == "QueryFunction":
+        raise errors.InvalidRequest(
+            "The model reranker works with the Plain, Concatenate and rewrite strategies; a "
+            "QueryFunction gateway searches per tool call: use rrf, lexical or none.",
+            param="knowledge.reranker",
+        )
     return knowledge.model_copy(update={"collection": collection.id})
 
 
