@@ -221,6 +221,14 @@ def test_cli_manages_gateways_and_keys(stack: Stack) -> None:
     assert _cli(stack, "gateway", "delete", gw["id"])["deleted"] is True
     key = _cli(stack, "key", "create", "--name", "cli")
     assert _cli(stack, "key", "revoke", key["id"])["revoked"] is True
+    web = _cli(stack, "key", "create", "--kind", "public", "--rpm", "5")
+    assert web["limits"] == {"requests_per_minute": 5, "requests_per_minute_per_ip": 60}
+    web = _cli(stack, "key", "update", web["id"], "--rpm-per-ip", "0", "--name", "web")
+    assert (
+        web["limits"] == {"requests_per_minute": 5, "requests_per_minute_per_ip": None}
+        and web["name"] == "web"
+    )
+    _cli(stack, "key", "delete", web["id"])
     table = subprocess.run(
         [str(Path(sys.executable).parent / "aigw"), "upstream", "list"],
         capture_output=True,

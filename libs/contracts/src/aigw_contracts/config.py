@@ -120,6 +120,24 @@ class Tenant(BaseModel):
     name: str = ""
 
 
+class KeyLimits(BaseModel):
+    """Request rates one API key may use, in requests per minute: for the whole key, and for each
+    client IP address using it (what keeps one visitor of a page embedding a public key from using
+    up everyone's budget). None: no limit. Each edge replica enforces them on the requests it serves
+    (a shared count would cost a round trip per request), so N replicas behind a load balancer
+    allow up to N times the rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
+    requests_per_minute_per_ip: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+# A public key's per-IP limit when its creator sets none (public keys are meant to be embedded in
+# web pages, where anyone can take them).
+PUBLIC_KEY_DEFAULT_RPM_PER_IP = 60
+
+
 class ApiKey(BaseModel):
     id: str
     tenant: str
@@ -132,6 +150,7 @@ class ApiKey(BaseModel):
     revoked: bool = False
     created_at: float | None = None
     prefix: str = ""  # the secret's first characters, so a user can tell keys apart
+    limits: KeyLimits = Field(default_factory=KeyLimits)
 
 
 class ConfigSnapshot(BaseModel):

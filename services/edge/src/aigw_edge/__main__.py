@@ -56,7 +56,9 @@ def main() -> None:
         log_config=None,  # keep the JSON handler set up above
         log_level=settings.log_level.lower(),
         server_header=False,
-        proxy_headers=False,  # nothing here reads the client address; skip the per-request rewrite
+        # Only per-IP key limits read the client address; without trusted proxies, skip the rewrite.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) or None,
     )
     server = _Server(config, settings)

@@ -34,6 +34,9 @@ class EdgeSettings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_level: str = "INFO"
     access_log: bool = True  # one JSON line per request; off for benchmarks
+    # Reverse proxies trusted to say the client's address in X-Forwarded-For (comma-separated IPs or
+    # CIDRs, or "*"), for per-IP key limits behind a load balancer. Unset: the peer's own address.
+    forwarded_allow_ips: str | None = None
     # Deliver reply events through the shortcut in bus.py (off: nats-py's ordinary callback path).
     nats_fast_path: bool = True
     shutdown_grace: float = Field(default=30.0, ge=0)  # in-flight requests may finish within this on SIGTERM

@@ -47,6 +47,24 @@ def _body(args: argparse.Namespace, fields: dict[str, str]) -> dict[str, Any]:
     return body
 
 
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpm", type=int, help="requests per minute for the whole key (0: no limit)")
+    p.add_argument("--rpm-per-ip", type=int, help="requests per minute per client IP (0: no limit)")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The `limits` object of the rate-limit flags given (0 means no limit), or nothing."""
+    given = {
+        field: (value or None)
+        for field, value in (
+            ("requests_per_minute", args.rpm),
+            ("requests_per_minute_per_ip", args.rpm_per_ip),
+        )
+        if value is not None
+    }
+    return {"limits": given} if given else {}
+
+
 GATEWAY_FIELDS = {
     "name": "str",
     "upstream": "str",
@@ -165,8 +183,18 @@ def register(commands: Any) -> None:
     p.add_argument("--admin", action="store_true", default=None)
     p.add_argument("--expires-in", type=float, help="seconds")
     p.add_argument("--tenant")
+    _limit_flags(p)
     kf = {"name": "str", "kind": "str", "admin": "bool", "expires_in": "float", "tenant": "str"}
-    p.set_defaults(run=lambda api, a: api.request("POST", "/keys", json=_body(a, kf)))
+    p.set_defaults(run=lambda api, a: api.request("POST", "/keys", json={**_body(a, kf), **_limits(a)}))
+    p = ks.add_parser("update", help="rename a key or change its rate limits (0: no limit)")
+    p.add_argument("id")
+    p.add_argument("--name")
+    _limit_flags(p)
+    p.set_defaults(
+        run=lambda api, a: api.request(
+            "PATCH", f"/keys/{a.id}", json={**_body(a, {"name": "str"}), **_limits(a)}
+        )
+    )
     p = ks.add_parser("list")
     p.add_argument("--tenant")
     p.set_defaults(run=lambda api, a: api.request("GET", "/keys", params=_body(a, {"tenant": "str"})))
@@ -177,7 +205,9 @@ def register(commands: Any) -> None:
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/keys/{a.id}"))
     for sub in ks.choices.values():
-        sub.set_defaults(render=_table(["id", "name", "kind", "admin", "prefix", "expires_at", "revoked"]))
+        sub.set_defaults(
+            render=_table(["id", "name", "kind", "admin", "prefix", "expires_at", "revoked", "limits"])
+        )
 
     ts = commands.add_parser("tenant", help="manage tenants (operators)").add_subparsers(
         dest="action", required=True

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import ParameterRule, Prices
+from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, KeyLimits, ParameterRule, Prices
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 
@@ -113,6 +113,16 @@ class KeyIn(_In):
     )
     tenant: str | None = Field(default=None, description="operators only")
     operator: bool = Field(default=False, description="operators only")
+    limits: KeyLimits | None = Field(
+        default=None,
+        description="requests per minute for the key and per client IP; public keys default to "
+        f"{PUBLIC_KEY_DEFAULT_RPM_PER_IP} per IP",
+    )
+
+
+class KeyPatch(_In):
+    name: str | None = None
+    limits: KeyLimits | None = None
 
 
 class KeyOut(BaseModel):
@@ -127,6 +137,7 @@ class KeyOut(BaseModel):
     created_at: float | None
     expires_at: float | None
     revoked: bool
+    limits: KeyLimits
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyOut:

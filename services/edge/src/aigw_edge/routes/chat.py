@@ -39,6 +39,7 @@ from ..auth import KeyStore
 from ..bus import DISCONNECTED, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..logs import CLIENT_CLOSED, AccessLog
+from ..ratelimit import RateLimiter
 from ..settings import EdgeSettings
 from ..trace import trace_json
 
@@ -151,6 +152,7 @@ class ChatEndpoint:
         self.edge_id = settings.edge_id
         self.request_timeout = settings.request_timeout
         self.idle_timeout = settings.stream_idle_timeout
+        self.limiter = RateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.perf_counter()
@@ -198,6 +200,8 @@ class ChatEndpoint:
             elif name == b"tracestate":
                 tracestate = value
         key = call.key = self.keys.authenticate(authorization)
+        if key.limits.requests_per_minute or key.limits.requests_per_minute_per_ip:
+            self.limiter.admit(key, scope.get("client"))
         body = await _read_body(receive)
         try:
             request = ChatCompletionRequest.model_validate_json(body)
