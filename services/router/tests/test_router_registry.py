@@ -66,3 +66,15 @@ def test_models_list_holds_own_gateways_and_catalog_only() -> None:
     ids = {mid for mid, _ in _registry().models_for("t1")}
     assert GID in ids and "support:abcd" in ids and "@openai/gpt-5-mini" in ids
     assert OTHER not in ids and "other:ffff" not in ids
+
+
+def test_fallbacks_keep_their_order_and_skip_what_the_tenant_cannot_use() -> None:
+    chain = ["@openai/gpt-5-nano", "own-1", "gone", "@openai/gpt-5-mini"]
+    mine = Gateway(id=GID, name="support", tenant="t1", upstream="own-1", fallbacks=chain)
+    theirs = Gateway(id=OTHER, name="other", tenant="t2", upstream="@openai/gpt-5", fallbacks=chain)
+    reg = _registry()
+    assert [u.id for u in reg.fallbacks(mine)] == ["@openai/gpt-5-nano", "own-1", "@openai/gpt-5-mini"]
+    assert [u.id for u in reg.fallbacks(theirs)] == [
+        "@openai/gpt-5-nano",
+        "@openai/gpt-5-mini",
+    ]  # own-1 is t1's

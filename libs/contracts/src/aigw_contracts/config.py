@@ -96,6 +96,9 @@ class Gateway(BaseModel):
     policy: dict[str, ParameterRule] = Field(default_factory=dict)
     description: str = ""
     knowledge: GatewayKnowledge | None = None  # ground answers on a collection (RAG)
+    # Upstream ids tried in order when the upstream fails before answering (429, 5xx, unreachable,
+    # no answer in time): see `aigw_worker.call` for exactly when.
+    fallbacks: list[str] = Field(default_factory=list, max_length=4)
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

@@ -10,6 +10,7 @@ RETRY_AFTER = "Aigw-Retry-After"  # seconds, forwarded from an upstream 429
 # Only on a request's first event: what the gateway did, surfaced to the client as HTTP headers.
 GATEWAY = "Aigw-Gateway"  # the gateway's slug (HTTP_GATEWAY)
 PARAMS = "Aigw-Params"  # compact JSON of the inference parameters actually sent (HTTP_PARAMS_USED)
+FALLBACK = "Aigw-Fallback"  # the fallback upstream that answered, when the gateway's own failed
 
 # NATS status header of a "no responders" bounce (set by nats-server, not by us).
 NATS_STATUS = "Status"
@@ -19,4 +20,5 @@ NO_RESPONDERS = "503"
 HTTP_REQUEST_ID = "x-request-id"
 HTTP_GATEWAY = "x-aigw-gateway"
 HTTP_PARAMS_USED = "x-aigw-params"
+HTTP_FALLBACK = "x-aigw-fallback"
 HTTP_SHOULD_RETRY = "x-should-retry"

@@ -50,6 +50,8 @@ class RoutedCall(BaseModel):
     response_model: str  # what `model` says in responses: the upstream's catalog tag
     # Set by the router for gateways with knowledge; the retrieval service then fills the two below.
     knowledge: GatewayKnowledge | None = None
+    # The gateway's fallback chain, in order (see `Gateway.fallbacks`).
+    fallbacks: list[UpstreamTarget] = Field(default_factory=list)
     # `QueryFunction` gateways: the search tool the worker answers itself (its definition is
     # already in `body["tools"]`); set by the retrieval service instead of injecting passages.
     knowledge_tool: KnowledgeTool | None = None

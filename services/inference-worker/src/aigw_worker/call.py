@@ -60,6 +60,9 @@ log = logging.getLogger("aigw.worker.call")
 
 SHUTDOWN = "shutdown"
 
+# Statuses of upstream faults a gateway's fallback chain answers (see `Call._answer`).
+_FALLBACK_ON = frozenset({429, 500, 502, 503, 504})
+
 
 class ClientCancelled(GatewayError):
     """The edge cancelled the request (its client went away); 499 as in nginx's 'client closed'."""
@@ -118,6 +121,10 @@ class Events:
             await self.bus.event(self.subject, payload, hdrs)
         finally:
             self.busy = False
+
+    def first_header(self, name: str, value: str) -> None:
+        """A header for the request's first event (before it is sent)."""
+        self._first[name] = value
 
     async def delta(self, payload: bytes) -> None:
         await self._publish(payload, self._headers(EventKind.DELTA))
@@ -184,10 +191,7 @@ class Call:
                     raise DeadlineExceeded("The request's deadline passed before a worker could start it")
                 try:
                     async with asyncio.timeout(remaining):
-                        if self.stream:
-                            await self._stream(remaining)
-                        else:
-                            await self._complete(remaining)
+                        await self._answer(remaining)
                 except TimeoutError:
                     raise DeadlineExceeded(
                         "The upstream model did not finish within the request's deadline"
@@ -204,6 +208,40 @@ class Call:
             await self._end(InternalError("The inference worker had an internal error; it has been logged"))
         finally:
             self._account()
+
+    async def _answer(self, remaining: float) -> None:
+        """The upstream's answer; a fallback's (the gateway's chain, in order) when it fails before
+        answering: only while nothing has reached the client and no upstream has accepted the
+        request (so no answer is ever mixed or billed twice), and only for faults another upstream
+        may not have (429, 5xx, unreachable, no answer in time), never for a rejected request."""
+        while True:
+            try:
+                if self.stream:
+                    await self._stream(remaining)
+                else:
+                    await self._complete(remaining)
+                return
+            except GatewayError as err:
+                remaining = self.envelope.remaining()
+                fallbacks = self.route.fallbacks
+                if not fallbacks or self.accepted or self.events.seq or err.status not in _FALLBACK_ON:
+                    raise
+                if remaining <= 0:
+                    raise
+                target = fallbacks.pop(0)
+                log.info(
+                    "upstream failed before answering; trying the next in the gateway's chain",
+                    extra={
+                        "request_id": self.request_id,
+                        "upstream": self.route.upstream.id,
+                        "status": err.status,
+                        "code": err.code,
+                        "fallback": target.id,
+                    },
+                )
+                self.route.upstream = target
+                self.route.response_model = target.id
+                self.events.first_header(headers.FALLBACK, target.id)
 
     async def _end(self, err: GatewayError) -> None:
         if err.status >= 500 and err.status != 503:

@@ -62,6 +62,8 @@ class Router:
             response_model=upstream.id,
             knowledge=gateway.knowledge if gateway else None,
         )
+        if gateway is not None and gateway.fallbacks:
+            envelope.route.fallbacks = [UpstreamTarget.of(u) for u in self.registry.fallbacks(gateway)]
         return envelope
 
     def models(self, query: ModelsQuery) -> ModelList:

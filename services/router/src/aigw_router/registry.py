@@ -84,6 +84,16 @@ class Registry:
             raise errors.Unavailable(f"The gateway '{gateway.slug}' has no usable upstream", param="model")
         return gateway, upstream
 
+    def fallbacks(self, gateway: Gateway) -> list[Upstream]:
+        """The gateway's fallback upstreams that are still usable, in order (one deleted since the
+        gateway was saved is skipped, not an error: the chain is a best effort)."""
+        out = []
+        for upstream_id in gateway.fallbacks:
+            upstream = self.upstreams.get(upstream_id)
+            if upstream is not None and (upstream.kind != "own" or upstream.tenant == gateway.tenant):
+                out.append(upstream)
+        return out
+
     def _gateway(self, model: str, tenant: str, key_kind: str) -> Gateway:
         not_found = errors.NotFound(
             f"The model '{model}' does not exist or you do not have access to it", param="model"

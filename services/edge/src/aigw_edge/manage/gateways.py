@@ -79,6 +79,13 @@ def _build(config: ManagedConfig, gateway_id: str, tenant: str, data: dict[str, 
         raise errors.InvalidRequest(
             f"No upstream '{data['upstream']}' is available to you.", param="upstream"
         )
+    data["fallbacks"] = data.get("fallbacks") or []  # null (in a PATCH) clears the chain
+    for position, fallback_id in enumerate(data["fallbacks"]):
+        fallback = config.upstream(fallback_id)
+        if fallback is None or (fallback.kind == "own" and fallback.tenant != tenant):
+            raise errors.InvalidRequest(
+                f"No upstream '{fallback_id}' is available to you.", param=f"fallbacks.{position}"
+            )
     _check_parameters(data.get("parameters") or {})
     if data.get("knowledge") is not None:
         data["knowledge"] = _check_knowledge(config, tenant, data["knowledge"])

@@ -28,6 +28,11 @@ class GatewayIn(_In):
     knowledge: GatewayKnowledge | None = Field(
         default=None, description="ground answers on one of your collections (by id or name)"
     )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="upstream ids tried in order when the upstream fails before answering",
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -40,6 +45,7 @@ class GatewayPatch(_In):
     policy: dict[str, ParameterRule] | None = None
     description: str | None = None
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
+    fallbacks: list[str] | None = Field(default=None, max_length=4)
 
 
 class GatewayOut(BaseModel):
@@ -55,6 +61,7 @@ class GatewayOut(BaseModel):
     policy: dict[str, ParameterRule]
     description: str
     knowledge: GatewayKnowledge | None = None
+    fallbacks: list[str] = Field(default_factory=list)
     version: int = 0
 
     @classmethod

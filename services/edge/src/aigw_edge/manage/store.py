@@ -42,7 +42,9 @@ class ManagedConfig:
         return merged.values()
 
     def gateways_using(self, upstream_id: str) -> list[Gateway]:
-        return [g for g in self.view.gateways.values() if g.upstream == upstream_id]
+        return [
+            g for g in self.view.gateways.values() if g.upstream == upstream_id or upstream_id in g.fallbacks
+        ]
 
     def collection(self, tenant: str, ref: str) -> Collection | None:
         """A tenant's collection by id or name (None for another tenant's, as for a missing one)."""

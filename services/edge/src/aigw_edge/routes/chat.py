@@ -52,6 +52,7 @@ _EVENT, _SEQ = headers.EVENT, headers.SEQ
 _REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
 _GATEWAY = headers.HTTP_GATEWAY.encode()
 _PARAMS = headers.HTTP_PARAMS_USED.encode()
+_FALLBACK = headers.HTTP_FALLBACK.encode()
 
 
 class _ClientGone(Exception):
@@ -272,6 +273,9 @@ class ChatEndpoint:
         params = hdrs.get(headers.PARAMS)
         if params:
             call.headers.append((_PARAMS, params.encode()))
+        fallback = hdrs.get(headers.FALLBACK)
+        if fallback:
+            call.headers.append((_FALLBACK, fallback.encode()))
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:
