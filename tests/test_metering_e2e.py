@@ -157,3 +157,23 @@ def test_knowledge_rewrite_and_tool_lines_are_stored_as_the_response_lists_them(
     for (gw_id, lines), name in zip(sent.items(), cases, strict=True):
         assert expected_skus[name] <= set(lines), (name, lines)
         eventually(lambda g=gw_id, want=lines: _stored(http, g)[0] == want, 15.0, f"{name} lines stored")
+
+
+def test_routing_lines_are_stored_as_the_response_lists_them(metered: Stack) -> None:
+    assert metered.demo is not None
+    http = httpx.Client(
+        base_url=metered.base_url, headers={"Authorization": f"Bearer {metered.demo.key}"}, timeout=20
+    )
+    client = OpenAI(base_url=metered.base_url, api_key=metered.demo.key, max_retries=0)
+    sim = "@sim/sim-model"
+    routing = {"classifier": sim, "low": sim, "medium": sim, "high": sim}
+    gw = http.post("/gateways", json={"name": "auto-billed", "upstream": sim, "routing": routing}).json()[
+        "id"
+    ]
+    eventually(lambda: gw in {m.id for m in client.models.list()}, 5.0, "gateway visible")
+    reply = client.chat.completions.create(
+        model=gw, messages=[{"role": "user", "content": "a hard one [sim reply=high]"}]
+    )
+    sent = _exact(reply.model_extra["generation_context"]["generated_usage"])  # type: ignore[index]
+    assert {skus.ROUTING_IN, skus.ROUTING_OUT, skus.CHAT_IN, skus.CHAT_OUT} <= set(sent)
+    eventually(lambda: _stored(http, gw)[0] == sent, 15.0, "routing and answer lines stored")

@@ -83,6 +83,31 @@ DEFAULT_OVERRIDABLE: frozenset[str] = frozenset(
 )
 
 
+Complexity = Literal["low", "medium", "high"]
+
+
+class AutoRouting(BaseModel):
+    """A model router: a small `classifier` model rates the latest user request as low, medium or
+    high complexity, and the gateway answers with the upstream set for that level (the gateway's
+    own `upstream` when the classifier fails). The classification is billed under the
+    `inference.resolving.routing_complexity.*` SKUs; the answer says the level in the
+    `X-Model-Routed-Complexity` header."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifier: str  # upstream ids, all of them
+    low: str
+    medium: str
+    high: str
+
+    def upstream_for(self, level: Complexity) -> str:
+        return {"low": self.low, "medium": self.medium, "high": self.high}[level]
+
+    @property
+    def upstream_ids(self) -> list[str]:
+        return [self.classifier, self.low, self.medium, self.high]
+
+
 class Gateway(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +124,7 @@ class Gateway(BaseModel):
     # Upstream ids tried in order when the upstream fails before answering (429, 5xx, unreachable,
     # no answer in time): see `aigw_worker.call` for exactly when.
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
+    routing: AutoRouting | None = None  # pick the upstream by the request's complexity
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

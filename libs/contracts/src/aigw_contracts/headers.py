@@ -11,6 +11,7 @@ RETRY_AFTER = "Aigw-Retry-After"  # seconds, forwarded from an upstream 429
 GATEWAY = "Aigw-Gateway"  # the gateway's slug (HTTP_GATEWAY)
 PARAMS = "Aigw-Params"  # compact JSON of the inference parameters actually sent (HTTP_PARAMS_USED)
 FALLBACK = "Aigw-Fallback"  # the fallback upstream that answered, when the gateway's own failed
+COMPLEXITY = "Aigw-Routed-Complexity"  # an auto-routing gateway's level (HTTP_ROUTED_COMPLEXITY)
 
 # NATS status header of a "no responders" bounce (set by nats-server, not by us).
 NATS_STATUS = "Status"
@@ -21,4 +22,5 @@ HTTP_REQUEST_ID = "x-request-id"
 HTTP_GATEWAY = "x-aigw-gateway"
 HTTP_PARAMS_USED = "x-aigw-params"
 HTTP_FALLBACK = "x-aigw-fallback"
+HTTP_ROUTED_COMPLEXITY = "x-model-routed-complexity"  # as the reference product names it
 HTTP_SHOULD_RETRY = "x-should-retry"

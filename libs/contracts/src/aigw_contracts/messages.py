@@ -64,7 +64,10 @@ class RoutedCall(BaseModel):
     # the worker prices it under the `inference.resolving.query_rewrite.*` SKUs and meters it as
     # source "rewrite", so it is billed once, apart from the answer itself. `rerank`: the same for
     # the `model` reranker's call (`inference.resolving.rerank.*`, source "rerank").
-    purpose: Literal["chat", "query_rewrite", "rerank"] = "chat"
+    # `routing`: the router's complexity classification (`inference.resolving.routing_complexity.*`).
+    purpose: Literal["chat", "query_rewrite", "rerank", "routing"] = "chat"
+    # The level an auto-routing gateway's classifier gave (the worker tells the client in a header).
+    routed_complexity: Literal["low", "medium", "high"] | None = None
 
 
 class ChatEnvelope(BaseModel):

@@ -9,6 +9,7 @@ CHAT_OUT: Final = "inference.chat_completions.out"
 CHAT_IN_CACHED: Final = "inference.chat_completions.in.cached"
 ROUTING_IN: Final = "inference.resolving.routing_complexity.in"
 ROUTING_OUT: Final = "inference.resolving.routing_complexity.out"
+ROUTING_IN_CACHED: Final = "inference.resolving.routing_complexity.in.cached"
 # A resolver model rewriting the conversation into search queries (UserRewrite / FullRewrite).
 REWRITE_IN: Final = "inference.resolving.query_rewrite.in"
 REWRITE_IN_CACHED: Final = "inference.resolving.query_rewrite.in.cached"
@@ -26,6 +27,7 @@ ALL: Final = (
     CHAT_IN_CACHED,
     ROUTING_IN,
     ROUTING_OUT,
+    ROUTING_IN_CACHED,
     REWRITE_IN,
     REWRITE_IN_CACHED,
     REWRITE_OUT,

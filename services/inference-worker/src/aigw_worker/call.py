@@ -85,6 +85,8 @@ def first_headers(route: RoutedCall | None) -> dict[str, str]:
     extra = {headers.PARAMS: json.dumps(route.params_used, separators=(",", ":"))}
     if route.gateway_slug:
         extra[headers.GATEWAY] = route.gateway_slug
+    if route.routed_complexity:
+        extra[headers.COMPLEXITY] = route.routed_complexity
     return extra
 
 

@@ -26,10 +26,16 @@ _SKUS = {
     "chat": (skus.CHAT_IN, skus.CHAT_OUT, skus.CHAT_IN_CACHED, skus.chat_description),
     "query_rewrite": (skus.REWRITE_IN, skus.REWRITE_OUT, skus.REWRITE_IN_CACHED, skus.rewrite_description),
     "rerank": (skus.RERANK_IN, skus.RERANK_OUT, skus.RERANK_IN_CACHED, skus.rerank_description),
+    "routing": (
+        skus.ROUTING_IN,
+        skus.ROUTING_OUT,
+        skus.ROUTING_IN_CACHED,
+        lambda _: skus.ROUTING_DESCRIPTION,
+    ),
 }
 
 # Which usage-event source meters a call of each purpose.
-SOURCES = {"chat": "inference", "query_rewrite": "rewrite", "rerank": "rerank"}
+SOURCES = {"chat": "inference", "query_rewrite": "rewrite", "rerank": "rerank", "routing": "routing"}
 
 
 def price_lines(

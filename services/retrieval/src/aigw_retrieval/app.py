@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any, Literal
 
 from faststream import FastStream
@@ -25,9 +26,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
-from aigw_contracts import ChatEnvelope, errors, subjects
+from aigw_contracts import subjects
 from aigw_contracts.configstore import ConfigView, ConfigWatcher
 from aigw_contracts.usage_publisher import JetStreamUsageBus, OnAck, UsageBus, UsagePublisher
+from aigw_contracts.workercall import ask_worker
 
 from .embed import Embedder, MiniLMEmbedder
 from .factory import build_embedder, build_store
@@ -162,33 +164,7 @@ def create_app(
             usage_bus = jetstream_bus
             max_payload = connection.max_payload
 
-            async def ask_worker(envelope: ChatEnvelope, within: float) -> tuple[dict[str, str], bytes]:
-                """One non-stream completion from the worker pool; its first (and only) event."""
-                answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-
-                async def on_event(msg: Msg) -> None:
-                    if not answer.done():
-                        answer.set_result(msg)
-
-                inbox = connection.new_inbox()
-                sub = await connection.subscribe(inbox, cb=on_event)
-                try:
-                    envelope.reply = inbox  # a no-responders status comes back here too
-                    await connection.publish(
-                        subjects.WORKER_CHAT,
-                        envelope.model_dump_json(exclude_none=True).encode(),
-                        reply=inbox,
-                    )
-                    msg = await asyncio.wait_for(answer, max(within, 0.001))
-                except TimeoutError:
-                    raise errors.DeadlineExceeded(
-                        "Query rewriting did not finish before the deadline"
-                    ) from None
-                finally:
-                    await sub.unsubscribe()
-                return dict(msg.headers or {}), msg.data
-
-            calls = ResolverCalls(collections.upstreams, ask_worker)
+            calls = ResolverCalls(collections.upstreams, partial(ask_worker, connection))
             rewriter: Rewriter | None = Rewriter(calls, settings.max_query_chars)
             reranker: ModelReranker | None = ModelReranker(calls)
         else:  # TestNatsBroker: no JetStream; usage goes through the broker (tests subscribe to it)

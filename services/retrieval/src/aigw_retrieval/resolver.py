@@ -11,23 +11,19 @@ own endpoints), else the gateway's own model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aigw_contracts import (
-    ChatCompletionRequest,
     ChatEnvelope,
     GeneratedUsage,
-    RoutedCall,
     UpstreamTarget,
     errors,
 )
-from aigw_contracts import headers as hdr
 from aigw_contracts.catalog import builtin_catalog
 from aigw_contracts.config import Upstream
-from aigw_contracts.events import EventKind
 from aigw_contracts.knowledge import GatewayKnowledge
+from aigw_contracts.workercall import completion_of, model_call
 
 # Sends an envelope to the worker pool and returns its first event: (headers, payload).
 AskWorker = Callable[[ChatEnvelope, float], Awaitable[tuple[dict[str, str], bytes]]]
@@ -63,38 +59,6 @@ class ResolverCalls:
         the error the request gets when the call fails."""
         if self.ask is None:
             raise errors.Unavailable("Resolver model calls need the message bus")
-        target = self.target(envelope, knowledge)
-        call = ChatEnvelope(
-            request_id=envelope.request_id,
-            tenant=envelope.tenant,
-            key_id=envelope.key_id,
-            key_kind=envelope.key_kind,
-            reply="",  # set by `ask`
-            deadline=envelope.deadline,
-            trace=envelope.trace,
-            request=ChatCompletionRequest(
-                model=target.id, messages=messages, metadata=envelope.request.metadata
-            ),
-            route=RoutedCall(
-                gateway_id=envelope.route.gateway_id if envelope.route else None,
-                upstream=target,
-                body={"messages": messages, "temperature": 0},
-                response_model=target.id,
-                purpose=purpose,
-            ),
-        )
+        call = model_call(envelope, self.target(envelope, knowledge), messages, purpose)
         event, payload = await self.ask(call, envelope.remaining())
-        if event.get(hdr.EVENT) != EventKind.FINAL:
-            status = int(event.get(hdr.STATUS) or event.get(hdr.NATS_STATUS) or 502)
-            try:
-                detail = json.loads(payload)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                detail = "no answer"
-            prefix, param = failure
-            raise errors.error_for_status(status, f"{prefix}: {detail}", param=param)
-        body: dict[str, Any] = json.loads(payload)
-        content = body["choices"][0]["message"].get("content") or ""
-        lines = [
-            GeneratedUsage.model_validate(line) for line in body["generation_context"]["generated_usage"]
-        ]
-        return content, lines
+        return completion_of(event, payload, failure)

@@ -7,9 +7,11 @@ a 503 status there and the router turns it into an error event for the edge, wit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from faststream import FastStream
@@ -28,9 +30,12 @@ from aigw_contracts import (
     subjects,
 )
 from aigw_contracts.api import Model, ModelList
+from aigw_contracts.config import AutoRouting
 from aigw_contracts.configstore import ConfigWatcher
 from aigw_contracts.messages import ModelsQuery
+from aigw_contracts.workercall import ask_worker
 
+from .complexity import ComplexityRouter
 from .policy import cap_output_tokens, effective_parameters, upstream_body
 from .registry import Registry
 from .settings import RouterSettings
@@ -91,17 +96,28 @@ def _error(reply: str, err: errors.GatewayError) -> Outgoing:
     return Outgoing(reply, payload, hdrs)
 
 
-class Handlers:
-    """What the router does with each message, as pure functions from bytes to `Outgoing`."""
+@dataclass(frozen=True)
+class Pending:
+    """A routed request that waits for its gateway's complexity classification (`complexity.py`)."""
 
-    def __init__(self, router: Router, router_id: str) -> None:
+    envelope: ChatEnvelope
+    routing: AutoRouting
+    tenant: str
+
+
+class Handlers:
+    """What the router does with each message, as pure functions from bytes to `Outgoing` (or, for
+    an auto-routing gateway, to a `Pending` that `finish` completes after the classifier answered)."""
+
+    def __init__(self, router: Router, router_id: str, complexity: ComplexityRouter | None = None) -> None:
         self.router = router
         self.router_id = router_id
+        self.complexity = complexity or ComplexityRouter(router.registry, None)
         # Separate bounce subjects per destination, so a bounce says who was missing.
         self.worker_bounce = router_id
         self.retrieval_bounce = f"{router_id}-k"
 
-    def chat(self, data: bytes) -> Outgoing | None:
+    def chat(self, data: bytes) -> Outgoing | Pending | None:
         try:
             envelope = ChatEnvelope.model_validate_json(data)
         except ValueError:
@@ -114,13 +130,28 @@ class Handlers:
         except Exception:
             log.exception("routing failed", extra={"request_id": envelope.request_id})
             return _error(envelope.reply, errors.InternalError("The gateway could not route this request"))
+        route = routed.route
+        gateway = self.router.registry.gateways.get(route.gateway_id) if route and route.gateway_id else None
+        if gateway is not None and gateway.routing is not None:
+            return Pending(routed, gateway.routing, gateway.tenant)
+        return self._forward(routed)
+
+    async def finish(self, pending: Pending) -> Outgoing:
+        """A `Pending` request, routed by its level (or by its gateway's upstream if that fails)."""
+        try:
+            await self.complexity.route(pending.envelope, pending.routing, pending.tenant)
+        except Exception:
+            log.exception("auto routing failed", extra={"request_id": pending.envelope.request_id})
+        return self._forward(pending.envelope)
+
+    def _forward(self, routed: ChatEnvelope) -> Outgoing:
         # Gateways with knowledge go through retrieval first; the others skip it entirely.
         grounded = routed.route is not None and routed.route.knowledge is not None
         return Outgoing(
             subjects.RETRIEVAL_CHAT if grounded else subjects.WORKER_CHAT,
             routed.model_dump_json(exclude_none=True).encode(),
             reply=subjects.bounce_subject(
-                self.retrieval_bounce if grounded else self.worker_bounce, envelope.reply
+                self.retrieval_bounce if grounded else self.worker_bounce, routed.reply
             ),
         )
 
@@ -156,9 +187,12 @@ def create_app(
     router = Router(settings, registry)
     handlers = Handlers(router, settings.router_id)
     broker = NatsBroker(settings.nats_url, logger=None)
+    tasks: set[asyncio.Task[None]] = set()
     watcher: ConfigWatcher | None = None
 
-    async def send_via_broker(out: Outgoing | None) -> None:
+    async def send_via_broker(out: Outgoing | Pending | None) -> None:
+        if isinstance(out, Pending):
+            out = await handlers.finish(out)
         if out is not None:
             await broker.publish(out.payload, subject=out.subject, headers=out.headers, reply_to=out.reply)
 
@@ -200,13 +234,23 @@ def create_app(
         if hot_path != "raw":
             return
         nc = broker.connection
+        handlers.complexity.ask = partial(ask_worker, nc)
 
         async def send(out: Outgoing | None) -> None:
             if out is not None:
                 await nc.publish(out.subject, out.payload, reply=out.reply, headers=out.headers)
 
+        async def finish(pending: Pending) -> None:
+            await send(await handlers.finish(pending))
+
         async def on_chat(msg: Msg) -> None:
-            await send(handlers.chat(msg.data))
+            out = handlers.chat(msg.data)
+            if isinstance(out, Pending):  # a model call first: never hold up the next request
+                task = asyncio.create_task(finish(out))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            else:
+                await send(out)
 
         async def on_bounce(msg: Msg) -> None:
             await send(handlers.bounce(msg.subject, msg.headers))
@@ -218,6 +262,8 @@ def create_app(
 
     @app.on_shutdown
     async def stop_watching() -> None:
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=10)
         if watcher is not None:
             await watcher.stop()
 

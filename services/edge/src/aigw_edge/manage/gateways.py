@@ -80,12 +80,14 @@ def _build(config: ManagedConfig, gateway_id: str, tenant: str, data: dict[str, 
             f"No upstream '{data['upstream']}' is available to you.", param="upstream"
         )
     data["fallbacks"] = data.get("fallbacks") or []  # null (in a PATCH) clears the chain
-    for position, fallback_id in enumerate(data["fallbacks"]):
-        fallback = config.upstream(fallback_id)
-        if fallback is None or (fallback.kind == "own" and fallback.tenant != tenant):
-            raise errors.InvalidRequest(
-                f"No upstream '{fallback_id}' is available to you.", param=f"fallbacks.{position}"
-            )
+    named = [(f"fallbacks.{i}", u) for i, u in enumerate(data["fallbacks"])]
+    routing = data.get("routing")
+    if routing is not None:
+        named += [(f"routing.{field}", routing[field]) for field in ("classifier", "low", "medium", "high")]
+    for param, upstream_id in named:
+        other = config.upstream(upstream_id)
+        if other is None or (other.kind == "own" and other.tenant != tenant):
+            raise errors.InvalidRequest(f"No upstream '{upstream_id}' is available to you.", param=param)
     _check_parameters(data.get("parameters") or {})
     if data.get("knowledge") is not None:
         data["knowledge"] = _check_knowledge(config, tenant, data["knowledge"])

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, KeyLimits, ParameterRule, Prices
+from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 
@@ -33,6 +33,9 @@ class GatewayIn(_In):
         max_length=4,
         description="upstream ids tried in order when the upstream fails before answering",
     )
+    routing: AutoRouting | None = Field(
+        default=None, description="pick the upstream by the request's complexity (a classifier model)"
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -46,6 +49,7 @@ class GatewayPatch(_In):
     description: str | None = None
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
     fallbacks: list[str] | None = Field(default=None, max_length=4)
+    routing: AutoRouting | None = Field(default=None, description="null removes the routing")
 
 
 class GatewayOut(BaseModel):
@@ -62,6 +66,7 @@ class GatewayOut(BaseModel):
     description: str
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
+    routing: AutoRouting | None = None
     version: int = 0
 
     @classmethod

@@ -43,7 +43,11 @@ class ManagedConfig:
 
     def gateways_using(self, upstream_id: str) -> list[Gateway]:
         return [
-            g for g in self.view.gateways.values() if g.upstream == upstream_id or upstream_id in g.fallbacks
+            g
+            for g in self.view.gateways.values()
+            if g.upstream == upstream_id
+            or upstream_id in g.fallbacks
+            or (g.routing is not None and upstream_id in g.routing.upstream_ids)
         ]
 
     def collection(self, tenant: str, ref: str) -> Collection | None:

@@ -53,6 +53,7 @@ _REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
 _GATEWAY = headers.HTTP_GATEWAY.encode()
 _PARAMS = headers.HTTP_PARAMS_USED.encode()
 _FALLBACK = headers.HTTP_FALLBACK.encode()
+_COMPLEXITY = headers.HTTP_ROUTED_COMPLEXITY.encode()
 
 
 class _ClientGone(Exception):
@@ -276,6 +277,9 @@ class ChatEndpoint:
         fallback = hdrs.get(headers.FALLBACK)
         if fallback:
             call.headers.append((_FALLBACK, fallback.encode()))
+        complexity = hdrs.get(headers.COMPLEXITY)
+        if complexity:
+            call.headers.append((_COMPLEXITY, complexity.encode()))
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:

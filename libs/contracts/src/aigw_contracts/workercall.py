@@ -1,0 +1,98 @@
+"""A service's own model call through the inference workers: one non-stream completion, by request-reply.
+
+Services that need a model on the request path (retrieval's query rewriting and reranking, the
+router's complexity routing) do not call upstreams themselves: the workers hold the providers'
+credentials, price the call by its `RoutedCall.purpose` and meter it as a usage source of its own
+under the request's id. The caller gets the completion's text and its priced lines, to list in the
+final response's `generated_usage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from . import errors, subjects
+from . import headers as hdr
+from .api import ChatCompletionRequest, GeneratedUsage
+from .events import EventKind
+from .messages import ChatEnvelope, RoutedCall, UpstreamTarget
+
+Purpose = Literal["query_rewrite", "rerank", "routing"]
+
+
+def model_call(
+    envelope: ChatEnvelope,
+    target: UpstreamTarget,
+    messages: list[dict[str, Any]],
+    purpose: Purpose,
+    **parameters: Any,
+) -> ChatEnvelope:
+    """The envelope of a model call made for `envelope`'s request: same request id (so the worker
+    meters it under it), tenant, key, deadline and trace; `temperature` 0 unless given."""
+    return ChatEnvelope(
+        request_id=envelope.request_id,
+        tenant=envelope.tenant,
+        key_id=envelope.key_id,
+        key_kind=envelope.key_kind,
+        reply="",  # set by `ask_worker`
+        deadline=envelope.deadline,
+        trace=envelope.trace,
+        request=ChatCompletionRequest(model=target.id, messages=messages, metadata=envelope.request.metadata),
+        route=RoutedCall(
+            gateway_id=envelope.route.gateway_id if envelope.route else None,
+            upstream=target,
+            body={"messages": messages, "temperature": 0, **parameters},
+            response_model=target.id,
+            purpose=purpose,
+        ),
+    )
+
+
+async def ask_worker(nc: NatsClient, envelope: ChatEnvelope, within: float) -> tuple[dict[str, str], bytes]:
+    """Publish `envelope` to the worker pool; its first (and, non-stream, only) event. A missing
+    worker pool comes back as a no-responders status on the same inbox."""
+    answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: Msg) -> None:
+        if not answer.done():
+            answer.set_result(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_event)
+    try:
+        envelope.reply = inbox
+        await nc.publish(
+            subjects.WORKER_CHAT, envelope.model_dump_json(exclude_none=True).encode(), reply=inbox
+        )
+        msg = await asyncio.wait_for(answer, max(within, 0.001))
+    except TimeoutError:
+        raise errors.DeadlineExceeded(
+            "A model call of the gateway did not finish before the deadline"
+        ) from None
+    finally:
+        await sub.unsubscribe()
+    return dict(msg.headers or {}), msg.data
+
+
+def completion_of(
+    event: dict[str, str], payload: bytes, failure: tuple[str, str | None]
+) -> tuple[str, list[GeneratedUsage]]:
+    """The text and priced lines of a worker's final event; its error as a `GatewayError` whose
+    message starts with `failure[0]` and names the parameter `failure[1]`."""
+    if event.get(hdr.EVENT) != EventKind.FINAL:
+        status = int(event.get(hdr.STATUS) or event.get(hdr.NATS_STATUS) or 502)
+        try:
+            detail = json.loads(payload)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = "no answer"
+        prefix, param = failure
+        raise errors.error_for_status(status, f"{prefix}: {detail}", param=param)
+    body: dict[str, Any] = json.loads(payload)
+    content = body["choices"][0]["message"].get("content") or ""
+    lines = [GeneratedUsage.model_validate(line) for line in body["generation_context"]["generated_usage"]]
+    return content, lines
