@@ -217,6 +217,19 @@ def test_cli_manages_gateways_and_keys(stack: Stack) -> None:
     assert (
         _cli(stack, "gateway", "update", gw["slug"], "--description", "via cli")["description"] == "via cli"
     )
+    tiers = {"classifier": "@sim/sim-model", "low": "@sim/sim-model", "medium": "@sim/sim-model"}
+    routed = _cli(
+        stack,
+        "gateway",
+        "update",
+        gw["id"],
+        "--fallbacks",
+        '["@openai/gpt-5-nano"]',
+        "--routing",
+        json.dumps({**tiers, "high": "@openai/gpt-5"}),
+    )
+    assert routed["fallbacks"] == ["@openai/gpt-5-nano"] and routed["routing"]["high"] == "@openai/gpt-5"
+    assert _cli(stack, "gateway", "update", gw["id"], "--routing", "null")["routing"] is None
     assert _cli(stack, "gateway", "show", gw["id"])["version"] >= 2
     assert _cli(stack, "gateway", "delete", gw["id"])["deleted"] is True
     key = _cli(stack, "key", "create", "--name", "cli")

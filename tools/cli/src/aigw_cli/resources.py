@@ -74,6 +74,8 @@ GATEWAY_FIELDS = {
     "parameters": "json",
     "policy": "json",
     "knowledge": "json",
+    "fallbacks": "json",
+    "routing": "json",
 }
 
 
@@ -87,6 +89,12 @@ def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--policy", help='JSON, e.g. \'{"temperature": {"mode": "clamped", "max": 1}}\'')
     p.add_argument(
         "--knowledge", help='JSON, e.g. \'{"collection": "faq", "top": 5, "strategy": "Plain"}\' (null: none)'
+    )
+    p.add_argument("--fallbacks", help="JSON list of upstream ids, e.g. '[\"@openai/gpt-5-nano\"]'")
+    p.add_argument(
+        "--routing",
+        help='JSON, e.g. \'{"classifier": "@openai/gpt-5-nano", "low": "…", "medium": "…", "high": "…"}\' '
+        "(null: none)",
     )
 
 
