@@ -135,3 +135,49 @@ def test_no_worker_is_503_and_no_router_is_503(tmp_path_factory: pytest.TempPath
         assert err.value.response.headers["retry-after"] == "1"
     finally:
         s.stop()
+
+
+def test_a_gateway_misconfiguration_tells_the_sdk_not_to_retry(
+    operator: httpx.Client, admin: httpx.Client, stack: Stack
+) -> None:
+    """No worker holds credentials for this provider: retrying cannot help, so the 502 says
+    `x-should-retry: false` and the SDK (which retries 5xx by default) makes one attempt."""
+    made = operator.post(
+        "/upstreams",
+        json={
+            "kind": "catalog",
+            "id": "@keyless/m",
+            "provider": "keyless",
+            "model": "m",
+            "base_url": "https://keyless.invalid/v1",
+        },
+    )
+    assert made.status_code == 201, made.text
+    gw = admin.post("/gateways", json={"name": "keyless", "upstream": "@keyless/m"}).json()
+    attempts: list[httpx.Request] = []
+    assert stack.demo is not None
+    client = OpenAI(
+        base_url=stack.base_url,
+        api_key=stack.demo.key,
+        max_retries=2,
+        http_client=httpx.Client(event_hooks={"request": [attempts.append]}),
+    )
+
+    def refused() -> openai.APIStatusError | None:
+        attempts.clear()
+        try:
+            client.chat.completions.create(model=gw["id"], messages=[{"role": "user", "content": "hi"}])
+        except openai.NotFoundError:
+            return None  # the new gateway is not routable yet
+        except openai.APIStatusError as err:
+            return err
+        raise AssertionError("a keyless upstream answered")
+
+    err = None
+    deadline = time.monotonic() + 5
+    while err is None and time.monotonic() < deadline:
+        err = refused()
+    assert err is not None and err.status_code == 502 and err.code == "upstream_not_configured"
+    assert err.response.headers["x-should-retry"] == "false" and len(attempts) == 1
+    admin.delete(f"/gateways/{gw['id']}")
+    operator.delete("/upstreams/@keyless/m")

@@ -245,6 +245,7 @@ async def test_rejected_gateway_credentials_are_a_502_that_does_not_blame_the_cl
         (event,) = await h.run(make_envelope(keyed_sim.url, "x [sim tokens=2]"))
         assert event.kind == "error" and event.headers[headers.STATUS] == "502"
         assert "not a problem with your API key" in _json(event)["error"]["message"]
+        assert event.headers[headers.SHOULD_RETRY] == "false"  # retrying cannot fix the gateway's key
     async with running(worker_settings(provider_keys={"sim": "sk-sim-right"})) as h:
         (event,) = await h.run(make_envelope(keyed_sim.url, "x [sim tokens=2]"))
         assert event.kind == "final"
@@ -254,6 +255,7 @@ async def test_catalog_provider_without_a_key_is_refused_without_calling(harness
     marker = uuid7()
     (event,) = await harness.run(make_envelope(sim.url, marker, provider="nokeyprovider"))
     assert event.headers[headers.STATUS] == "502" and "credentials" in _json(event)["error"]["message"]
+    assert event.headers[headers.SHOULD_RETRY] == "false"
     assert sim.requests(marker) == []
 
 

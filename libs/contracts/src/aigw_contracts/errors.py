@@ -22,6 +22,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# Error codes of faults in the gateway's configuration, not in the request or the moment.
+NOT_RETRYABLE = frozenset({"upstream_auth_failed", "upstream_not_configured"})
+
+
 class GatewayError(Exception):
     """Base of every error a client may see. Subclasses fix status, type and code."""
 
@@ -43,6 +47,13 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
+
+    @property
+    def should_retry(self) -> bool | None:
+        """False when retrying the same request cannot help (the gateway's own configuration is at
+        fault): clients are told so in `x-should-retry`, which the OpenAI SDKs obey instead of
+        retrying every 5xx. None: the status says enough."""
+        return False if self.code in NOT_RETRYABLE else None
 
     def body(self) -> ErrorBody:
         return ErrorBody(

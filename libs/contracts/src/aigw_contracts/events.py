@@ -38,6 +38,8 @@ def error_event(err: GatewayError, seq: int) -> tuple[dict[str, str], bytes]:
     hdrs[headers.STATUS] = str(err.status)
     if err.retry_after is not None:
         hdrs[headers.RETRY_AFTER] = f"{err.retry_after:g}"
+    if err.should_retry is False:
+        hdrs[headers.SHOULD_RETRY] = "false"
     return hdrs, err.to_json()
 
 

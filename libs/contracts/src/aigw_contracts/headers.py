@@ -7,6 +7,7 @@ EVENT = "Aigw-Event"  # one of EventKind
 SEQ = "Aigw-Seq"  # 0, 1, 2 … per request; a gap means a lost event
 STATUS = "Aigw-Status"  # HTTP status of an error event
 RETRY_AFTER = "Aigw-Retry-After"  # seconds, forwarded from an upstream 429
+SHOULD_RETRY = "Aigw-Should-Retry"  # "false" on errors a retry cannot fix (HTTP_SHOULD_RETRY)
 # Only on a request's first event: what the gateway did, surfaced to the client as HTTP headers.
 GATEWAY = "Aigw-Gateway"  # the gateway's slug (HTTP_GATEWAY)
 PARAMS = "Aigw-Params"  # compact JSON of the inference parameters actually sent (HTTP_PARAMS_USED)

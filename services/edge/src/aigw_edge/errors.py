@@ -46,6 +46,8 @@ async def send_error(send: Send, err: GatewayError, headers: Headers | None = No
     extra = list(headers or ())
     if err.retry_after is not None:
         extra.extend(retry_after_headers(err.status, err.retry_after))
+    if err.should_retry is False:
+        extra.append((b"x-should-retry", b"false"))
     await send_body(send, err.status, err.to_json(), extra, JSON_TYPE)
 
 

@@ -54,6 +54,7 @@ _GATEWAY = headers.HTTP_GATEWAY.encode()
 _PARAMS = headers.HTTP_PARAMS_USED.encode()
 _FALLBACK = headers.HTTP_FALLBACK.encode()
 _COMPLEXITY = headers.HTTP_ROUTED_COMPLEXITY.encode()
+_SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
 
 
 class _ClientGone(Exception):
@@ -304,6 +305,9 @@ class ChatEndpoint:
         if retry_after:
             with contextlib.suppress(ValueError):
                 extra.extend(retry_after_headers(status, float(retry_after)))
+        should_retry = hdrs.get(headers.SHOULD_RETRY)
+        if should_retry:
+            extra.append((_SHOULD_RETRY, should_retry.encode()))
         call.status, call.outcome, call.started = status, "error", True
         await send_body(send, status, msg.data, extra, JSON_TYPE)
 
