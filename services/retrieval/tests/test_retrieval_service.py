@@ -374,7 +374,7 @@ async def test_query_function_offers_the_search_tool_instead_of_searching(harnes
     await _seed(harness)
     harness.usage.clear()
     client_tool = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
-    sent = envelope("How do I reset my password?", strategy="QueryFunction", top=3)
+    sent = envelope("How do I reset my password?", strategy="QueryFunction", top=3, max_tool_rounds=2)
     assert sent.route is not None
     sent.route.body["tools"] = [client_tool]
     await harness.chat(sent)
@@ -382,7 +382,7 @@ async def test_query_function_offers_the_search_tool_instead_of_searching(harnes
     routed = ChatEnvelope.model_validate_json(msg.body)
     assert routed.route is not None and routed.route.knowledge_tool is not None
     tool = routed.route.knowledge_tool
-    assert (tool.collection, tool.top, tool.name) == (ACME_DOCS, 3, KNOWLEDGE_TOOL_NAME)
+    assert (tool.collection, tool.top, tool.name, tool.max_rounds) == (ACME_DOCS, 3, KNOWLEDGE_TOOL_NAME, 2)
     # the client's tool first, then ours; the conversation untouched, nothing searched or billed yet
     tools = routed.route.body["tools"]
     assert tools[0] == client_tool and tools[1]["function"]["name"] == KNOWLEDGE_TOOL_NAME

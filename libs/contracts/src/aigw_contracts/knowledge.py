@@ -132,6 +132,7 @@ class GatewayKnowledge(BaseModel):
     strategy: QueryStrategy = "Plain"
     last_messages: int = Field(default=3, ge=1, le=20)
     resolver: str | None = None  # upstream id of the rewrite model (rewrite strategies)
+    max_tool_rounds: int = Field(default=3, ge=1, le=8)  # QueryFunction: rounds of searches at most
 
 
 class Grounding(BaseModel):

@@ -85,6 +85,7 @@ def offer_tool(
         top=knowledge.top,
         min_score=knowledge.min_score,
         reranker=knowledge.reranker,
+        max_rounds=knowledge.max_tool_rounds,
     )
 
 
