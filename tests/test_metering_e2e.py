@@ -177,3 +177,26 @@ def test_routing_lines_are_stored_as_the_response_lists_them(metered: Stack) -> 
     sent = _exact(reply.model_extra["generation_context"]["generated_usage"])  # type: ignore[index]
     assert {skus.ROUTING_IN, skus.ROUTING_OUT, skus.CHAT_IN, skus.CHAT_OUT} <= set(sent)
     eventually(lambda: _stored(http, gw)[0] == sent, 15.0, "routing and answer lines stored")
+
+
+def test_a_requests_own_lines_are_listed_within_seconds(metered: Stack) -> None:
+    assert metered.demo is not None
+    http = httpx.Client(
+        base_url=metered.base_url, headers={"Authorization": f"Bearer {metered.demo.key}"}, timeout=20
+    )
+    client = OpenAI(base_url=metered.base_url, api_key=metered.demo.key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="demo", messages=[{"role": "user", "content": "itemize me [sim tokens=4]"}]
+    )
+    reply = raw.parse()
+    sent = _exact(reply.model_extra["generation_context"]["generated_usage"])  # type: ignore[index]
+
+    def lines_of(ref: str) -> dict[str, tuple[int, Decimal]]:
+        resp = http.get("/usage", params={"request": ref, "group_by": "sku"})
+        rows = resp.json().get("rows", []) if resp.status_code == 200 else []
+        return {r["sku"]: (r["quantity"], Decimal(str(r["amount"]))) for r in rows}
+
+    eventually(lambda: lines_of(reply.id) == sent, 10.0, "the request's lines listed")
+    assert lines_of(raw.headers["x-request-id"]) == sent  # the header's id names the same request
+    listed = http.get("/usage", params={"group_by": "request", "limit": "5"}).json()
+    assert listed["rows"][0]["request"] == raw.headers["x-request-id"]  # newest first

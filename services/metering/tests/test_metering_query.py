@@ -51,6 +51,22 @@ async def test_reports_answer_grouped_rows_and_exact_totals_per_tenant(
         assert [(r.tenant, r.requests) for r in everyone.rows] == [("acme", 2), ("globex", 1)]
         assert everyone.totals.amount == sum((e.total() for e in events), Decimal(0))
 
+        # request-level rows, newest first (UUIDv7 ids), and one request's own lines
+        per_request = await ask(UsageQuery(tenant="acme", group_by=["request"]))
+        assert [r.request for r in per_request.rows] == sorted(
+            (e.request_id for e in events[:2]), reverse=True
+        )
+        assert [r.amount for r in per_request.rows] == [
+            e.total() for e in sorted(events[:2], key=lambda e: e.request_id, reverse=True)
+        ]
+        one = await ask(UsageQuery(tenant="acme", group_by=["sku"], request=events[1].request_id))
+        assert {(r.sku, r.quantity) for r in one.rows} == {
+            (line.sku, line.quantity) for line in events[1].lines
+        }
+        assert one.totals.requests == 1
+        theirs = await ask(UsageQuery(tenant="acme", group_by=["sku"], request=events[2].request_id))
+        assert theirs.rows == [] and theirs.totals.requests == 0  # globex's request, asked as acme
+
         past = await ask(UsageQuery(tenant="acme", end=at - timedelta(days=1)))
         assert past.rows == [] and past.totals.amount == 0
 

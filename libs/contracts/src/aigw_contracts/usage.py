@@ -114,9 +114,9 @@ ExactDecimal = Annotated[Decimal, PlainSerializer(_tidy_decimal, return_type=Dec
 # ---------------------------------------------------------------------------------------------
 # Usage queries: request-reply on subjects.METERING_QUERY, answered by the metering service.
 
-UsageGroup = Literal["tenant", "gateway", "sku", "model", "bucket"]
+UsageGroup = Literal["tenant", "gateway", "sku", "model", "bucket", "request"]
 UsageBucket = Literal["hour", "day", "month"]
-USAGE_GROUPS: tuple[UsageGroup, ...] = ("tenant", "gateway", "sku", "model", "bucket")
+USAGE_GROUPS: tuple[UsageGroup, ...] = ("tenant", "gateway", "sku", "model", "bucket", "request")
 DEFAULT_USAGE_RANGE = timedelta(days=30)
 MAX_USAGE_ROWS = 10_000
 _DEFAULT_GROUPS: tuple[UsageGroup, ...] = ("gateway", "sku")
@@ -138,10 +138,12 @@ class UsageQuery(BaseModel):
       bus, so the caller (the edge) decides which tenant a key may ask for.
     * `start`, `end`: the half-open UTC range `[start, end)` over each line's time (the event's
       `finished_at`). Naive datetimes are UTC. Defaults: `end` = now, `start` = `end` - 30 days.
-    * `group_by`: an ordered subset of `tenant`, `gateway`, `sku`, `model`, `bucket`; rows come
-      sorted by these columns in this order. Empty: no rows, only the totals.
+    * `group_by`: an ordered subset of `tenant`, `gateway`, `sku`, `model`, `bucket`, `request`;
+      rows come sorted by these columns in this order (requests newest first: their ids are
+      UUIDv7). Empty: no rows, only the totals. `request` lists request-level rows.
     * `bucket`: the size of the `bucket` group (`hour`, `day`, `month`, in UTC).
-    * `gateway`, `sku`, `model`: optional exact filters.
+    * `gateway`, `sku`, `model`, `request`: optional exact filters (`request`: one request's id,
+      as in the `x-request-id` header and the completion's `chatcmpl-` id).
     * `limit`: at most this many rows (the report says `truncated` when there were more).
 
     Reply: a `UsageReport` as JSON. On failure the reply carries the header
@@ -160,6 +162,7 @@ class UsageQuery(BaseModel):
     gateway: str | None = None
     sku: str | None = None
     model: str | None = None
+    request: str | None = None
     limit: int = Field(default=MAX_USAGE_ROWS, ge=1, le=MAX_USAGE_ROWS)
 
     @field_validator("start", "end")
@@ -196,6 +199,7 @@ class UsageRow(BaseModel):
     sku: str | None = None
     model: str | None = None
     bucket: datetime | None = None  # the UTC start of the hour, day or month
+    request: str | None = None  # a request id (UUIDv7)
     quantity: int  # summed over the group's lines (units differ per SKU: tokens, searches …)
     amount: ExactDecimal  # exact; a decimal string in JSON
     requests: int  # distinct requests with at least one line in the group

@@ -27,8 +27,15 @@ _COLUMNS: dict[UsageGroup, str] = {
     "gateway": "gateway_id",
     "sku": "sku",
     "model": "model",
+    "request": "request_id",
 }
-_FILTERS = (("tenant", "tenant"), ("gateway", "gateway_id"), ("sku", "sku"), ("model", "model"))
+_FILTERS = (
+    ("tenant", "tenant"),
+    ("gateway", "gateway_id"),
+    ("sku", "sku"),
+    ("model", "model"),
+    ("request", "request_id"),
+)
 _SETTINGS = {
     # Copies of a line share ts, so they are always in one partition: FINAL need not merge across.
     "do_not_merge_across_partitions_select_final": 1,
@@ -59,12 +66,13 @@ def build_sql(query: UsageQuery, table: str) -> tuple[str, dict[str, Any]]:
         return sql, params
     selected = ", ".join(f"{_group_expr(g, query.bucket)} AS g_{g}" for g in groups)
     keys = ", ".join(f"g_{g}" for g in groups)
+    order = ", ".join(f"g_{g} DESC" if g == "request" else f"g_{g}" for g in groups)  # newest first
     params["limit"] = query.limit + 2  # the totals row, and one more row to tell "truncated"
     sql = (
         f"SELECT grouping({keys}) != 0 AS is_total, {metrics}, {selected} "
         f"FROM {table} FINAL WHERE {' AND '.join(where)} "
         f"GROUP BY GROUPING SETS (({keys}), ()) "
-        f"ORDER BY is_total DESC, {keys} LIMIT {{limit:UInt32}}"
+        f"ORDER BY is_total DESC, {order} LIMIT {{limit:UInt32}}"
     )
     return sql, params
 

@@ -8,7 +8,7 @@ from typing import Any
 from .client import Api
 from .table import render
 
-GROUPS = ("gateway", "sku", "model", "bucket")
+GROUPS = ("gateway", "sku", "model", "bucket", "request")
 
 
 def register(commands: Any) -> None:
@@ -18,12 +18,18 @@ def register(commands: Any) -> None:
     p.add_argument("--group-by", default="gateway,sku", help=f"comma list of {', '.join(GROUPS)}")
     p.add_argument("--bucket", default="day", choices=("hour", "day", "month"))
     p.add_argument("--tenant", help="another tenant's usage (admin keys only)")
+    p.add_argument("--request", help="one request's lines: its x-request-id or chatcmpl- id")
     p.set_defaults(run=run, render=render_usage)
 
 
 def run(api: Api, args: argparse.Namespace) -> Any:
     params = {"group_by": args.group_by, "bucket": args.bucket}
-    for name, value in (("from", args.start), ("to", args.end), ("tenant", args.tenant)):
+    for name, value in (
+        ("from", args.start),
+        ("to", args.end),
+        ("tenant", args.tenant),
+        ("request", args.request),
+    ):
         if value:
             params[name] = value
     return api.request("GET", "/usage", params=params)

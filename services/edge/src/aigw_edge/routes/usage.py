@@ -32,13 +32,17 @@ def router(bus: Bus, keys: KeyStore) -> APIRouter:
         ),
         end: datetime | None = Query(default=None, alias="to", description="ISO time; default: now"),
         group_by: str = Query(
-            default="gateway,sku", description="comma list of tenant, gateway, sku, model, bucket"
+            default="gateway,sku",
+            description="comma list of tenant, gateway, sku, model, bucket, request (request-level rows)",
         ),
         bucket: str = Query(default="day", description="hour, day or month"),
         tenant: str | None = Query(default=None, description="operator keys: another tenant, or 'all'"),
         gateway: str | None = None,
         sku: str | None = None,
         model: str | None = None,
+        request_id: str | None = Query(
+            default=None, alias="request", description="one request: its x-request-id or chatcmpl- id"
+        ),
         limit: int = Query(default=1000, ge=1, le=10_000),
     ) -> Response:
         key = keys.authenticate(header(request.scope, b"authorization"))
@@ -57,6 +61,7 @@ def router(bus: Bus, keys: KeyStore) -> APIRouter:
                 gateway=gateway,
                 sku=sku,
                 model=model,
+                request=request_id.removeprefix("chatcmpl-") if request_id else None,
                 limit=limit,
             )
         except ValidationError as exc:
