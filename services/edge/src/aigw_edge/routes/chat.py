@@ -50,10 +50,13 @@ PATHS = ("/v1/chat/completions", "/api/v1/chat/completions")
 _DELTA, _FINAL, _ERROR = EventKind.DELTA.value, EventKind.FINAL.value, EventKind.ERROR.value
 _EVENT, _SEQ = headers.EVENT, headers.SEQ
 _REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
-_GATEWAY = headers.HTTP_GATEWAY.encode()
-_PARAMS = headers.HTTP_PARAMS_USED.encode()
-_FALLBACK = headers.HTTP_FALLBACK.encode()
-_COMPLEXITY = headers.HTTP_ROUTED_COMPLEXITY.encode()
+# What the gateway did, from a request's first event to the client's HTTP response headers.
+_SURFACED = (
+    (headers.GATEWAY, headers.HTTP_GATEWAY.encode()),
+    (headers.PARAMS, headers.HTTP_PARAMS_USED.encode()),
+    (headers.FALLBACK, headers.HTTP_FALLBACK.encode()),
+    (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
+)
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
 
 
@@ -269,18 +272,10 @@ class ChatEndpoint:
         if hdrs.get(headers.SEQ) != "0":
             await self.bus.cancel(call.request_id, "lost_events")
             raise UpstreamError("Part of the answer was lost inside the gateway; please retry")
-        gateway = hdrs.get(headers.GATEWAY)
-        if gateway:
-            call.headers.append((_GATEWAY, gateway.encode()))
-        params = hdrs.get(headers.PARAMS)
-        if params:
-            call.headers.append((_PARAMS, params.encode()))
-        fallback = hdrs.get(headers.FALLBACK)
-        if fallback:
-            call.headers.append((_FALLBACK, fallback.encode()))
-        complexity = hdrs.get(headers.COMPLEXITY)
-        if complexity:
-            call.headers.append((_COMPLEXITY, complexity.encode()))
+        for event_header, http_header in _SURFACED:
+            value = hdrs.get(event_header)
+            if value:
+                call.headers.append((http_header, value.encode()))
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:
