@@ -232,3 +232,16 @@ async def test_the_prefill_stays_last_across_rounds(sim: Sim) -> None:
     await loop.run(body, None, [call])
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert body["messages"][-1]["content"] == "Sure:" and "tool_choice" not in body
+
+
+async def test_calls_without_ids_get_one_so_results_can_name_them(sim: Sim) -> None:
+    class Bus:
+        async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
+            return {}, ToolSearchResult(content="found").model_dump_json().encode()
+
+    loop = KnowledgeLoop(KnowledgeTool(collection="kb"), tool_envelope(sim, "hi"), Bus(), None)  # type: ignore[arg-type]
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    call = {"type": "function", "function": {"name": KNOWLEDGE_TOOL_NAME, "arguments": '{"query":"x"}'}}
+    await loop.run(body, None, [call])
+    turn, result = body["messages"][-2:]
+    assert turn["tool_calls"][0]["id"] == result["tool_call_id"] == "call_aigw_0_0"

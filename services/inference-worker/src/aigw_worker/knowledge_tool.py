@@ -81,6 +81,10 @@ class KnowledgeLoop:
 
     async def run(self, body: dict[str, Any], said: str | None, calls: list[dict[str, Any]]) -> None:
         """Answer `calls` and append the assistant's turn and the results to `body["messages"]`."""
+        # Some OpenAI-compatible servers send no call ids; a tool message must name its call.
+        calls = [
+            c if c.get("id") else {**c, "id": f"call_aigw_{self.rounds}_{i}"} for i, c in enumerate(calls)
+        ]
         results = await asyncio.gather(*(self._search(call) for call in calls))
         turn: list[dict[str, Any]] = [
             {
