@@ -17,13 +17,12 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aigw_devstack.stack import Stack
-from bench.gateway import HOST, _body, _progress
+from bench.gateway import HOST, _body, _progress, start_pinned_stack
 from bench.loadgen import median, run_load
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -68,19 +67,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    cpus = os.sched_getaffinity(0)
-    services_cpu, client_cpu = ("0", "1") if len(cpus) >= 2 else ("0", "0")
-    os.sched_setaffinity(0, {int(client_cpu)})
-    stack = Stack(
-        state_dir=Path(tempfile.mkdtemp(prefix="aigw-bench-cpu-")),
-        with_metering=False,
-        cpu_services=services_cpu,
-        cpu_simulator=client_cpu,
-        quiet=True,
-        env={"AIGW_LOG_LEVEL": "WARNING", "AIGW_ACCESS_LOG": "false"},
-    )
-    _progress(f"starting the stack (services on CPU {services_cpu}, simulator and load on CPU {client_cpu})…")
-    stack.start()
+    stack = start_pinned_stack(metering=False)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     try:
         pids = {name: proc.pid for name, proc in stack.procs.items() if name != "retrieval"}

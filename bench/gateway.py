@@ -39,6 +39,25 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def start_pinned_stack(metering: bool) -> Stack:
+    """The bench layout, started: nats-server and the services on CPU 0, the simulator and this
+    process (the load generator) on CPU 1 (all on CPU 0 on a one-core machine)."""
+    cpus = os.sched_getaffinity(0)
+    services_cpu, client_cpu = ("0", "1") if len(cpus) >= 2 else ("0", "0")
+    os.sched_setaffinity(0, {int(client_cpu)})
+    stack = Stack(
+        state_dir=Path(tempfile.mkdtemp(prefix="aigw-bench-")),
+        with_metering=metering,
+        cpu_services=services_cpu,
+        cpu_simulator=client_cpu,
+        quiet=True,
+        env={"AIGW_LOG_LEVEL": "WARNING", "AIGW_ACCESS_LOG": "false"},
+    )
+    _progress(f"starting the stack (services on CPU {services_cpu}, simulator and load on CPU {client_cpu})…")
+    stack.start()
+    return stack
+
+
 def scenario(
     stack: Stack, target: str, stream: bool, concurrency: int, tokens: int, duration: float, runs: int
 ) -> dict[str, float]:
@@ -75,20 +94,7 @@ def main() -> None:
     parser.add_argument("--metering", action="store_true", help="also run the metering service on CPU 0")
     args = parser.parse_args()
 
-    cpus = os.sched_getaffinity(0)
-    services_cpu, client_cpu = ("0", "1") if len(cpus) >= 2 else ("0", "0")
-    os.sched_setaffinity(0, {int(client_cpu)})
-    state = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
-    stack = Stack(
-        state_dir=state,
-        with_metering=args.metering,
-        cpu_services=services_cpu,
-        cpu_simulator=client_cpu,
-        quiet=True,
-        env={"AIGW_LOG_LEVEL": "WARNING", "AIGW_ACCESS_LOG": "false"},
-    )
-    _progress(f"starting the stack (services on CPU {services_cpu}, simulator and load on CPU {client_cpu})…")
-    stack.start()
+    stack = start_pinned_stack(args.metering)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     try:
         for target in ("direct", "gateway"):
