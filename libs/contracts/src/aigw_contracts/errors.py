@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from . import headers
 
 
 class ErrorDetail(BaseModel):
@@ -149,3 +151,15 @@ def error_of_reply(status: str, data: bytes, fallback: str) -> GatewayError:
     if detail.code:
         err.code = detail.code
     return err
+
+
+def error_reply(err: GatewayError) -> tuple[bytes, dict[str, str]]:
+    """A request-reply answer carrying `err` (the form `error_of_reply` reads back)."""
+    return err.to_json(), {headers.STATUS: str(err.status)}
+
+
+def invalid_message(exc: ValidationError, what: str) -> InvalidRequest:
+    """A 400 for a service message that does not validate, naming its first problem and where."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or None
+    return InvalidRequest(f"Invalid {what}: {first['msg']}", param=where)

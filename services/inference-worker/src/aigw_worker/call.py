@@ -335,7 +335,12 @@ class Call:
         if finish == "tool_calls" and not assembler.shown_tools:
             finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
         usage, context = self._priced(normalized_usage(assembler.usage))
-        cited = citation_annotations((self.route.prefill or "") + "".join(spoken), self._grounding())
+        grounding = self._grounding()  # no grounding (most requests): no answer text is joined
+        cited = (
+            citation_annotations((self.route.prefill or "") + "".join(spoken), grounding)
+            if grounding
+            else None
+        )
         await self.events.final(writer.final(finish, usage, context, cited))
         self.completed = True
 

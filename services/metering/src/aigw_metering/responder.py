@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from aigw_contracts import errors, headers
+from aigw_contracts import errors
 from aigw_contracts.usage import UsageQuery
 
 from . import queries
@@ -27,21 +27,15 @@ async def answer(store: Store, data: bytes) -> tuple[bytes, dict[str, str] | Non
     try:
         query = UsageQuery.model_validate_json(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        return _error(errors.InvalidRequest(f"Invalid usage query: {first['msg']}", param=where))
+        return errors.error_reply(errors.invalid_message(err, "usage query"))
     if not store.is_open:
-        return _error(errors.Unavailable("The usage store is unavailable; try again shortly"))
+        return errors.error_reply(errors.Unavailable("The usage store is unavailable; try again shortly"))
     try:
         report = await asyncio.to_thread(queries.run, store, query)
     except StoreUnavailable as err:
         log.warning("usage query failed", extra={"error": str(err)})
-        return _error(errors.Unavailable("The usage store is unavailable; try again shortly"))
+        return errors.error_reply(errors.Unavailable("The usage store is unavailable; try again shortly"))
     return report.model_dump_json().encode(), None
-
-
-def _error(err: errors.GatewayError) -> tuple[bytes, dict[str, str]]:
-    return err.to_json(), {headers.STATUS: str(err.status)}
 
 
 async def respond(nc: NATS, store: Store, msg: Msg) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aigw_contracts import errors, headers
+from aigw_contracts import errors
 from aigw_contracts.ids import uuid7
 from aigw_contracts.knowledge import (
     DocumentSummary,
@@ -31,10 +31,6 @@ from .stores import CollectionNotFound, DocumentInfo, Scope
 log = logging.getLogger("aigw.retrieval.manage")
 
 Reply = tuple[bytes, dict[str, str] | None]
-
-
-def error_reply(err: errors.GatewayError) -> Reply:
-    return err.to_json(), {headers.STATUS: str(err.status)}
 
 
 def _summary(info: DocumentInfo) -> DocumentSummary:
@@ -57,25 +53,21 @@ class Manager:
         try:
             request = KnowledgeRequest.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or None
-            return error_reply(
-                errors.InvalidRequest(f"Invalid knowledge request: {first['msg']}", param=where)
-            )
+            return errors.error_reply(errors.invalid_message(exc, "knowledge request"))
         if self.knowledge.foreign(request.tenant, request.collection):
-            return error_reply(_no_collection(request.collection))
+            return errors.error_reply(_no_collection(request.collection))
         started = datetime.now(UTC)
         try:
             result = await self._run(request, Scope(request.tenant, request.collection), started)
         except errors.GatewayError as err:
-            return error_reply(err)
+            return errors.error_reply(err)
         except UnsupportedReranker as exc:
-            return error_reply(errors.InvalidRequest(str(exc), param="reranker"))
+            return errors.error_reply(errors.InvalidRequest(str(exc), param="reranker"))
         except DocumentFormatError as exc:
-            return error_reply(errors.InvalidRequest(str(exc), param="text"))
+            return errors.error_reply(errors.InvalidRequest(str(exc), param="text"))
         except Exception:
             log.exception("knowledge request failed", extra={"op": request.op, "tenant": request.tenant})
-            return error_reply(
+            return errors.error_reply(
                 errors.InternalError("The knowledge store could not do this; it has been logged.")
             )
         return _dump(result), None

@@ -28,7 +28,7 @@ from aigw_contracts.knowledge import (
 )
 
 from .inject import render_passages
-from .manage import Reply, error_reply
+from .manage import Reply
 from .search import UnsupportedReranker
 from .service import Knowledge
 from .stores import CollectionNotFound, Scope
@@ -99,15 +99,16 @@ class ToolSearcher:
         try:
             request = ToolSearch.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            return error_reply(errors.InvalidRequest(f"Invalid tool search: {first['msg']}"))
+            return errors.error_reply(errors.invalid_message(exc, "tool search"))
         try:
             result = await self.search(request)
         except errors.GatewayError as err:
-            return error_reply(err)
+            return errors.error_reply(err)
         except Exception:
             log.exception("tool search failed", extra={"request_id": request.request_id})
-            return error_reply(errors.InternalError("The knowledge search failed; it has been logged."))
+            return errors.error_reply(
+                errors.InternalError("The knowledge search failed; it has been logged.")
+            )
         return result.model_dump_json().encode(), None
 
     async def search(self, request: ToolSearch) -> ToolSearchResult:

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from aigw_contracts import (
     ChatEnvelope,
     ConfigSnapshot,
+    Gateway,
     RoutedCall,
     UpstreamTarget,
     errors,
@@ -50,7 +51,8 @@ class Router:
         self.settings = settings
         self.registry = registry
 
-    def route(self, envelope: ChatEnvelope) -> ChatEnvelope:
+    def route(self, envelope: ChatEnvelope) -> Gateway | None:
+        """Fill `envelope.route`; the gateway it named (None for a catalog model called directly)."""
         if envelope.remaining() <= 0:
             raise errors.DeadlineExceeded("The request's deadline passed before it could be routed")
         request = envelope.request
@@ -69,7 +71,7 @@ class Router:
         )
         if gateway is not None and gateway.fallbacks:
             envelope.route.fallbacks = [UpstreamTarget.of(u) for u in self.registry.fallbacks(gateway)]
-        return envelope
+        return gateway
 
     def models(self, query: ModelsQuery) -> ModelList:
         now = int(time.time())
@@ -124,17 +126,15 @@ class Handlers:
             log.warning("dropped a malformed envelope")  # no reply subject we can trust
             return None
         try:
-            routed = self.router.route(envelope)
+            gateway = self.router.route(envelope)
         except errors.GatewayError as err:
             return _error(envelope.reply, err)
         except Exception:
             log.exception("routing failed", extra={"request_id": envelope.request_id})
             return _error(envelope.reply, errors.InternalError("The gateway could not route this request"))
-        route = routed.route
-        gateway = self.router.registry.gateways.get(route.gateway_id) if route and route.gateway_id else None
         if gateway is not None and gateway.routing is not None:
-            return Pending(routed, gateway.routing, gateway.tenant)
-        return self._forward(routed)
+            return Pending(envelope, gateway.routing, gateway.tenant)
+        return self._forward(envelope)
 
     async def finish(self, pending: Pending) -> Outgoing:
         """A `Pending` request, routed by its level (or by its gateway's upstream if that fails)."""
