@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-PY_PACKAGES := -p aigw_contracts -p aigw_edge -p aigw_router -p aigw_retrieval -p aigw_worker -p aigw_metering -p aigw_simulator -p aigw_devstack -p aigw_cli
+PY_PACKAGES := -p aigw_contracts -p aigw_runtime -p aigw_edge -p aigw_router -p aigw_retrieval -p aigw_worker -p aigw_metering -p aigw_simulator -p aigw_devstack -p aigw_cli
 
 .PHONY: install run test lint typecheck pytest bench clean
 

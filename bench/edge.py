@@ -26,10 +26,10 @@ import httpx
 import nats
 
 from aigw_contracts import ApiKey, ConfigSnapshot
-from aigw_contracts.configstore import ConfigWriter
 from aigw_contracts.keys import hash_secret, new_secret
 from aigw_devstack.nats import NatsServer
 from aigw_devstack.procs import Process, free_port
+from aigw_runtime.configstore import ConfigWriter
 from bench.loadgen import Result, median, run_load
 
 HOST = "127.0.0.1"

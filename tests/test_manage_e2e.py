@@ -18,8 +18,8 @@ import pytest
 from openai import OpenAI
 
 from aigw_contracts import skus
-from aigw_contracts.configstore import BUCKET
 from aigw_devstack.stack import Stack
+from aigw_runtime.configstore import BUCKET
 from tests.conftest import eventually
 
 

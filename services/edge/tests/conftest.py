@@ -21,12 +21,12 @@ from nats.aio.msg import Msg
 from openai import AsyncOpenAI
 
 from aigw_contracts import ApiKey, CancelRequest, ChatEnvelope, ConfigSnapshot, Tenant, headers, subjects
-from aigw_contracts.configstore import ConfigWriter
 from aigw_contracts.events import EventKind, event_headers
 from aigw_contracts.keys import hash_secret, new_secret
 from aigw_devstack.nats import NatsServer
 from aigw_devstack.procs import free_port
 from aigw_edge import EdgeApp, EdgeSettings, create_app
+from aigw_runtime.configstore import ConfigWriter
 
 PEPPER = "test-pepper-not-secret"
 

@@ -18,8 +18,8 @@ import pytest
 
 from aigw_contracts import GeneratedUsage, UsageEvent, skus, streams, subjects
 from aigw_contracts.ids import uuid7
-from aigw_contracts.usage_publisher import NATS_EXPECTED_STREAM, NATS_MSG_ID, OnAck, UsagePublisher, parse_ack
 from aigw_devstack.nats import NatsServer
+from aigw_runtime.usage_publisher import NATS_EXPECTED_STREAM, NATS_MSG_ID, OnAck, UsagePublisher, parse_ack
 from aigw_worker.bus import NatsBus
 
 

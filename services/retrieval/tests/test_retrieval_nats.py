@@ -31,11 +31,11 @@ from aigw_contracts import (
     subjects,
 )
 from aigw_contracts.config import Prices
-from aigw_contracts.configstore import ConfigWriter
 from aigw_contracts.ids import uuid7
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeRequest, KnowledgeSearch
 from aigw_devstack.nats import NatsServer
 from aigw_devstack.procs import Process
+from aigw_runtime.configstore import ConfigWriter
 
 RETRIEVAL_ID = "rnats"
 EDGE = "knats"

@@ -29,7 +29,6 @@ from aigw_contracts import (
     subjects,
 )
 from aigw_contracts.config import Prices
-from aigw_contracts.configstore import ConfigView
 from aigw_contracts.knowledge import (
     KNOWLEDGE_TOOL_NAME,
     Collection,
@@ -42,6 +41,7 @@ from aigw_retrieval.app import create_app
 from aigw_retrieval.embed import MiniLMEmbedder
 from aigw_retrieval.settings import RetrievalSettings
 from aigw_retrieval.stores import EmbeddedStore
+from aigw_runtime.configstore import ConfigView
 
 REPLY = subjects.reply_subject("edge1", "req1")
 ACME_DOCS = "0199aaaa-0000-7000-8000-00000000acdc"

@@ -8,10 +8,10 @@ import nats
 from nats.aio.msg import Msg
 
 from aigw_contracts import ChatCompletionRequest, ChatEnvelope, Gateway, headers, subjects
-from aigw_contracts.configstore import ConfigWriter
 from aigw_devstack import NatsServer
 from aigw_router.app import create_app
 from aigw_router.settings import RouterSettings
+from aigw_runtime.configstore import ConfigWriter
 
 GID = "01990000-0000-7000-8000-00000000c0de"
 

@@ -6,9 +6,9 @@ import pytest
 
 from aigw_cli.__main__ import main
 from aigw_contracts import ApiKey
-from aigw_contracts.configstore import ConfigWatcher
 from aigw_contracts.keys import hash_secret
 from aigw_devstack import NatsServer
+from aigw_runtime.configstore import ConfigWatcher
 
 
 async def _stored_keys(url: str) -> list[ApiKey]:

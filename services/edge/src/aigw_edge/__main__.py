@@ -9,7 +9,7 @@ import sys
 
 import uvicorn
 
-from aigw_contracts.logs import log_ready, setup_logging
+from aigw_runtime.logs import log_ready, setup_logging
 
 from .app import create_app
 from .settings import EdgeSettings

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aigw_contracts.configstore import ConfigWatcher, ConfigWriter
-from aigw_contracts.netguard import parse_allowlist
+from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
+from aigw_runtime.netguard import parse_allowlist
 
 from . import errors, manage
 from .auth import KeyStore

@@ -18,7 +18,7 @@ class EdgeSettings(BaseSettings):
     # a shared id would make every replica receive (and drop) the others' events.
     edge_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_-]{1,64}$")
     key_pepper: SecretStr = SecretStr("")  # the HMAC key of stored API key hashes
-    # Seals tenants' upstream API keys at rest (base64url of 32 bytes; `aigw_contracts.secretbox`).
+    # Seals tenants' upstream API keys at rest (base64url of 32 bytes; `aigw_runtime.secretbox`).
     secrets_key: SecretStr = SecretStr("")
     # CIDRs own upstream endpoints may resolve to although private (e.g. a simulator on loopback).
     upstream_allowlist: list[str] = Field(default_factory=list)

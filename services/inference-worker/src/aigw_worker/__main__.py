@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aigw_contracts.logs import log_ready, setup_logging
+from aigw_runtime.logs import log_ready, setup_logging
 
 from .app import create_app
 from .settings import WorkerSettings

@@ -1,6 +1,6 @@
 """Where events and usage go: the publishing seam between the request logic and NATS.
 
-Two implementations of one small protocol (usage acks: see `aigw_contracts.usage_publisher`):
+Two implementations of one small protocol (usage acks: see `aigw_runtime.usage_publisher`):
 
 * `NatsBus` publishes with the raw nats-py client under faststream's broker. Chosen for the
   per-token path because it measured about twice as fast as `broker.publish` (see the bench script
@@ -27,7 +27,7 @@ from nats.js.api import Header
 
 from aigw_contracts import streams
 from aigw_contracts.errors import DeadlineExceeded, Unavailable
-from aigw_contracts.usage_publisher import NATS_EXPECTED_STREAM, JetStreamUsageBus, OnAck, UsageBus
+from aigw_runtime.usage_publisher import NATS_EXPECTED_STREAM, JetStreamUsageBus, OnAck, UsageBus
 
 log = logging.getLogger("aigw.worker.bus")
 

@@ -43,7 +43,7 @@ class WorkerSettings(BaseSettings):
     # CIDRs an own endpoint may resolve to although they are not public (SSRF guard), e.g. "10.1.0.0/16".
     # The same setting as the edge's, which checks URLs when they are saved.
     upstream_allowlist: list[str] = Field(default_factory=list)
-    # Opens tenants' upstream API keys, sealed by the edge (`aigw_contracts.secretbox`).
+    # Opens tenants' upstream API keys, sealed by the edge (`aigw_runtime.secretbox`).
     secrets_key: SecretStr = SecretStr("")
     # "nats" (raw nats-py client, measured faster on the per-token path), "broker" (faststream's
     # publish) or "auto": nats when the broker holds a real connection, else broker (TestNatsBroker).

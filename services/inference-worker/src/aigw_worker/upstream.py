@@ -5,7 +5,7 @@ its keep-alive connections save a TCP (and TLS) handshake per request. Requests 
 transport, not through an `httpx.AsyncClient`: redirects are never followed and proxies never read
 from the environment (a tenant's endpoint must not send the gateway somewhere else: SSRF), and no
 cookie jar is shared between tenants' requests. A tenant's own endpoint is checked with
-`aigw_contracts.netguard` and reached at the address that was checked (a DNS answer may change in
+`aigw_runtime.netguard` and reached at the address that was checked (a DNS answer may change in
 between); catalog upstreams are the operator's, so they are called as configured.
 
 Every failure leaves this module as a typed `GatewayError`, with a status chosen for what the
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from aigw_contracts import UpstreamTarget, netguard, secretbox
+from aigw_contracts import UpstreamTarget
 from aigw_contracts.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -34,6 +34,7 @@ from aigw_contracts.errors import (
     RateLimited,
     UpstreamError,
 )
+from aigw_runtime import netguard, secretbox
 
 from .settings import WorkerSettings
 from .transport import Http11Transport

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 from aigw_contracts import CancelRequest, ChatEnvelope
 from aigw_contracts.errors import GatewayError, InternalError, Unavailable
-from aigw_contracts.usage_publisher import UsagePublisher
+from aigw_runtime.usage_publisher import UsagePublisher
 
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from aigw_contracts.logs import log_ready, setup_logging
+from aigw_runtime.logs import log_ready, setup_logging
 
 from .app import MeteringService
 from .settings import MeteringSettings

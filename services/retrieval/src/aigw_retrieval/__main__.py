@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from aigw_contracts.logs import log_ready, setup_logging
+from aigw_runtime.logs import log_ready, setup_logging
 
 from .settings import RetrievalSettings
 

@@ -27,9 +27,9 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from aigw_contracts import subjects
-from aigw_contracts.configstore import ConfigView, ConfigWatcher
-from aigw_contracts.usage_publisher import JetStreamUsageBus, OnAck, UsageBus, UsagePublisher
-from aigw_contracts.workercall import ask_worker
+from aigw_runtime.configstore import ConfigView, ConfigWatcher
+from aigw_runtime.usage_publisher import JetStreamUsageBus, OnAck, UsageBus, UsagePublisher
+from aigw_runtime.workercall import ask_worker
 
 from .embed import Embedder, MiniLMEmbedder
 from .factory import build_embedder, build_store

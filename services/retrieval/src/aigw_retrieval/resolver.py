@@ -23,7 +23,7 @@ from aigw_contracts import (
 from aigw_contracts.catalog import builtin_catalog
 from aigw_contracts.config import Upstream
 from aigw_contracts.knowledge import GatewayKnowledge
-from aigw_contracts.workercall import completion_of, model_call
+from aigw_runtime.workercall import completion_of, model_call
 
 # Sends an envelope to the worker pool and returns its first event: (headers, payload).
 AskWorker = Callable[[ChatEnvelope, float], Awaitable[tuple[dict[str, str], bytes]]]

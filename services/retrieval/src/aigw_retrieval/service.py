@@ -15,9 +15,9 @@ from typing import Literal
 
 from aigw_contracts import UsageEvent
 from aigw_contracts.api import GeneratedUsage
-from aigw_contracts.configstore import ConfigView
 from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM, Collection
-from aigw_contracts.usage_publisher import UsagePublisher
+from aigw_runtime.configstore import ConfigView
+from aigw_runtime.usage_publisher import UsagePublisher
 
 from .embed import Embedder
 from .embed.cache import CachedEmbedder

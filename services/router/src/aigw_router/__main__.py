@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uvloop
 
-from aigw_contracts.logs import log_ready, setup_logging
+from aigw_runtime.logs import log_ready, setup_logging
 
 from .app import create_app
 from .settings import RouterSettings

@@ -32,9 +32,9 @@ from aigw_contracts import (
 )
 from aigw_contracts.api import Model, ModelList
 from aigw_contracts.config import AutoRouting
-from aigw_contracts.configstore import ConfigWatcher
 from aigw_contracts.messages import ModelsQuery
-from aigw_contracts.workercall import ask_worker
+from aigw_runtime.configstore import ConfigWatcher
+from aigw_runtime.workercall import ask_worker
 
 from .complexity import ComplexityRouter
 from .policy import cap_output_tokens, effective_parameters, upstream_body

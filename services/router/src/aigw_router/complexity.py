@@ -1,7 +1,7 @@
 """Auto routing: a small classifier model rates the latest user request, the gateway answers with
 the upstream configured for that level (`Gateway.routing`).
 
-The classification is a model call through the inference workers (`aigw_contracts.workercall`),
+The classification is a model call through the inference workers (`aigw_runtime.workercall`),
 priced under `inference.resolving.routing_complexity.*` and metered as source "routing" under the
 request's id; its lines lead the response's `generated_usage`, as in the reference product. The
 request then goes on exactly like any other, with the chosen upstream (the gateway's fallback chain
@@ -24,7 +24,7 @@ from typing import cast
 
 from aigw_contracts import ChatEnvelope, UpstreamTarget, errors
 from aigw_contracts.config import AutoRouting, Complexity
-from aigw_contracts.workercall import completion_of, model_call
+from aigw_runtime.workercall import completion_of, model_call
 
 from .registry import Registry
 

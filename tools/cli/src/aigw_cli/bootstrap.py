@@ -15,9 +15,9 @@ from typing import Any
 import nats
 
 from aigw_contracts import ApiKey, Tenant
-from aigw_contracts.configstore import ConfigWriter
 from aigw_contracts.ids import uuid7
 from aigw_contracts.keys import hash_secret, new_secret
+from aigw_runtime.configstore import ConfigWriter
 
 from .client import CliError
 

@@ -19,10 +19,10 @@ import httpx
 import nats
 
 from aigw_contracts import ApiKey, ConfigSnapshot, Gateway, Prices, Tenant, Upstream
-from aigw_contracts.configstore import ConfigWriter
 from aigw_contracts.ids import uuid7
 from aigw_contracts.keys import hash_secret, new_secret
-from aigw_contracts.secretbox import new_key
+from aigw_runtime.configstore import ConfigWriter
+from aigw_runtime.secretbox import new_key
 
 from .nats import NatsServer
 from .procs import Process, free_port

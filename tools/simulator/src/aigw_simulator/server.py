@@ -3,7 +3,7 @@
 uvicorn is asked for httptools and uvloop ("auto" picks them when installed, as `uvicorn[standard]`
 does on Linux); the access log is off because a log line per request would cost more than
 answering it. Logs use the project's format (one JSON object per line on stderr, see
-`aigw_contracts.logs`), written here because the simulator depends on nothing of ours.
+`aigw_runtime.logs`), written here because the simulator depends on nothing of ours.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from aigw_contracts import Gateway, Upstream, errors
 from aigw_contracts.catalog import builtin_catalog
-from aigw_contracts.configstore import ConfigView, ConfigWriter, Kind
 from aigw_contracts.knowledge import Collection
+from aigw_runtime.configstore import ConfigView, ConfigWriter, Kind
 
 _CATALOG = {u.id: u for u in builtin_catalog()}
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 
 from aigw_contracts import ApiKey, Upstream, errors
 from aigw_contracts.ids import uuid7
-from aigw_contracts.netguard import Network, check_url
-from aigw_contracts.secretbox import seal
+from aigw_runtime.netguard import Network, check_url
+from aigw_runtime.secretbox import seal
 
 from ..auth import KeyStore
 from .access import admin_key, can_see, in_use, not_found, target_tenant

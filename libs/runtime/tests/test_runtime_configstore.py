@@ -8,8 +8,8 @@ import pytest
 from nats.js.errors import KeyWrongLastSequenceError
 
 from aigw_contracts import ConfigSnapshot, Gateway, Tenant, Upstream
-from aigw_contracts.configstore import ConfigWatcher, ConfigWriter, decode_id, encode_id, kv_key
 from aigw_devstack import NatsServer
+from aigw_runtime.configstore import ConfigWatcher, ConfigWriter, decode_id, encode_id, kv_key
 
 
 def test_ids_with_any_characters_make_valid_keys() -> None:

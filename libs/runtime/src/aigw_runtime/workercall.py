@@ -16,11 +16,11 @@ from typing import Any, Literal
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from . import errors, subjects
-from . import headers as hdr
-from .api import ChatCompletionRequest, GeneratedUsage
-from .events import EventKind
-from .messages import ChatEnvelope, RoutedCall, UpstreamTarget
+from aigw_contracts import errors, subjects
+from aigw_contracts import headers as hdr
+from aigw_contracts.api import ChatCompletionRequest, GeneratedUsage
+from aigw_contracts.events import EventKind
+from aigw_contracts.messages import ChatEnvelope, RoutedCall, UpstreamTarget
 
 Purpose = Literal["query_rewrite", "rerank", "routing"]
 

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .errors import InvalidRequest
+from aigw_contracts.errors import InvalidRequest
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -25,8 +25,8 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from .config import ApiKey, ConfigSnapshot, Gateway, Tenant, Upstream
-from .knowledge import Collection
+from aigw_contracts.config import ApiKey, ConfigSnapshot, Gateway, Tenant, Upstream
+from aigw_contracts.knowledge import Collection
 
 log = logging.getLogger("aigw.configstore")
 

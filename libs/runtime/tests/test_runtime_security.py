@@ -1,8 +1,8 @@
 import pytest
 
 from aigw_contracts import errors
-from aigw_contracts.netguard import check_url, parse_allowlist
-from aigw_contracts.secretbox import SecretError, new_key, seal, unseal
+from aigw_runtime.netguard import check_url, parse_allowlist
+from aigw_runtime.secretbox import SecretError, new_key, seal, unseal
 
 
 def test_sealed_secret_round_trips_and_hides_the_plaintext() -> None:

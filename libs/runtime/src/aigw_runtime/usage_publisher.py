@@ -58,8 +58,8 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, Header, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from . import streams, subjects
-from .usage import UsageEvent
+from aigw_contracts import streams, subjects
+from aigw_contracts.usage import UsageEvent
 
 log = logging.getLogger("aigw.usage")
 
