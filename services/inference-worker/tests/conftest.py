@@ -1,5 +1,5 @@
 """Fixtures for the worker's tests: the real upstream simulator, routed envelopes, and a harness that
-runs the worker's handlers under faststream's TestNatsBroker (envelope in, events out)."""
+runs the worker service against a real nats-server (envelope in, events and usage out)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
-from faststream import TestApp
-from faststream.nats import JStream, TestNatsBroker
-from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from aigw_contracts import (
     ChatCompletionRequest,
@@ -31,7 +30,9 @@ from aigw_contracts import (
 )
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
+from aigw_devstack import NatsServer
 from aigw_devstack.procs import Process, free_port
+from aigw_runtime.bus import settle
 from aigw_worker import WorkerSettings, create_app
 
 HOST = "127.0.0.1"
@@ -178,29 +179,45 @@ TERMINAL = (EventKind.FINAL.value, EventKind.ERROR.value)
 
 
 class Harness:
-    """The worker app under TestNatsBroker: publish an envelope, collect its events and usage."""
+    """The worker service, started in-process against a real nats-server: publish an envelope,
+    collect its events and usage as the edge and metering would see them."""
 
     def __init__(self, settings: WorkerSettings) -> None:
-        self.app, self.broker, self.worker = create_app(settings, hot_path="broker")
-        self.test_broker: Any = None
+        self.service, self.worker = create_app(settings)
+        self.nc: nats.NATS | None = None
         self.replies: dict[str, list[Event]] = defaultdict(list)
         self.usage: list[Event] = []
 
-        @self.broker.subscriber(subjects.reply_wildcard(EDGE))
-        async def on_reply(msg: NatsMessage) -> None:
-            request_id = subjects.request_id_from_reply(msg.raw_message.subject)
-            self.replies[request_id].append(Event(dict(msg.headers), msg.body))
+    async def start(self) -> None:
+        self.nc = await nats.connect(self.service.bus.url)
 
-        @self.broker.subscriber(subjects.USAGE_WILDCARD, stream=JStream(subjects.USAGE_STREAM, declare=False))
-        async def on_usage(msg: NatsMessage) -> None:
-            self.usage.append(Event(dict(msg.headers), msg.body))
+        async def on_reply(msg: Msg) -> None:
+            request_id = subjects.request_id_from_reply(msg.subject)
+            self.replies[request_id].append(Event(dict(msg.headers or {}), msg.data))
+
+        async def on_usage(msg: Msg) -> None:  # a core subscription sees what the stream stores
+            self.usage.append(Event(dict(msg.headers or {}), msg.data))
+
+        await self.nc.subscribe(subjects.reply_wildcard(EDGE), cb=on_reply)
+        await self.nc.subscribe(subjects.USAGE_WILDCARD, cb=on_usage)
+        await settle(self.nc)
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subject, payload)
 
     async def send(self, envelope: ChatEnvelope) -> None:
-        await self.test_broker.publish(envelope.model_dump_json().encode(), subjects.WORKER_CHAT)
+        await self.publish(subjects.WORKER_CHAT, envelope.forward_json())
 
     async def cancel(self, request_id: str, reason: str = "client_disconnected") -> None:
         body = f'{{"request_id":"{request_id}","reason":"{reason}"}}'.encode()
-        await self.test_broker.publish(body, subjects.CHAT_CANCEL)
+        await self.publish(subjects.CHAT_CANCEL, body)
 
     async def wait_for(self, check: Callable[[], Any], within: float = 10.0, what: str = "events") -> Any:
         deadline = time.monotonic() + within
@@ -232,9 +249,19 @@ class Harness:
         return list(await self.wait_for(found, within, f"the usage event of {request_id}"))
 
 
+_NATS_URL: list[str] = []  # the session's nats-server (`_session_nats`), for `worker_settings`
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_nats(nats_server: NatsServer) -> Iterator[None]:
+    _NATS_URL.append(nats_server.url)
+    yield
+    _NATS_URL.clear()
+
+
 def worker_settings(**overrides: Any) -> WorkerSettings:
     values: dict[str, Any] = {
-        "nats_url": "nats://127.0.0.1:1",  # never dialled under TestNatsBroker
+        "nats_url": _NATS_URL[0] if _NATS_URL else "nats://127.0.0.1:1",
         "upstream_idle_timeout": 3.0,
         "shutdown_grace": 2.0,
         "worker_id": "test",
@@ -246,9 +273,11 @@ def worker_settings(**overrides: Any) -> WorkerSettings:
 @asynccontextmanager
 async def running(settings: WorkerSettings) -> AsyncIterator[Harness]:
     h = Harness(settings)
-    async with TestNatsBroker(h.broker) as br, TestApp(h.app):
-        h.test_broker = br
+    await h.start()
+    try:
         yield h
+    finally:
+        await h.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The `QueryFunction` tool loop in the worker: the real simulator calls the offered function, a
-stand-in for the retrieval service answers `RETRIEVAL_TOOL` on the in-memory broker."""
+stand-in for the retrieval service answers `RETRIEVAL_TOOL` on a real nats-server."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from faststream import TestApp
-from faststream.nats import NatsResponse, TestNatsBroker
-from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from aigw_contracts import ChatEnvelope, GeneratedUsage, UsageEvent, errors, headers, skus, subjects
 from aigw_contracts.knowledge import (
@@ -56,15 +55,20 @@ class Retrieval:
 async def running_with_retrieval() -> AsyncIterator[tuple[Harness, Retrieval]]:
     h = Harness(worker_settings())
     retrieval = Retrieval()
+    await h.start()
+    assert h.nc is not None
+    nc = h.nc
 
-    @h.broker.subscriber(subjects.RETRIEVAL_TOOL)
-    async def on_tool(msg: NatsMessage) -> NatsResponse:
-        payload, hdrs = retrieval.answer(msg.body)
-        return NatsResponse(payload, headers=hdrs)
+    async def on_tool(msg: Msg) -> None:
+        payload, hdrs = retrieval.answer(msg.data)
+        await nc.publish(msg.reply, payload, headers=hdrs)
 
-    async with TestNatsBroker(h.broker) as br, TestApp(h.app):
-        h.test_broker = br
+    await nc.subscribe(subjects.RETRIEVAL_TOOL, cb=on_tool)
+    await nc.flush()
+    try:
         yield h, retrieval
+    finally:
+        await h.stop()
 
 
 @pytest.fixture
@@ -213,14 +217,17 @@ def test_calls_split_into_the_knowledge_ones_and_the_clients() -> None:
     assert split_calls([theirs, ours], KNOWLEDGE_TOOL_NAME) == ([ours], [theirs])
 
 
+class FoundBus:
+    """Answers every knowledge search with one passage (the loop's message handling, without NATS)."""
+
+    async def request(self, subject: str, payload: bytes, within: float, service: str, doing: str) -> Any:
+        return SimpleNamespace(data=ToolSearchResult(content="found").model_dump_json().encode())
+
+
 async def test_the_prefill_stays_last_across_rounds(sim: Sim) -> None:
     env = tool_envelope(sim, "hi")
 
-    class Bus:
-        async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
-            return {}, ToolSearchResult(content="found").model_dump_json().encode()
-
-    loop = KnowledgeLoop(KnowledgeTool(collection="kb"), env, Bus(), "Sure:")  # type: ignore[arg-type]
+    loop = KnowledgeLoop(KnowledgeTool(collection="kb"), env, FoundBus(), "Sure:")  # type: ignore[arg-type]
     body: dict[str, Any] = {
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure:"}]
     }
@@ -235,11 +242,7 @@ async def test_the_prefill_stays_last_across_rounds(sim: Sim) -> None:
 
 
 async def test_calls_without_ids_get_one_so_results_can_name_them(sim: Sim) -> None:
-    class Bus:
-        async def request(self, subject: str, payload: bytes, within: float) -> tuple[dict[str, str], bytes]:
-            return {}, ToolSearchResult(content="found").model_dump_json().encode()
-
-    loop = KnowledgeLoop(KnowledgeTool(collection="kb"), tool_envelope(sim, "hi"), Bus(), None)  # type: ignore[arg-type]
+    loop = KnowledgeLoop(KnowledgeTool(collection="kb"), tool_envelope(sim, "hi"), FoundBus(), None)  # type: ignore[arg-type]
     body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
     call = {"type": "function", "function": {"name": KNOWLEDGE_TOOL_NAME, "arguments": '{"query":"x"}'}}
     await loop.run(body, None, [call])

@@ -296,7 +296,7 @@ async def test_shutdown_lets_short_requests_finish_and_ends_long_ones_with_503(s
 
 
 async def test_malformed_envelopes_are_dropped_and_the_worker_keeps_going(harness: Harness, sim: Sim) -> None:
-    await harness.test_broker.publish(b"{not json", subjects.WORKER_CHAT)
+    await harness.publish(subjects.WORKER_CHAT, b"{not json")
     (event,) = await harness.run(make_envelope(sim.url, "still here [sim tokens=1]"))
     assert event.kind == "final"
 
@@ -313,7 +313,7 @@ async def test_a_cancel_during_a_publish_lets_that_event_out_first() -> None:
     published: list[dict[str, str]] = []
 
     class GatedBus:
-        async def event(self, subject: str, payload: bytes, hdrs: dict[str, str]) -> None:
+        async def publish(self, subject: str, payload: bytes, hdrs: dict[str, str]) -> None:
             await gate.wait()
             published.append(hdrs)
 

@@ -19,8 +19,14 @@ import pytest
 from aigw_contracts import GeneratedUsage, UsageEvent, skus, streams, subjects
 from aigw_contracts.ids import uuid7
 from aigw_devstack.nats import NatsServer
-from aigw_runtime.usage_publisher import NATS_EXPECTED_STREAM, NATS_MSG_ID, OnAck, UsagePublisher, parse_ack
-from aigw_worker.bus import NatsBus
+from aigw_runtime.usage_publisher import (
+    NATS_EXPECTED_STREAM,
+    NATS_MSG_ID,
+    JetStreamUsageBus,
+    OnAck,
+    UsagePublisher,
+    parse_ack,
+)
 
 
 def usage_event(tenant: str = "t-usage") -> UsageEvent:
@@ -186,7 +192,7 @@ def test_acks_are_read_as_jetstream_writes_them() -> None:
 async def test_over_real_nats_an_event_waits_for_its_stream_and_lands_once(fresh_nats: NatsServer) -> None:
     nc = await nats.connect(fresh_nats.url)
     try:
-        bus = NatsBus(nc)
+        bus = JetStreamUsageBus(nc)
         pub = UsagePublisher(bus, attempt_timeout=0.5, first_backoff=0.05, max_backoff=0.2)
         await pub.start()
         event = usage_event(tenant=f"t{uuid7().replace('-', '')}")

@@ -170,7 +170,7 @@ async def test_grounded_envelopes_reach_a_worker_and_their_search_is_metered(nc:
     finally:
         await sub.unsubscribe()
     assert msg.reply == subjects.bounce_subject(RETRIEVAL_ID, env.reply)
-    routed = ChatEnvelope.model_validate_json(msg.data)
+    routed = ChatEnvelope.routed(msg.data)
     assert routed.route is not None and routed.route.grounding[0].id == "wifi#0"
     assert "coffee machine" in routed.route.body["messages"][0]["content"]
 

@@ -190,7 +190,7 @@ async def test_grounded_envelope_carries_fenced_passages_grounding_and_priced_li
     assert not harness.replies
     (msg,) = harness.worker
     assert msg.reply_to == subjects.bounce_subject("rtest", REPLY)
-    routed = ChatEnvelope.model_validate_json(msg.body)
+    routed = ChatEnvelope.routed(msg.body)
     assert routed.route is not None
     messages = routed.route.body["messages"]
     # system prompt first, then the knowledge message just before the question
@@ -221,7 +221,7 @@ async def test_search_is_metered_once_per_request_as_a_retrieval_usage_event(har
         {"team": "qa"},
     )
     assert {line.sku for line in event.lines} == {skus.KNOWLEDGE_SEARCH, skus.KNOWLEDGE_EMBEDDINGS_IN}
-    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].body)
     assert routed.route is not None and event.lines == routed.route.prior_usage
 
 
@@ -236,7 +236,7 @@ async def test_a_tenant_never_gets_another_tenants_passages(harness: Harness) ->
     # acme's own collection: its passages only, never globex's, whatever the query
     await _seed(harness)
     await harness.chat(envelope("Globex vault code and how to reset passwords"))
-    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].body)
     assert routed.route is not None and routed.route.grounding
     assert {g.docid for g in routed.route.grounding} == {"handbook"}
     assert "vault code is" not in json.dumps(routed.route.body)
@@ -255,8 +255,8 @@ async def test_concatenate_searches_the_earlier_user_turns_too(harness: Harness)
     await harness.chat(
         envelope(["I have a question about refunds", "how many days?"], strategy="Plain", min_score=0.3)
     )
-    concatenated = ChatEnvelope.model_validate_json(harness.worker[0].body)
-    plain = ChatEnvelope.model_validate_json(harness.worker[1].body)
+    concatenated = ChatEnvelope.routed(harness.worker[0].body)
+    plain = ChatEnvelope.routed(harness.worker[1].body)
     assert concatenated.route is not None and plain.route is not None
     assert concatenated.route.grounding[0].id == "handbook#0"  # the Refunds section
     assert "handbook#0" not in [g.id for g in plain.route.grounding]
@@ -295,7 +295,7 @@ async def test_a_conversation_without_user_text_is_forwarded_unsearched_and_unbi
     harness.usage.clear()
     await harness.chat(envelope("   "))
     await harness.chat(envelope("and refunds?"))  # a search after it: its event is the only one
-    routed = ChatEnvelope.model_validate_json(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].body)
     assert routed.route is not None and routed.route.grounding == [] and routed.route.prior_usage == []
     await harness.usage_count(1)
 
@@ -379,7 +379,7 @@ async def test_query_function_offers_the_search_tool_instead_of_searching(harnes
     sent.route.body["tools"] = [client_tool]
     await harness.chat(sent)
     (msg,) = harness.worker
-    routed = ChatEnvelope.model_validate_json(msg.body)
+    routed = ChatEnvelope.routed(msg.body)
     assert routed.route is not None and routed.route.knowledge_tool is not None
     tool = routed.route.knowledge_tool
     assert (tool.collection, tool.top, tool.name, tool.max_rounds) == (ACME_DOCS, 3, KNOWLEDGE_TOOL_NAME, 2)

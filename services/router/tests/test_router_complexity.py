@@ -50,6 +50,6 @@ async def test_without_a_classifier_to_ask_the_gateways_own_upstream_answers() -
     pending = handlers.chat(_envelope("hello").model_dump_json().encode())
     assert isinstance(pending, Pending) and pending.routing == ROUTING
     out = await handlers.finish(pending)
-    routed = ChatEnvelope.model_validate_json(out.payload)
+    routed = ChatEnvelope.routed(out.payload)
     assert routed.route is not None and routed.route.upstream.id == "@openai/gpt-5-mini"
     assert routed.route.routed_complexity is None and routed.route.prior_usage == []

@@ -38,7 +38,7 @@ async def _route(nc: nats.NATS, model: str) -> Msg:
 
 
 async def test_gateway_written_to_the_store_is_routable_within_a_second(fresh_nats: NatsServer) -> None:
-    app, _ = create_app(RouterSettings(nats_url=fresh_nats.url, router_id="rw"))
+    app = create_app(RouterSettings(nats_url=fresh_nats.url, router_id="rw"))
     await app.start()
     nc = await nats.connect(fresh_nats.url)
     try:
@@ -54,7 +54,7 @@ async def test_gateway_written_to_the_store_is_routable_within_a_second(fresh_na
             if msg.subject == subjects.WORKER_CHAT:
                 break
             assert time.monotonic() < deadline, "the router did not see the new gateway within 1 s"
-        routed = ChatEnvelope.model_validate_json(msg.data)
+        routed = ChatEnvelope.routed(msg.data)
         assert routed.route and routed.route.body["messages"][0]["content"] == "v1"
 
         await writer.put("gateway", gw.model_copy(update={"instructions": "v2", "name": "renamed"}))
@@ -64,7 +64,7 @@ async def test_gateway_written_to_the_store_is_routable_within_a_second(fresh_na
             if msg.subject == subjects.WORKER_CHAT:
                 break
             assert time.monotonic() < deadline
-        routed = ChatEnvelope.model_validate_json(msg.data)
+        routed = ChatEnvelope.routed(msg.data)
         assert routed.route and routed.route.body["messages"][0]["content"] == "v2"
         gone = await _route(nc, "watched")
         assert json.loads(gone.data)["error"]["code"] == "model_not_found"

@@ -12,7 +12,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Money travels as exact decimals inside the system; JSON numbers only at the edge. A Decimal with
 # at most 15 significant digits survives float() and repr() unchanged, which is why the shortest
@@ -20,6 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_valida
 JsonDecimal = Annotated[Decimal, PlainSerializer(lambda d: float(d), return_type=float, when_used="json")]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+# Validation context of an envelope past the router: its request's messages are in the upstream body.
+ROUTED = "aigw_routed"
 
 
 class _Open(BaseModel):
@@ -136,11 +148,12 @@ class ChatCompletionRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _shape(self) -> ChatCompletionRequest:
+    def _shape(self, info: ValidationInfo) -> ChatCompletionRequest:
         if self.prompt is not None:
             self.messages = [*self.messages, ChatMessage(role="user", content=self.prompt)]
             self.prompt = None
-        if not self.messages:
+        # Past the router the messages travel once, inside the upstream body (`ChatEnvelope.routed`).
+        if not self.messages and not (info.context and info.context.get(ROUTED)):
             raise ValueError("'messages' must contain at least one message")
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")

@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .api import ChatCompletionRequest, GeneratedUsage
+from .api import ROUTED, ChatCompletionRequest, ChatMessage, GeneratedUsage
 from .config import Prices, Upstream
 from .knowledge import GatewayKnowledge, Grounding, KnowledgeTool
+
+_ROUTED_CONTEXT = {ROUTED: True}
 
 
 class UpstreamTarget(BaseModel):
@@ -68,6 +70,9 @@ class RoutedCall(BaseModel):
     purpose: Literal["chat", "query_rewrite", "rerank", "routing"] = "chat"
     # The level an auto-routing gateway's classifier gave (the worker tells the client in a header).
     routed_complexity: Literal["low", "medium", "high"] | None = None
+    # Where the client's own messages sit in `body["messages"]` as the router built it ([start, end)):
+    # past the router they travel only there (see `ChatEnvelope.forward_json`).
+    client_span: tuple[int, int] | None = None
 
 
 class ChatEnvelope(BaseModel):
@@ -89,6 +94,25 @@ class ChatEnvelope(BaseModel):
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)
+
+    @classmethod
+    def routed(cls, data: bytes | str) -> ChatEnvelope:
+        """An envelope as the router forwards it (`forward_json`): its request carries no messages."""
+        return cls.model_validate_json(data, context=_ROUTED_CONTEXT)
+
+    def forward_json(self) -> bytes:
+        """The envelope for the next hop, the conversation sent once: the upstream body in `route`
+        holds the client's messages (with instructions, prefill and passages), so `request` travels
+        without them. A long prompt otherwise took twice its size on the bus."""
+        exclude: Any = {"request": {"messages"}} if self.route is not None else None
+        return self.model_dump_json(exclude_none=True, exclude=exclude).encode()
+
+    def client_messages(self) -> list[ChatMessage]:
+        """The client's own messages: from the request, or, past the router, from the upstream body."""
+        if self.request.messages or self.route is None or self.route.client_span is None:
+            return self.request.messages
+        start, end = self.route.client_span
+        return [ChatMessage.model_validate(m) for m in self.route.body.get("messages", [])[start:end]]
 
 
 class CancelRequest(BaseModel):

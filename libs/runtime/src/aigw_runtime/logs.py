@@ -35,7 +35,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value
+                # An extra field never overwrites the line's own keys ("level", "msg", …).
+                line[f"extra_{key}" if key in line else key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

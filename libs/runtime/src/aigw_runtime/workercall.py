@@ -22,6 +22,8 @@ from aigw_contracts.api import ChatCompletionRequest, GeneratedUsage
 from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ChatEnvelope, RoutedCall, UpstreamTarget
 
+from .bus import DEFAULT_MAX_PAYLOAD, check_size
+
 Purpose = Literal["query_rewrite", "rerank", "routing"]
 
 
@@ -66,9 +68,9 @@ async def ask_worker(nc: NatsClient, envelope: ChatEnvelope, within: float) -> t
     sub = await nc.subscribe(inbox, cb=on_event)
     try:
         envelope.reply = inbox
-        await nc.publish(
-            subjects.WORKER_CHAT, envelope.model_dump_json(exclude_none=True).encode(), reply=inbox
-        )
+        payload = envelope.forward_json()
+        check_size(payload, nc.max_payload or DEFAULT_MAX_PAYLOAD, "A model call of the gateway")
+        await nc.publish(subjects.WORKER_CHAT, payload, reply=inbox)
         msg = await asyncio.wait_for(answer, max(within, 0.001))
     except TimeoutError:
         raise errors.DeadlineExceeded(

@@ -34,6 +34,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from aigw_contracts import CancelRequest, headers, subjects
 from aigw_contracts.errors import DeadlineExceeded, Unavailable, error_of_reply
 from aigw_contracts.messages import ModelsQuery
+from aigw_runtime.bus import settle
 
 from .settings import EdgeSettings
 
@@ -194,7 +195,7 @@ class Bus:
         if isinstance(sid, int) and _can_hook() and self.settings.nats_fast_path:
             self.nc.fast_sid, self.nc.fast_sink = sid, self._deliver
             self.fast_path = True
-        await self.nc.flush()  # the server knows the subscription before anything is published
+        await settle(self.nc)  # the server knows the subscription before anything is published
         self._sweeper = asyncio.create_task(self._sweep(), name="aigw-edge-deadlines")
 
     async def close(self) -> None:

@@ -1,103 +1,59 @@
-"""The worker service: a NATS connection, two subscriptions, and the `Worker` behind them.
+"""The worker service: two subscriptions on the runtime's service loop, and the `Worker` behind them.
 
 * `WORKER_CHAT` in the `WORKER_QUEUE` queue group: routed envelopes. The message's own reply
   subject is the router's "bounce" subject and is ignored; events go to the envelope's `reply`.
 * `CHAT_CANCEL`, without a queue group (every worker hears every cancel): the one running the
-  request stops it, which closes its upstream connection.
+  request stops it, which closes its upstream connection. Subscribed first and kept until the very
+  end: a request must never run here while its cancel cannot reach us.
 
-Startup connects, picks the event publisher (`bus.bus_for`), makes sure the usage stream exists,
-and only then subscribes. Shutdown unsubscribes from new requests first, then drains.
+Startup makes sure the usage stream exists before subscribing. Shutdown unsubscribes from new
+requests first (NATS hands them to other workers), lets running ones finish within the grace, then
+publishes the usage still queued.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from faststream import FastStream
-from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from aigw_contracts import subjects
+from aigw_runtime.service import Service
+from aigw_runtime.usage_publisher import JetStreamUsageBus
 
-from .bus import bus_for
 from .settings import WorkerSettings
 from .upstream import Upstream
 from .worker import Worker
 
-HotPath = Literal["raw", "broker"]
 
-
-def create_app(
-    settings: WorkerSettings, upstream: Upstream | None = None, hot_path: HotPath = "raw"
-) -> tuple[FastStream, NatsBroker, Worker]:
-    """The worker app; faststream runs its lifecycle (connect, signals, shutdown hooks).
-
-    `hot_path="raw"` subscribes `WORKER_CHAT` and `CHAT_CANCEL` with nats-py directly: measured
-    here, a faststream subscriber costs about 100 µs of CPU per message (dependency injection,
-    middlewares, and a hop through an anyio worker thread for every message) against about 7 µs
-    for a raw one. Service tests use `hot_path="broker"`, which feeds the same `Worker.submit` and
-    `Worker.cancel` from faststream subscribers, so faststream's TestNatsBroker can drive them in
-    memory.
-    """
-    broker = NatsBroker(
+def create_app(settings: WorkerSettings, upstream: Upstream | None = None) -> tuple[Service, Worker]:
+    service = Service(
+        "worker",
+        settings.worker_id,
         settings.nats_url,
-        logger=None,
-        name=f"aigw-worker-{settings.worker_id}",
-        max_reconnect_attempts=-1,  # a worker outlives NATS restarts
-        reconnect_time_wait=1,  # seconds
+        health_host=settings.health_host,
+        health_port=settings.health_port,
+        # The worker ends its own requests at its grace (`Worker.shutdown`); the loop waits for that.
+        shutdown_grace=0,
     )
     worker = Worker(settings, upstream)
-    raw_chat: list[Subscription] = []
-    broker_chat: list[Any] = []
 
-    if hot_path == "broker":
-        chat = broker.subscriber(subjects.WORKER_CHAT, queue=subjects.WORKER_QUEUE, no_reply=True)
-
-        @chat
-        async def on_chat(msg: NatsMessage) -> None:
-            worker.submit(msg.body)
-
-        broker_chat.append(chat)
-
-        @broker.subscriber(subjects.CHAT_CANCEL, no_reply=True)
-        async def on_cancel(msg: NatsMessage) -> None:
-            worker.cancel(msg.body)
-
-    app = FastStream(broker, logger=None)
-
-    @app.on_startup
     async def start() -> None:
-        await broker.connect()
-        await worker.start(bus_for(broker, settings.event_publisher))
+        usage = JetStreamUsageBus(service.bus.nc)
+        await usage.ensure_usage_stream()
+        await worker.start(service.bus, usage)
 
-    @app.after_startup
-    async def subscribe_hot_path() -> None:
-        if hot_path != "raw":
-            return
-        nc = broker.connection
+    async def on_chat(msg: Msg) -> None:
+        worker.submit(msg.data)  # parses and starts a task: the subscription never waits
 
-        async def on_chat(msg: Msg) -> None:
-            worker.submit(msg.data)
+    async def on_cancel(msg: Msg) -> None:
+        worker.cancel(msg.data)
 
-        async def on_cancel(msg: Msg) -> None:
-            worker.cancel(msg.data)
-
-        # Cancels first: a request must never be running here while its cancel cannot reach us.
-        await nc.subscribe(subjects.CHAT_CANCEL, cb=on_cancel)
-        raw_chat.append(await nc.subscribe(subjects.WORKER_CHAT, queue=subjects.WORKER_QUEUE, cb=on_chat))
-        await nc.flush()
-
-    @app.on_shutdown
     async def drain() -> None:
-        # New requests go to other workers from now on; cancels keep arriving until the end.
-        if hot_path == "raw":
-            for sub in raw_chat:
-                await sub.unsubscribe()
-            raw_chat.clear()
-        for subscriber in broker_chat:
-            await subscriber.stop()
         await worker.shutdown(settings.shutdown_grace)
 
-    return app, broker, worker
+    service.on_start.append(start)
+    service.on_stop.append(drain)
+    service.checks["accepting"] = lambda: worker.accepting
+    service.ready_fields = {"max_inflight": settings.max_inflight}
+    service.route(subjects.CHAT_CANCEL, on_cancel, takes_work=False)
+    service.route(subjects.WORKER_CHAT, on_chat, queue=subjects.WORKER_QUEUE)
+    return service, worker

@@ -120,7 +120,7 @@ class Events:
     async def _publish(self, payload: bytes, hdrs: dict[str, str]) -> None:
         self.busy = True
         try:
-            await self.bus.event(self.subject, payload, hdrs)
+            await self.bus.publish(self.subject, payload, hdrs)
         finally:
             self.busy = False
 

@@ -23,8 +23,7 @@ import json
 import time
 from typing import Any
 
-from aigw_contracts import ChatEnvelope, GeneratedUsage, headers, subjects
-from aigw_contracts.errors import error_of_reply
+from aigw_contracts import ChatEnvelope, GeneratedUsage, subjects
 from aigw_contracts.knowledge import Grounding, KnowledgeTool, ToolSearch, ToolSearchResult
 
 from .bus import Bus
@@ -144,13 +143,14 @@ class KnowledgeLoop:
             min_score=self.tool.min_score,
             reranker=self.tool.reranker,
         )
-        hdrs, data = await self.bus.request(
-            subjects.RETRIEVAL_TOOL, request.model_dump_json().encode(), self.envelope.remaining()
+        reply = await self.bus.request(
+            subjects.RETRIEVAL_TOOL,
+            request.model_dump_json().encode(),
+            self.envelope.remaining(),
+            "retrieval service",
+            "search the knowledge",
         )
-        status = hdrs.get(headers.STATUS)
-        if status is not None:
-            raise error_of_reply(status, data, "The knowledge search failed")
-        result = ToolSearchResult.model_validate_json(data)
+        result = ToolSearchResult.model_validate_json(reply.data)
         self.lines += result.lines
         known = {g.id for g in self.grounding}
         self.grounding += [g for g in result.grounding if g.id not in known]

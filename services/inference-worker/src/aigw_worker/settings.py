@@ -45,10 +45,10 @@ class WorkerSettings(BaseSettings):
     upstream_allowlist: list[str] = Field(default_factory=list)
     # Opens tenants' upstream API keys, sealed by the edge (`aigw_runtime.secretbox`).
     secrets_key: SecretStr = SecretStr("")
-    # "nats" (raw nats-py client, measured faster on the per-token path), "broker" (faststream's
-    # publish) or "auto": nats when the broker holds a real connection, else broker (TestNatsBroker).
-    event_publisher: str = Field(default="auto", pattern=r"^(auto|nats|broker)$")
     log_level: str = "INFO"
+    # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
 
     def provider_key(self, provider: str) -> str | None:
         key = self.provider_keys.get(provider)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 from aigw_contracts import CancelRequest, ChatEnvelope
 from aigw_contracts.errors import GatewayError, InternalError, Unavailable
-from aigw_runtime.usage_publisher import UsagePublisher
+from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
 
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error
@@ -43,11 +43,11 @@ class Worker:
         self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._side_tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, bus: Bus) -> None:
+    async def start(self, bus: Bus, usage: UsageBus) -> None:
+        """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure)."""
         self.bus = bus
-        await bus.ensure_usage_stream()
         self.usage = UsagePublisher(
-            bus,
+            usage,
             max_in_flight=self.settings.usage_in_flight,
             retry_window=self.settings.usage_retry_window,
             linger=self.settings.usage_linger,
@@ -59,7 +59,7 @@ class Worker:
     def submit(self, raw: bytes) -> None:
         """A routed envelope arrived (called from the NATS callback: no waiting here)."""
         try:
-            envelope = ChatEnvelope.model_validate_json(raw)
+            envelope = ChatEnvelope.routed(raw)
         except ValueError:
             log.warning("dropped a malformed envelope")  # no reply subject we can trust
             return

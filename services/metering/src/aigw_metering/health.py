@@ -1,20 +1,12 @@
-"""Health for supervisors: a tiny HTTP server on `AIGW_METERING_HEALTH_PORT`.
+"""Metering's health: ready when the usage store takes inserts and NATS is connected.
 
-* `GET /healthz` → 200 while the process runs its loops (liveness);
-* `GET /readyz` → 200 when the usage store takes inserts and NATS is connected, else 503
-  (readiness: an orchestrator should alert, not restart — events wait safely in JetStream).
-
-Both answer the same JSON snapshot (counters, the last store error), which tests and operators
-read. HTTP rather than a NATS subject because every supervisor (k8s probes, compose, systemd
-timers with curl) speaks it, and because "NATS is down" is one of the things it must report.
-Plain asyncio: two fixed routes don't justify a web framework in this process.
+Served by the runtime's health server (`aigw_runtime.health`): an orchestrator should alert, not
+restart, on a metering that is not ready — events wait safely in JetStream. The snapshot
+(counters, the last store error) is what tests and operators read.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -58,42 +50,3 @@ class Health:
         data = asdict(self)
         data["status"] = "ok" if self.ready else "unhealthy"
         return data
-
-
-class HealthServer:
-    def __init__(self, health: Health, host: str, port: int) -> None:
-        self.health = health
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            path = path.split("?", 1)[0]
-            if method != "GET" or path not in ("/healthz", "/readyz"):
-                status, body = "404 Not Found", b'{"error": "not found"}'
-            else:
-                ok = path == "/healthz" or self.health.ready
-                status = "200 OK" if ok else "503 Service Unavailable"
-                body = json.dumps(self.health.snapshot()).encode()
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            pass
-        finally:
-            writer.close()

@@ -23,26 +23,20 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from aigw_contracts import ChatEnvelope, GeneratedUsage, errors, events, headers, subjects
+from aigw_contracts import ChatEnvelope, GeneratedUsage, errors, headers, subjects
 from aigw_contracts.knowledge import Collection, Grounding, KnowledgeSearch, KnowledgeSearchResult
+from aigw_runtime.bus import DEFAULT_MAX_PAYLOAD, Outgoing, error_outgoing
 
 from .inject import inject_into_body
 from .query import UnsupportedStrategy, query_terms
 from .rerank import ModelReranker, candidates
 from .rewrite import REWRITE_STRATEGIES, Rewriter
 from .search import UnsupportedReranker
-from .service import Knowledge, Outgoing
+from .service import Knowledge
 from .stores import CollectionNotFound, Scope
 from .tool import offer_tool
 
 log = logging.getLogger("aigw.retrieval.chat")
-
-DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default; the real value comes from the connection
-
-
-def error_event(reply: str, err: errors.GatewayError) -> Outgoing:
-    hdrs, payload = events.error_event(err, 0)
-    return Outgoing(reply, payload, hdrs)
 
 
 class Grounder:
@@ -62,7 +56,7 @@ class Grounder:
 
     async def chat(self, data: bytes) -> Outgoing | None:
         try:
-            envelope = ChatEnvelope.model_validate_json(data)
+            envelope = ChatEnvelope.routed(data)
         except ValueError:
             log.warning("dropped a malformed envelope")  # no reply subject we can trust
             return None
@@ -70,10 +64,10 @@ class Grounder:
         try:
             return await self._ground(envelope, started)
         except errors.GatewayError as err:
-            return error_event(envelope.reply, err)
+            return error_outgoing(envelope.reply, err)
         except Exception:
             log.exception("grounding failed", extra={"request_id": envelope.request_id})
-            return error_event(
+            return error_outgoing(
                 envelope.reply,
                 errors.InternalError("The gateway could not search its knowledge for this request"),
             )
@@ -99,9 +93,9 @@ class Grounder:
                 terms, rewrite_lines = await self.rewriter.queries(envelope, knowledge)
                 if not terms:  # the resolver said nothing usable: search the last user message
                     plain = knowledge.model_copy(update={"strategy": "Plain"})
-                    terms = query_terms(envelope.request.messages, plain, k.settings.max_query_chars)
+                    terms = query_terms(envelope.client_messages(), plain, k.settings.max_query_chars)
             else:
-                terms = query_terms(envelope.request.messages, knowledge, k.settings.max_query_chars)
+                terms = query_terms(envelope.client_messages(), knowledge, k.settings.max_query_chars)
         except UnsupportedStrategy as exc:
             raise errors.InvalidRequest(f"This gateway's {exc}.", param="knowledge.strategy") from None
         collection = self._collection(envelope.tenant, knowledge.collection)
@@ -157,7 +151,7 @@ class Grounder:
 
     def _forward(self, envelope: ChatEnvelope) -> Outgoing:
         """The envelope on to the workers, replies bounced here if none listens."""
-        payload = envelope.model_dump_json(exclude_none=True).encode()
+        payload = envelope.forward_json()
         if len(payload) > self.max_payload:
             raise errors.PayloadTooLarge(
                 "The conversation with its retrieved passages is larger than the message bus allows; "
@@ -165,7 +159,10 @@ class Grounder:
                 code="context_too_large",
             )
         return Outgoing(
-            subjects.WORKER_CHAT, payload, reply=subjects.bounce_subject(self.retrieval_id, envelope.reply)
+            subjects.WORKER_CHAT,
+            payload,
+            reply=subjects.bounce_subject(self.retrieval_id, envelope.reply),
+            fail_to=envelope.reply,
         )
 
     def bounce(self, subject: str, hdrs: dict[str, str] | None) -> Outgoing | None:
@@ -173,6 +170,6 @@ class Grounder:
         if (hdrs or {}).get(headers.NATS_STATUS) != headers.NO_RESPONDERS:
             return None
         reply = subjects.reply_from_bounce(self.retrieval_id, subject)
-        return error_event(
+        return error_outgoing(
             reply, errors.Unavailable("No inference worker is available; try again shortly", retry_after=1)
         )

@@ -57,7 +57,7 @@ class Rewriter:
         self, envelope: ChatEnvelope, knowledge: GatewayKnowledge
     ) -> tuple[list[str], list[GeneratedUsage]]:
         """Search queries for the conversation, and the priced lines of the resolver call."""
-        text = conversation_text(envelope.request.messages, knowledge.strategy, knowledge.last_messages)
+        text = conversation_text(envelope.client_messages(), knowledge.strategy, knowledge.last_messages)
         if not text:
             return [], []
         messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": text}]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -28,16 +27,6 @@ from .settings import RetrievalSettings
 from .stores import CollectionExists, KnowledgeStore, Scope
 
 log = logging.getLogger("aigw.retrieval")
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message to publish: what a handler decided, apart from how it gets sent."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str] | None = None
-    reply: str = ""
 
 
 class Knowledge:

@@ -7,16 +7,11 @@ a 503 status there and the router turns it into an error event for the edge, wit
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from faststream import FastStream
-from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 
 from aigw_contracts import (
@@ -26,14 +21,15 @@ from aigw_contracts import (
     RoutedCall,
     UpstreamTarget,
     errors,
-    events,
     headers,
     subjects,
 )
 from aigw_contracts.api import Model, ModelList
 from aigw_contracts.config import AutoRouting
 from aigw_contracts.messages import ModelsQuery
+from aigw_runtime.bus import Outgoing, error_outgoing
 from aigw_runtime.configstore import ConfigWatcher
+from aigw_runtime.service import Service
 from aigw_runtime.workercall import ask_worker
 
 from .complexity import ComplexityRouter
@@ -69,6 +65,9 @@ class Router:
             response_model=upstream.id,
             knowledge=gateway.knowledge if gateway else None,
         )
+        # `upstream_body` puts the instructions (if any) first, then the client's messages.
+        start = 1 if gateway is not None and gateway.instructions else 0
+        envelope.route.client_span = (start, start + len(request.messages))
         if gateway is not None and gateway.fallbacks:
             envelope.route.fallbacks = [UpstreamTarget.of(u) for u in self.registry.fallbacks(gateway)]
         return gateway
@@ -81,21 +80,6 @@ class Router:
                 for mid, owner in self.registry.models_for(query.tenant, query.key_kind)
             ]
         )
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message to publish: what a handler decided, apart from how it gets sent."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str] | None = None
-    reply: str = ""
-
-
-def _error(reply: str, err: errors.GatewayError) -> Outgoing:
-    hdrs, payload = events.error_event(err, 0)
-    return Outgoing(reply, payload, hdrs)
 
 
 @dataclass(frozen=True)
@@ -128,10 +112,12 @@ class Handlers:
         try:
             gateway = self.router.route(envelope)
         except errors.GatewayError as err:
-            return _error(envelope.reply, err)
+            return error_outgoing(envelope.reply, err)
         except Exception:
             log.exception("routing failed", extra={"request_id": envelope.request_id})
-            return _error(envelope.reply, errors.InternalError("The gateway could not route this request"))
+            return error_outgoing(
+                envelope.reply, errors.InternalError("The gateway could not route this request")
+            )
         if gateway is not None and gateway.routing is not None:
             return Pending(envelope, gateway.routing, gateway.tenant)
         return self._forward(envelope)
@@ -149,10 +135,11 @@ class Handlers:
         grounded = routed.route is not None and routed.route.knowledge is not None
         return Outgoing(
             subjects.RETRIEVAL_CHAT if grounded else subjects.WORKER_CHAT,
-            routed.model_dump_json(exclude_none=True).encode(),
+            routed.forward_json(),
             reply=subjects.bounce_subject(
                 self.retrieval_bounce if grounded else self.worker_bounce, routed.reply
             ),
+            fail_to=routed.reply,
         )
 
     def bounce(self, subject: str, hdrs: dict[str, str] | None) -> Outgoing | None:
@@ -161,67 +148,39 @@ class Handlers:
         prefix = f"{subjects.BOUNCE_PREFIX}.{self.retrieval_bounce}."
         if subject.startswith(prefix):
             reply = subjects.reply_from_bounce(self.retrieval_bounce, subject)
-            return _error(
+            return error_outgoing(
                 reply,
                 errors.Unavailable("No retrieval service is available; try again shortly", retry_after=1),
             )
         reply = subjects.reply_from_bounce(self.worker_bounce, subject)
-        return _error(
+        return error_outgoing(
             reply, errors.Unavailable("No inference worker is available; try again shortly", retry_after=1)
         )
 
 
-def create_app(
-    settings: RouterSettings, registry: Registry | None = None, hot_path: str = "raw"
-) -> tuple[FastStream, NatsBroker]:
-    """The router app. Without a `registry`, gateways and upstreams come from the config store.
-
-    `hot_path="raw"` subscribes the per-request subjects with nats-py directly: measured here, a
-    faststream subscriber costs about 100 µs of CPU per message (dependency injection, middlewares,
-    a thread hop) against about 7 µs for a raw one, and the router sees every request. Service tests
-    use `hot_path="broker"`, which runs the same `Handlers` as faststream subscribers, so faststream's
-    TestNatsBroker can drive them in memory.
-    """
+def create_app(settings: RouterSettings, registry: Registry | None = None) -> Service:
+    """The router service. Without a `registry`, gateways and upstreams come from the config store
+    (loaded whole before the first subscription, then watched)."""
     watch_store = registry is None
     registry = registry or Registry.from_snapshot(ConfigSnapshot())
     router = Router(settings, registry)
     handlers = Handlers(router, settings.router_id)
-    broker = NatsBroker(settings.nats_url, logger=None)
-    tasks: set[asyncio.Task[None]] = set()
+    service = Service(
+        "router",
+        settings.router_id,
+        settings.nats_url,
+        health_host=settings.health_host,
+        health_port=settings.health_port,
+    )
+    bus = service.bus
     watcher: ConfigWatcher | None = None
 
-    async def send_via_broker(out: Outgoing | Pending | None) -> None:
-        if isinstance(out, Pending):
-            out = await handlers.finish(out)
-        if out is not None:
-            await broker.publish(out.payload, subject=out.subject, headers=out.headers, reply_to=out.reply)
-
-    if hot_path == "broker":
-
-        @broker.subscriber(subjects.ROUTER_CHAT, queue=subjects.ROUTER_QUEUE, no_reply=True)
-        async def on_chat(msg: NatsMessage) -> None:
-            await send_via_broker(handlers.chat(msg.body))
-
-        for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
-
-            @broker.subscriber(subjects.bounce_wildcard(prefix), no_reply=True)
-            async def on_bounce(msg: NatsMessage) -> None:
-                await send_via_broker(handlers.bounce(msg.raw_message.subject, msg.headers))
-
-    @broker.subscriber(subjects.ROUTER_MODELS, queue=subjects.ROUTER_QUEUE)
-    async def on_models(msg: NatsMessage) -> Any:
-        return router.models(ModelsQuery.model_validate_json(msg.body)).model_dump(mode="json")
-
-    app = FastStream(broker, logger=None)
-
-    @app.on_startup
     async def load_config() -> None:
-        # Load the whole configuration before subscribing, so no request meets a half-loaded router.
         nonlocal watcher
+        handlers.complexity.ask = partial(ask_worker, bus.nc)
         if not watch_store:
             return
-        await broker.connect()
-        watcher = ConfigWatcher(broker.connection.jetstream())
+        watcher = ConfigWatcher(bus.nc.jetstream())
         view = await watcher.start()
         for upstream in view.upstreams.values():
             registry.put_upstream(upstream)
@@ -229,42 +188,31 @@ def create_app(
             registry.add_gateway(gateway)
         watcher.listeners.append(registry.on_config_change)
 
-    @app.after_startup
-    async def subscribe_hot_path() -> None:
-        if hot_path != "raw":
-            return
-        nc = broker.connection
-        handlers.complexity.ask = partial(ask_worker, nc)
+    async def finish(pending: Pending) -> None:
+        await bus.send(await handlers.finish(pending))
 
-        async def send(out: Outgoing | None) -> None:
-            if out is not None:
-                await nc.publish(out.subject, out.payload, reply=out.reply, headers=out.headers)
+    async def on_chat(msg: Msg) -> None:
+        out = handlers.chat(msg.data)
+        if isinstance(out, Pending):  # a model call first: never hold up the next request
+            service.spawn(finish(out), name=f"aigw-route-{out.envelope.request_id}")
+        else:
+            await bus.send(out)
 
-        async def finish(pending: Pending) -> None:
-            await send(await handlers.finish(pending))
+    async def on_bounce(msg: Msg) -> None:
+        await bus.send(handlers.bounce(msg.subject, msg.headers))
 
-        async def on_chat(msg: Msg) -> None:
-            out = handlers.chat(msg.data)
-            if isinstance(out, Pending):  # a model call first: never hold up the next request
-                task = asyncio.create_task(finish(out))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            else:
-                await send(out)
+    async def on_models(data: bytes) -> tuple[bytes, None]:
+        return router.models(ModelsQuery.model_validate_json(data)).model_dump_json().encode(), None
 
-        async def on_bounce(msg: Msg) -> None:
-            await send(handlers.bounce(msg.subject, msg.headers))
-
-        await nc.subscribe(subjects.ROUTER_CHAT, queue=subjects.ROUTER_QUEUE, cb=on_chat)
-        for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
-            await nc.subscribe(subjects.bounce_wildcard(prefix), cb=on_bounce)
-        await nc.flush()
-
-    @app.on_shutdown
     async def stop_watching() -> None:
-        if tasks:
-            await asyncio.wait(list(tasks), timeout=10)
         if watcher is not None:
             await watcher.stop()
 
-    return app, broker
+    service.on_start.append(load_config)
+    service.on_stop.append(stop_watching)
+    service.route(subjects.ROUTER_CHAT, on_chat, queue=subjects.ROUTER_QUEUE)
+    for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
+        # Bounces answer requests this router already forwarded: they flow until the very end.
+        service.route(subjects.bounce_wildcard(prefix), on_bounce, takes_work=False)
+    service.reply_route(subjects.ROUTER_MODELS, on_models, "model list", queue=subjects.ROUTER_QUEUE)
+    return service

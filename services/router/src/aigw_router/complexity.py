@@ -86,7 +86,7 @@ class ComplexityRouter:
         if level is None or chosen is None:
             log.warning(
                 "complexity classification unusable; using the gateway's upstream",
-                extra={"request_id": envelope.request_id, "level": level},
+                extra={"request_id": envelope.request_id, "complexity": level},
             )
             return
         route.upstream, route.response_model, route.routed_complexity = chosen, chosen.id, level
