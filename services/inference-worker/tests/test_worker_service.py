@@ -1,4 +1,4 @@
-"""The worker's handlers under faststream's TestNatsBroker (in memory), calling the real simulator
+"""The worker service against a real nats-server (in-process, the production wiring), calling the real simulator
 over HTTP: envelope in, numbered events out, then the usage event."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The retrieval service's handlers under faststream's TestNatsBroker (in memory, no server): grounding
-envelopes on the request path and management requests, with the real embedder and embedded store."""
+"""The retrieval service against a real nats-server: grounding envelopes on the request path and
+management requests, with the real embedder and embedded store."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
-from faststream import TestApp
-from faststream.nats import JStream, TestNatsBroker
-from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from aigw_contracts import (
     ChatCompletionRequest,
@@ -24,6 +23,8 @@ from aigw_contracts import (
     RoutedCall,
     UpstreamTarget,
     UsageEvent,
+    errors,
+    events,
     headers,
     skus,
     subjects,
@@ -37,10 +38,12 @@ from aigw_contracts.knowledge import (
     KnowledgeSearch,
     ToolSearch,
 )
+from aigw_devstack import NatsServer
 from aigw_retrieval.app import create_app
 from aigw_retrieval.embed import MiniLMEmbedder
 from aigw_retrieval.settings import RetrievalSettings
 from aigw_retrieval.stores import EmbeddedStore
+from aigw_runtime.bus import settle
 from aigw_runtime.configstore import ConfigView
 
 REPLY = subjects.reply_subject("edge1", "req1")
@@ -61,17 +64,21 @@ To reset your password, open Settings, choose Security and click Reset password.
 
 @dataclass
 class Harness:
-    broker: Any
-    test_broker: Any = None
-    worker: list[NatsMessage] = field(default_factory=list)
-    replies: list[NatsMessage] = field(default_factory=list)
+    """The retrieval service against a real nats-server, with a stand-in worker pool and edge."""
+
+    nc: Any
+    worker: list[Msg] = field(default_factory=list)
+    replies: list[Msg] = field(default_factory=list)
     usage: list[UsageEvent] = field(default_factory=list)
 
     async def ask(self, **request: Any) -> tuple[int, Any]:
         body = KnowledgeRequest(**request).model_dump_json(by_alias=True).encode()
-        msg = await self.test_broker.request(body, subjects.RETRIEVAL_MANAGE, timeout=30)
+        return await self.request(subjects.RETRIEVAL_MANAGE, body)
+
+    async def request(self, subject: str, body: bytes) -> tuple[int, Any]:
+        msg = await self.nc.request(subject, body, timeout=30)
         status = int((msg.headers or {}).get(headers.STATUS, 200))
-        return status, json.loads(msg.body)
+        return status, json.loads(msg.data)
 
     async def usage_count(self, count: int, within: float = 5.0) -> None:
         """Wait until exactly `count` usage events arrived (they are published off the request path)."""
@@ -83,47 +90,58 @@ class Harness:
         assert len(self.usage) == count
 
     async def tool(self, **request: Any) -> tuple[int, Any]:
-        body = ToolSearch(**request).model_dump_json().encode()
-        msg = await self.test_broker.request(body, subjects.RETRIEVAL_TOOL, timeout=30)
-        status = int((msg.headers or {}).get(headers.STATUS, 200))
-        return status, json.loads(msg.body)
+        return await self.request(subjects.RETRIEVAL_TOOL, ToolSearch(**request).model_dump_json().encode())
+
+    async def publish(self, subject: str, data: bytes, hdrs: dict[str, str] | None = None) -> None:
+        """Publish, then wait until the service answered it (to the workers or the edge)."""
+        before = len(self.worker) + len(self.replies)
+        await self.nc.publish(subject, data, headers=hdrs)
+        deadline = time.monotonic() + 30
+        while len(self.worker) + len(self.replies) == before:
+            assert time.monotonic() < deadline, f"no answer to a message on {subject}"
+            await asyncio.sleep(0.005)
 
     async def chat(self, envelope: ChatEnvelope) -> None:
-        await self.test_broker.publish(
-            envelope.model_dump_json(exclude_none=True).encode(), subjects.RETRIEVAL_CHAT
-        )
+        await self.publish(subjects.RETRIEVAL_CHAT, envelope.forward_json())
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, minilm: MiniLMEmbedder, **settings: Any) -> AsyncIterator[Harness]:
+async def running(
+    tmp_path: Path, minilm: MiniLMEmbedder, nats_url: str, **settings: Any
+) -> AsyncIterator[Harness]:
     view = ConfigView()
     view.collections[ACME_DOCS] = Collection(id=ACME_DOCS, tenant="acme", name="docs")
     view.collections[GLOBEX_DOCS] = Collection(id=GLOBEX_DOCS, tenant="globex", name="docs")
-    values: dict[str, Any] = {"nats_url": "nats://127.0.0.1:1", "retrieval_id": "rtest", **settings}
-    app, broker, _ = create_app(
-        RetrievalSettings(**values),
-        store=EmbeddedStore(tmp_path / "kb"),
-        embedder=minilm,
-        view=view,
-        hot_path="broker",
+    values: dict[str, Any] = {"nats_url": nats_url, "retrieval_id": "rtest", **settings}
+    service, _ = create_app(
+        RetrievalSettings(**values), store=EmbeddedStore(tmp_path / "kb"), embedder=minilm, view=view
     )
-    h = Harness(broker)
+    nc = await nats.connect(nats_url)
+    h = Harness(nc)
 
-    @broker.subscriber(subjects.WORKER_CHAT)
-    async def worker(msg: NatsMessage) -> None:
+    async def worker(msg: Msg) -> None:
+        if msg.reply.startswith("_INBOX."):  # a resolver-model call: this pool has no model to ask
+            hdrs, payload = events.error_event(errors.Unavailable("No model in this test"), 0)
+            await nc.publish(msg.reply, payload, headers=hdrs)
+            return
         h.worker.append(msg)
 
-    @broker.subscriber(REPLY)
-    async def edge(msg: NatsMessage) -> None:
+    async def edge(msg: Msg) -> None:
         h.replies.append(msg)
 
-    @broker.subscriber(subjects.USAGE_WILDCARD, stream=JStream(subjects.USAGE_STREAM, declare=False))
-    async def usage(msg: NatsMessage) -> None:
-        h.usage.append(UsageEvent.model_validate_json(msg.body))
+    async def usage(msg: Msg) -> None:  # a core subscription sees what the usage stream stores
+        h.usage.append(UsageEvent.model_validate_json(msg.data))
 
-    async with TestNatsBroker(broker) as br, TestApp(app):
-        h.test_broker = br
+    await nc.subscribe(subjects.WORKER_CHAT, cb=worker)
+    await nc.subscribe(REPLY, cb=edge)
+    await nc.subscribe(subjects.USAGE_WILDCARD, cb=usage)
+    await settle(nc)
+    await service.start()
+    try:
         yield h
+    finally:
+        await service.stop(grace=2)
+        await nc.close()
 
 
 def envelope(
@@ -177,9 +195,13 @@ async def _seed(h: Harness, tenant: str = "acme", collection: str = ACME_DOCS, t
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, minilm: MiniLMEmbedder) -> AsyncIterator[Harness]:
+async def harness(tmp_path: Path, minilm: MiniLMEmbedder, nats_server: NatsServer) -> AsyncIterator[Harness]:
     async with running(
-        tmp_path, minilm, price_knowledge_search="0.001", price_knowledge_embedding_token="1E-7"
+        tmp_path,
+        minilm,
+        nats_server.url,
+        price_knowledge_search="0.001",
+        price_knowledge_embedding_token="1E-7",
     ) as h:
         yield h
 
@@ -189,8 +211,8 @@ async def test_grounded_envelope_carries_fenced_passages_grounding_and_priced_li
     await harness.chat(envelope("How do I reset my password?"))
     assert not harness.replies
     (msg,) = harness.worker
-    assert msg.reply_to == subjects.bounce_subject("rtest", REPLY)
-    routed = ChatEnvelope.routed(msg.body)
+    assert msg.reply == subjects.bounce_subject("rtest", REPLY)
+    routed = ChatEnvelope.routed(msg.data)
     assert routed.route is not None
     messages = routed.route.body["messages"]
     # system prompt first, then the knowledge message just before the question
@@ -221,7 +243,7 @@ async def test_search_is_metered_once_per_request_as_a_retrieval_usage_event(har
         {"team": "qa"},
     )
     assert {line.sku for line in event.lines} == {skus.KNOWLEDGE_SEARCH, skus.KNOWLEDGE_EMBEDDINGS_IN}
-    routed = ChatEnvelope.routed(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].data)
     assert routed.route is not None and event.lines == routed.route.prior_usage
 
 
@@ -236,7 +258,7 @@ async def test_a_tenant_never_gets_another_tenants_passages(harness: Harness) ->
     # acme's own collection: its passages only, never globex's, whatever the query
     await _seed(harness)
     await harness.chat(envelope("Globex vault code and how to reset passwords"))
-    routed = ChatEnvelope.routed(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].data)
     assert routed.route is not None and routed.route.grounding
     assert {g.docid for g in routed.route.grounding} == {"handbook"}
     assert "vault code is" not in json.dumps(routed.route.body)
@@ -255,26 +277,27 @@ async def test_concatenate_searches_the_earlier_user_turns_too(harness: Harness)
     await harness.chat(
         envelope(["I have a question about refunds", "how many days?"], strategy="Plain", min_score=0.3)
     )
-    concatenated = ChatEnvelope.routed(harness.worker[0].body)
-    plain = ChatEnvelope.routed(harness.worker[1].body)
+    concatenated = ChatEnvelope.routed(harness.worker[0].data)
+    plain = ChatEnvelope.routed(harness.worker[1].data)
     assert concatenated.route is not None and plain.route is not None
     assert concatenated.route.grounding[0].id == "handbook#0"  # the Refunds section
     assert "handbook#0" not in [g.id for g in plain.route.grounding]
 
 
 async def test_no_worker_bounce_becomes_a_503_event_for_the_edge(harness: Harness) -> None:
-    await harness.test_broker.publish(
-        b"", subjects.bounce_subject("rtest", REPLY), headers={headers.NATS_STATUS: headers.NO_RESPONDERS}
+    await harness.publish(
+        subjects.bounce_subject("rtest", REPLY), b"", {headers.NATS_STATUS: headers.NO_RESPONDERS}
     )
     (err,) = harness.replies
     assert err.headers[headers.EVENT] == "error" and err.headers[headers.STATUS] == "503"
-    assert "worker" in json.loads(err.body)["error"]["message"]
+    assert "worker" in json.loads(err.data)["error"]["message"]
 
 
 @pytest.mark.parametrize(
     ("changes", "status", "param"),
     [
-        ({"reranker": "model"}, "503", None),  # no resolver model calls under the in-memory broker
+        # two passages to order, and the stand-in worker pool has no model to ask
+        ({"reranker": "model", "min_score": 0.0}, "503", "knowledge.reranker"),
         ({"deadline": -1}, "504", None),
     ],
 )
@@ -282,10 +305,10 @@ async def test_requests_it_cannot_ground_end_in_an_error_event(
     harness: Harness, changes: dict[str, Any], status: str, param: str | None
 ) -> None:
     await _seed(harness)
-    await harness.chat(envelope("passwords?", **changes))
+    await harness.chat(envelope("How do I reset my password, and when are refunds paid?", **changes))
     (err,) = harness.replies
     assert err.headers[headers.STATUS] == status and not harness.worker
-    assert json.loads(err.body)["error"]["param"] == param
+    assert json.loads(err.data)["error"]["param"] == param
 
 
 async def test_a_conversation_without_user_text_is_forwarded_unsearched_and_unbilled(
@@ -295,7 +318,7 @@ async def test_a_conversation_without_user_text_is_forwarded_unsearched_and_unbi
     harness.usage.clear()
     await harness.chat(envelope("   "))
     await harness.chat(envelope("and refunds?"))  # a search after it: its event is the only one
-    routed = ChatEnvelope.routed(harness.worker[0].body)
+    routed = ChatEnvelope.routed(harness.worker[0].data)
     assert routed.route is not None and routed.route.grounding == [] and routed.route.prior_usage == []
     await harness.usage_count(1)
 
@@ -366,8 +389,8 @@ async def test_bad_management_requests_are_openai_errors(harness: Harness) -> No
         documents=[{"docid": "p", "text": "not base64!", "content_type": "application/pdf"}],
     )
     assert status == 400 and "base64" in err["error"]["message"]
-    msg = await harness.test_broker.request(b'{"op": "explode"}', subjects.RETRIEVAL_MANAGE, timeout=5)
-    assert msg.headers[headers.STATUS] == "400"
+    status, _ = await harness.request(subjects.RETRIEVAL_MANAGE, b'{"op": "explode"}')
+    assert status == 400
 
 
 async def test_query_function_offers_the_search_tool_instead_of_searching(harness: Harness) -> None:
@@ -379,7 +402,7 @@ async def test_query_function_offers_the_search_tool_instead_of_searching(harnes
     sent.route.body["tools"] = [client_tool]
     await harness.chat(sent)
     (msg,) = harness.worker
-    routed = ChatEnvelope.routed(msg.body)
+    routed = ChatEnvelope.routed(msg.data)
     assert routed.route is not None and routed.route.knowledge_tool is not None
     tool = routed.route.knowledge_tool
     assert (tool.collection, tool.top, tool.name, tool.max_rounds) == (ACME_DOCS, 3, KNOWLEDGE_TOOL_NAME, 2)
@@ -401,7 +424,7 @@ async def test_query_function_refuses_a_client_tool_of_the_same_name(harness: Ha
     await harness.chat(sent)
     (err,) = harness.replies
     assert err.headers[headers.STATUS] == "400" and not harness.worker
-    assert json.loads(err.body)["error"]["param"] == "tools"
+    assert json.loads(err.data)["error"]["param"] == "tools"
 
 
 async def test_a_tool_search_answers_fenced_passages_with_their_priced_lines(harness: Harness) -> None:

@@ -103,8 +103,10 @@ class ChatEnvelope(BaseModel):
     def forward_json(self) -> bytes:
         """The envelope for the next hop, the conversation sent once: the upstream body in `route`
         holds the client's messages (with instructions, prefill and passages), so `request` travels
-        without them. A long prompt otherwise took twice its size on the bus."""
-        exclude: Any = {"request": {"messages"}} if self.route is not None else None
+        without them when `route.client_span` says where they are. A long prompt otherwise took
+        twice its size on the bus."""
+        recoverable = self.route is not None and self.route.client_span is not None
+        exclude: Any = {"request": {"messages"}} if recoverable else None
         return self.model_dump_json(exclude_none=True, exclude=exclude).encode()
 
     def client_messages(self) -> list[ChatMessage]:

@@ -102,6 +102,7 @@ class Service:
         self.on_stop: list[Hook] = []  # after new work stopped and running work finished (or grace)
         self.checks: dict[str, Callable[[], bool]] = {}  # readiness, besides "started and connected"
         self.ready_fields: dict[str, Any] = {}  # what the ready log line says
+        self.details: Callable[[], dict[str, Any]] | None = None  # the service's own health fields
         self.shutdown_grace = shutdown_grace
         self.started = False
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -159,6 +160,7 @@ class Service:
             "nats_connected": self.bus.connected,
             "checks": {name: check() for name, check in self.checks.items()},
             "tasks": len(self.tasks),
+            **(self.details() if self.details is not None else {}),
         }
 
     # ------------------------------------------------------------------ life

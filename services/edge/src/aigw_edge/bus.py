@@ -28,13 +28,11 @@ from typing import Final
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from aigw_contracts import CancelRequest, headers, subjects
-from aigw_contracts.errors import DeadlineExceeded, Unavailable, error_of_reply
+from aigw_contracts.errors import Unavailable
 from aigw_contracts.messages import ModelsQuery
-from aigw_runtime.bus import settle
+from aigw_runtime.bus import request, settle
 
 from .settings import EdgeSettings
 
@@ -270,19 +268,11 @@ class Bus:
         )
 
     async def ask(self, subject: str, payload: bytes, service: str, doing: str) -> bytes:
-        """A request-reply to another service; its errors (an `Aigw-Status` header) are raised as such."""
+        """A request-reply to another service, errors mapped once (`aigw_runtime.bus.request`)."""
         nc = self.nc
-        if nc is None or not nc.is_connected:
+        if nc is None:
             raise Unavailable("The gateway is not connected to its message bus; try again shortly")
-        try:
-            reply = await nc.request(subject, payload, timeout=self.settings.models_timeout)
-        except NoRespondersError:
-            raise Unavailable(f"No {service} is available to {doing}; try again shortly") from None
-        except (TimeoutError, NatsTimeout):
-            raise DeadlineExceeded(f"The {service} did not {doing} in time") from None
-        status = (reply.headers or {}).get(headers.STATUS)
-        if status is not None:
-            raise error_of_reply(status, reply.data, f"The {service} could not {doing}")
+        reply = await request(nc, subject, payload, self.settings.models_timeout, service, doing)
         return reply.data
 
     # ------------------------------------------------------------------ deadlines

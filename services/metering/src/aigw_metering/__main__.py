@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
-from aigw_runtime.logs import log_ready, setup_logging
+from aigw_runtime.logs import setup_logging
 
 from .app import MeteringService
 from .settings import MeteringSettings
@@ -16,14 +15,7 @@ log = logging.getLogger("aigw.metering")
 
 async def _serve(settings: MeteringSettings) -> None:
     service = MeteringService(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
-
-    def ready() -> None:
-        log_ready(store=service.store.target.redacted, health_port=settings.metering_health_port or None)
-
-    await service.run(ready)
+    await service.run()
     log.info("stopped", extra={"inserted_lines": service.health.inserted_lines})
 
 

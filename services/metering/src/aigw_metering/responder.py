@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from aigw_contracts import errors
@@ -36,10 +34,3 @@ async def answer(store: Store, data: bytes) -> tuple[bytes, dict[str, str] | Non
         log.warning("usage query failed", extra={"error": str(err)})
         return errors.error_reply(errors.Unavailable("The usage store is unavailable; try again shortly"))
     return report.model_dump_json().encode(), None
-
-
-async def respond(nc: NATS, store: Store, msg: Msg) -> None:
-    if not msg.reply:
-        return
-    payload, hdrs = await answer(store, msg.data)
-    await nc.publish(msg.reply, payload, headers=hdrs)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
-from aigw_runtime.logs import log_ready, setup_logging
+from aigw_runtime.logs import setup_logging
+from aigw_runtime.service import serve
 
 from .settings import RetrievalSettings
 
@@ -19,23 +19,8 @@ def main() -> None:
 
     from .app import create_app
 
-    app, _, service = create_app(settings)
-
-    @app.after_startup
-    async def ready() -> None:
-        knowledge = service.knowledge
-        log_ready(
-            retrieval_id=settings.retrieval_id,
-            store=settings.knowledge_store,
-            embedder=knowledge.embedder.name if knowledge else None,
-        )
-
-    try:
-        import uvloop
-    except ImportError:  # optional: measurably cheaper per message than asyncio's default loop
-        asyncio.run(app.run())
-    else:
-        uvloop.run(app.run())
+    service, _ = create_app(settings)
+    serve(service)
 
 
 if __name__ == "__main__":

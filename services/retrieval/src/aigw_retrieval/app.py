@@ -13,22 +13,16 @@ collection's documents are dropped), makes sure the usage stream exists, then su
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from functools import partial
-from typing import Any, Literal
 
-from faststream import FastStream
-from faststream.nats import NatsBroker, NatsResponse
-from faststream.nats.annotations import NatsMessage
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from aigw_contracts import subjects
 from aigw_runtime.configstore import ConfigView, ConfigWatcher
-from aigw_runtime.usage_publisher import JetStreamUsageBus, OnAck, UsageBus, UsagePublisher
+from aigw_runtime.service import Service
+from aigw_runtime.usage_publisher import JetStreamUsageBus, UsagePublisher
 from aigw_runtime.workercall import ask_worker
 
 from .embed import Embedder, MiniLMEmbedder
@@ -38,14 +32,12 @@ from .manage import Manager
 from .rerank import ModelReranker
 from .resolver import ResolverCalls
 from .rewrite import Rewriter
-from .service import Knowledge, Outgoing
+from .service import Knowledge
 from .settings import RetrievalSettings
 from .stores import KnowledgeStore, Scope
 from .tool import ToolSearcher
 
 log = logging.getLogger("aigw.retrieval")
-
-HotPath = Literal["raw", "broker"]
 
 
 class Retrieval:
@@ -57,29 +49,10 @@ class Retrieval:
         self.manager: Manager | None = None
         self.grounder: Grounder | None = None
         self.tools: ToolSearcher | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-
-class BrokerUsageBus:
-    """`UsageBus` through faststream's broker, for TestNatsBroker (no JetStream there): each usage
-    event is published to the broker, where tests subscribe to it, and counts as acked at once."""
-
-    def __init__(self, broker: NatsBroker) -> None:
-        self.broker = broker
-        self._on_ack: OnAck | None = None
-
-    async def start_usage_acks(self, on_ack: OnAck) -> None:
-        self._on_ack = on_ack
-
-    async def send_usage(self, token: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        await self.broker.publish(payload, subject=subject, headers=headers)
-        assert self._on_ack is not None
-        self._on_ack(token, False, None)
+    def parts(self) -> tuple[Manager, Grounder, ToolSearcher]:
+        assert self.manager is not None and self.grounder is not None and self.tools is not None
+        return self.manager, self.grounder, self.tools
 
 
 def create_app(
@@ -88,61 +61,22 @@ def create_app(
     store: KnowledgeStore | None = None,
     embedder: Embedder | None = None,
     view: ConfigView | None = None,
-    hot_path: HotPath = "raw",
-) -> tuple[FastStream, NatsBroker, Retrieval]:
-    """The retrieval app. Without `view`, collections come from the config store (watched).
-
-    `hot_path="raw"` subscribes with nats-py directly: a faststream subscriber costs about 100 µs
-    of CPU per message here, and its handlers run one message at a time, where a grounding waits
-    for an embedding. Service tests use `hot_path="broker"`, which runs the same handlers as
-    faststream subscribers, so faststream's TestNatsBroker can drive them in memory.
-    """
-    broker = NatsBroker(
+) -> tuple[Service, Retrieval]:
+    """The retrieval service. Without `view`, collections come from the config store (watched)."""
+    service = Service(
+        "retrieval",
+        settings.retrieval_id,
         settings.nats_url,
-        logger=None,
-        name=f"aigw-retrieval-{settings.retrieval_id}",
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
+        health_host=settings.health_host,
+        health_port=settings.health_port,
+        shutdown_grace=settings.shutdown_grace,
     )
-    service = Retrieval(settings)
-    watch_store = view is None
+    retrieval = Retrieval(settings)
+    bus = service.bus
     watcher: ConfigWatcher | None = None
-    raw_subs: list[Subscription] = []
 
-    def parts() -> tuple[Manager, Grounder, ToolSearcher]:
-        assert service.manager is not None and service.grounder is not None and service.tools is not None
-        return service.manager, service.grounder, service.tools
-
-    async def send_via_broker(out: Outgoing | None) -> None:
-        if out is not None:
-            await broker.publish(out.payload, subject=out.subject, headers=out.headers, reply_to=out.reply)
-
-    if hot_path == "broker":
-
-        @broker.subscriber(subjects.RETRIEVAL_CHAT, queue=subjects.RETRIEVAL_QUEUE, no_reply=True)
-        async def on_chat(msg: NatsMessage) -> None:
-            await send_via_broker(await parts()[1].chat(msg.body))
-
-        @broker.subscriber(subjects.bounce_wildcard(settings.retrieval_id), no_reply=True)
-        async def on_bounce(msg: NatsMessage) -> None:
-            await send_via_broker(parts()[1].bounce(msg.raw_message.subject, msg.headers))
-
-        @broker.subscriber(subjects.RETRIEVAL_MANAGE, queue=subjects.RETRIEVAL_QUEUE)
-        async def on_manage(msg: NatsMessage) -> NatsResponse:
-            payload, hdrs = await parts()[0].answer(msg.body)
-            return NatsResponse(payload, headers=hdrs)
-
-        @broker.subscriber(subjects.RETRIEVAL_TOOL, queue=subjects.RETRIEVAL_QUEUE)
-        async def on_tool(msg: NatsMessage) -> NatsResponse:
-            payload, hdrs = await parts()[2].answer(msg.body)
-            return NatsResponse(payload, headers=hdrs)
-
-    app = FastStream(broker, logger=None)
-
-    @app.on_startup
     async def start() -> None:
         nonlocal watcher
-        await broker.connect()
         collections = view if view is not None else ConfigView()
         knowledge = Knowledge(
             settings,
@@ -152,100 +86,71 @@ def create_app(
         )
         if isinstance(knowledge.embedder, MiniLMEmbedder):  # load the weights now, not on a request
             await asyncio.to_thread(lambda: knowledge.embedder.model)  # type: ignore[attr-defined]
-        if watch_store:
-            watcher = ConfigWatcher(broker.connection.jetstream(), collections)
+        if view is None:
+            watcher = ConfigWatcher(bus.nc.jetstream(), collections)
             await watcher.start()
-            watcher.listeners.append(lambda *change: _on_config_change(service, *change))
-        connection = broker.connection
-        usage_bus: UsageBus
-        if isinstance(connection, NatsClient):
-            jetstream_bus = JetStreamUsageBus(connection)
-            await jetstream_bus.ensure_usage_stream()
-            usage_bus = jetstream_bus
-            max_payload = connection.max_payload
-
-            calls = ResolverCalls(collections.upstreams, partial(ask_worker, connection))
-            rewriter: Rewriter | None = Rewriter(calls, settings.max_query_chars)
-            reranker: ModelReranker | None = ModelReranker(calls)
-        else:  # TestNatsBroker: no JetStream; usage goes through the broker (tests subscribe to it)
-            usage_bus = BrokerUsageBus(broker)
-            max_payload = 1024 * 1024
-            rewriter = None
-            reranker = None
+            watcher.listeners.append(lambda *change: _on_config_change(service, retrieval, *change))
+        usage_bus = JetStreamUsageBus(bus.nc)
+        await usage_bus.ensure_usage_stream()
+        calls = ResolverCalls(collections.upstreams, partial(ask_worker, bus.nc))
         knowledge.usage = UsagePublisher(usage_bus, retry_window=settings.usage_retry_window)
         await knowledge.usage.start()
-        service.knowledge = knowledge
-        service.manager = Manager(knowledge)
-        service.grounder = Grounder(knowledge, settings.retrieval_id, max_payload, rewriter, reranker)
-        service.tools = ToolSearcher(knowledge)
-
-    @app.after_startup
-    async def subscribe_hot_path() -> None:
-        if hot_path != "raw":
-            return
-        nc = broker.connection
-        manager, grounder, tools = parts()
-
-        async def send(out: Outgoing | None) -> None:
-            if out is not None:
-                await nc.publish(out.subject, out.payload, reply=out.reply, headers=out.headers)
-
-        async def ground(data: bytes) -> None:
-            await send(await grounder.chat(data))
-
-        async def answer(msg: Msg, handler: Manager | ToolSearcher) -> None:
-            payload, hdrs = await handler.answer(msg.data)
-            if msg.reply:
-                await nc.publish(msg.reply, payload, headers=hdrs)
-
-        async def on_chat(msg: Msg) -> None:
-            service.spawn(ground(msg.data))
-
-        async def on_bounce(msg: Msg) -> None:
-            await send(grounder.bounce(msg.subject, msg.headers))
-
-        async def on_manage(msg: Msg) -> None:
-            service.spawn(answer(msg, manager))
-
-        async def on_tool(msg: Msg) -> None:
-            service.spawn(answer(msg, tools))
-
-        raw_subs.append(await nc.subscribe(subjects.bounce_wildcard(settings.retrieval_id), cb=on_bounce))
-        raw_subs.append(
-            await nc.subscribe(subjects.RETRIEVAL_CHAT, queue=subjects.RETRIEVAL_QUEUE, cb=on_chat)
+        retrieval.knowledge = knowledge
+        retrieval.manager = Manager(knowledge)
+        retrieval.grounder = Grounder(
+            knowledge,
+            settings.retrieval_id,
+            bus.max_payload,
+            Rewriter(calls, settings.max_query_chars),
+            ModelReranker(calls),
         )
-        raw_subs.append(
-            await nc.subscribe(subjects.RETRIEVAL_MANAGE, queue=subjects.RETRIEVAL_QUEUE, cb=on_manage)
-        )
-        raw_subs.append(
-            await nc.subscribe(subjects.RETRIEVAL_TOOL, queue=subjects.RETRIEVAL_QUEUE, cb=on_tool)
-        )
-        await nc.flush()
+        retrieval.tools = ToolSearcher(knowledge)
+        service.ready_fields = {"store": settings.knowledge_store, "embedder": knowledge.embedder.name}
 
-    @app.on_shutdown
     async def stop() -> None:
-        # New work goes to other replicas from now on; what runs here may finish within the grace.
-        for sub in raw_subs[1:]:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        if service.tasks:
-            await asyncio.wait(list(service.tasks), timeout=settings.shutdown_grace or None)
         if watcher is not None:
             await watcher.stop()
-        knowledge = service.knowledge
+        knowledge = retrieval.knowledge
         if knowledge is not None:
             if knowledge.usage is not None:
                 await knowledge.usage.close(within=10.0)
             await knowledge.close()
 
-    return app, broker, service
+    async def on_chat(msg: Msg) -> None:
+        await bus.send(await retrieval.parts()[1].chat(msg.data))
+
+    async def on_bounce(msg: Msg) -> None:
+        await bus.send(retrieval.parts()[1].bounce(msg.subject, msg.headers))
+
+    async def on_manage(data: bytes) -> tuple[bytes, dict[str, str] | None]:
+        return await retrieval.parts()[0].answer(data)
+
+    async def on_tool(data: bytes) -> tuple[bytes, dict[str, str] | None]:
+        return await retrieval.parts()[2].answer(data)
+
+    service.on_start.append(start)
+    service.on_stop.append(stop)
+    # Bounces answer envelopes this replica already forwarded: they flow until the very end.
+    service.route(subjects.bounce_wildcard(settings.retrieval_id), on_bounce, takes_work=False)
+    # A grounding waits for an embedding and a search: each runs as a task of its own.
+    service.route(subjects.RETRIEVAL_CHAT, on_chat, queue=subjects.RETRIEVAL_QUEUE, spawn=True)
+    service.reply_route(
+        subjects.RETRIEVAL_MANAGE, on_manage, "knowledge request", queue=subjects.RETRIEVAL_QUEUE
+    )
+    service.reply_route(subjects.RETRIEVAL_TOOL, on_tool, "knowledge search", queue=subjects.RETRIEVAL_QUEUE)
+    return service, retrieval
 
 
 def _on_config_change(
-    service: Retrieval, kind: str, entry_id: str, old: BaseModel | None, new: BaseModel | None
+    service: Service,
+    retrieval: Retrieval,
+    kind: str,
+    entry_id: str,
+    old: BaseModel | None,
+    new: BaseModel | None,
 ) -> None:
     """A collection deleted from the config store: its documents go too (idempotent across replicas)."""
-    knowledge = service.knowledge
+    knowledge = retrieval.knowledge
     if kind != "collection" or new is not None or old is None or knowledge is None:
         return
     tenant = getattr(old, "tenant", None)

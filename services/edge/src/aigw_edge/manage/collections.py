@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from aigw_contracts import ApiKey, errors, headers, subjects
+from aigw_contracts import ApiKey, errors, subjects
 from aigw_contracts.ids import is_uuid, uuid7
 from aigw_contracts.knowledge import Collection, KnowledgeDocument, KnowledgeRequest, KnowledgeSearch
+from aigw_runtime import bus as runtime_bus
 
 from ..auth import KeyStore, header
 from ..bus import Bus
@@ -50,15 +49,9 @@ class KnowledgeClient:
                 f"This batch is {len(payload)} bytes, over the message bus limit of {nc.max_payload}: "
                 "send the documents in smaller batches (the CLI's `aigw doc import` does).",
             )
-        try:
-            reply = await nc.request(subjects.RETRIEVAL_MANAGE, payload, timeout=wait)
-        except NoRespondersError:
-            raise errors.Unavailable("No retrieval service is available; try again shortly") from None
-        except (TimeoutError, NatsTimeout):
-            raise errors.DeadlineExceeded("The retrieval service did not answer in time") from None
-        status = (reply.headers or {}).get(headers.STATUS)
-        if status is not None:
-            raise errors.error_of_reply(status, reply.data, "The retrieval service sent an unreadable error")
+        reply = await runtime_bus.request(
+            nc, subjects.RETRIEVAL_MANAGE, payload, wait, "retrieval service", "answer this knowledge request"
+        )
         return reply.data
 
 
