@@ -30,7 +30,7 @@ def test_global_options_work_before_and_after_the_command(
 
 def _groups(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse._SubParsersAction]]:  # type: ignore[type-arg]
+) -> Iterator[tuple[tuple[str, ...], argparse._SubParsersAction]]:
     """Each parser that has commands below it: its command path and its commands."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -57,14 +57,13 @@ def _quiet_when_the_reader_is_gone(argv: list[str], env: dict[str, str]) -> subp
         os.close(write_end)
 
 
-@pytest.mark.parametrize(
-    "argv", [["usage", "--group-by", "sku"], ["--json", "gateway", "list"], ["gateway", "--help"]]
-)
+@pytest.mark.parametrize("argv", [["usage", "--group-by", "sku"], ["--json", "gateway", "list"]])
 def test_output_into_a_closed_pipe_ends_quietly(stack: Stack, argv: list[str]) -> None:
     assert stack.demo is not None
     env = {**os.environ, "AIGW_GATEWAY_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key}
     done = _quiet_when_the_reader_is_gone(argv, env)
-    assert done.stderr == "" and done.returncode in (0, 1)
+    assert done.stderr == ""  # no BrokenPipeError traceback
+    assert done.returncode == 1  # the output was cut short: not a success, but nothing to report
 
 
 def _usage_by_gateway(stack: Stack) -> dict[str, Any]:
