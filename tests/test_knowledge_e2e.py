@@ -255,7 +255,7 @@ def test_a_key_never_retrieves_another_tenants_passages(
 
 def _aigw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     assert stack.demo is not None
-    env = {**os.environ, "AIGW_BASE_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key}
+    env = {**os.environ, "AIGW_GATEWAY_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key}
     return subprocess.run(
         [str(Path(sys.executable).parent / "aigw"), *args],
         capture_output=True,

@@ -188,7 +188,7 @@ def test_own_endpoint_key_is_sealed_and_its_tokens_bill_zero(
 
 def _cli(stack: Stack, *args: str) -> Any:
     assert stack.demo is not None
-    env = {**os.environ, "AIGW_BASE_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key}
+    env = {**os.environ, "AIGW_GATEWAY_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "aigw"), "--json", *args],
         capture_output=True,
@@ -248,6 +248,6 @@ def test_cli_manages_gateways_and_keys(stack: Stack) -> None:
         text=True,
         timeout=30,
         check=True,
-        env={**os.environ, "AIGW_BASE_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key},  # type: ignore[union-attr]
+        env={**os.environ, "AIGW_GATEWAY_URL": stack.base_url, "AIGW_API_KEY": stack.demo.key},  # type: ignore[union-attr]
     ).stdout
     assert table.splitlines()[0].split()[:3] == ["id", "kind", "model"] and "@openai/gpt-5-mini" in table

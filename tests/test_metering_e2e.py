@@ -86,7 +86,7 @@ def test_usage_cli_prints_the_same_totals(metered: Stack) -> None:
         text=True,
         timeout=30,
         check=True,
-        env={"AIGW_BASE_URL": metered.base_url, "AIGW_API_KEY": metered.demo.key, "PATH": ""},
+        env={"AIGW_GATEWAY_URL": metered.base_url, "AIGW_API_KEY": metered.demo.key, "PATH": ""},
     ).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["sku", "quantity", "amount", "requests"]

@@ -23,7 +23,11 @@ from .client import CliError
 
 
 def register(commands: Any) -> None:
-    p = commands.add_parser("bootstrap", help="create the first operator key directly in the config store")
+    p = commands.add_parser(
+        "bootstrap",
+        help="create a deployment's first operator key",
+        description="Create the first operator key directly in the config store.",
+    )
     p.add_argument("--nats-url", default=os.environ.get("AIGW_NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument("--tenant", default="operator")
     p.set_defaults(run=None, offline=run, render=lambda r: f"operator key (shown once): {r['secret']}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from .client import Api, CliError
 from .resources import _json_arg, _table
-from .table import render
+from .table import render, render_fields
 
 # A batch is embedded before the server answers: the bundled local model reads a few thousand
 # tokens per second per core, so keep a batch well under a minute of work.
@@ -60,9 +59,7 @@ def render_documents(result: Any) -> str:
         return render(rows, ["docid", "title", "chunks", "ref", "tags"]) if rows else "(none)"
     if isinstance(result, dict) and result.get("deleted"):
         return f"deleted document {result['docid']}"
-    return "\n".join(
-        f"{k:>8}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items()
-    )
+    return render_fields(result, width=8)
 
 
 def _snippet(text: str, width: int = 72) -> str:
@@ -181,7 +178,7 @@ def register(commands: Any) -> None:
     cs = commands.add_parser("collection", help="manage knowledge collections").add_subparsers(
         dest="action", required=True
     )
-    p = cs.add_parser("create")
+    p = cs.add_parser("create", help="create a collection")
     p.add_argument("--name", required=True)
     p.add_argument("--description")
     p.add_argument("--tenant", help="operators: create for another tenant")
@@ -194,15 +191,15 @@ def register(commands: Any) -> None:
             },
         )
     )
-    p = cs.add_parser("list")
+    p = cs.add_parser("list", help="list your collections")
     p.add_argument("--tenant")
     p.set_defaults(
         run=lambda api, a: api.request("GET", "/collections", params={"tenant": a.tenant} if a.tenant else {})
     )
-    p = cs.add_parser("show")
+    p = cs.add_parser("show", help="show one collection")
     p.add_argument("ref", help="id or name")
     p.set_defaults(run=lambda api, a: api.request("GET", f"/collections/{a.ref}"))
-    p = cs.add_parser("delete", help="delete a collection and its documents (no gateway may use it)")
+    p = cs.add_parser("delete", help="delete an unused collection and its documents")
     p.add_argument("ref")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/collections/{a.ref}", timeout=WRITE_TIMEOUT))
     for sub in cs.choices.values():
@@ -227,13 +224,13 @@ def register(commands: Any) -> None:
         ),
         render=render_report,
     )
-    p = ds.add_parser("import", help="import JSON Lines (one document per line), in batches, with progress")
+    p = ds.add_parser("import", help="import a JSON Lines file of documents, with progress")
     p.add_argument("collection")
     p.add_argument("file", type=Path)
     p.add_argument("--batch-lines", type=int, default=BATCH_LINES)
     p.add_argument("--batch-bytes", type=int, default=BATCH_BYTES)
     p.set_defaults(run=import_jsonl, render=render_report)
-    p = ds.add_parser("list")
+    p = ds.add_parser("list", help="list a collection's documents")
     p.add_argument("collection")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=100)
@@ -243,14 +240,14 @@ def register(commands: Any) -> None:
         ),
         render=render_documents,
     )
-    p = ds.add_parser("show")
+    p = ds.add_parser("show", help="show one document's metadata")
     p.add_argument("collection")
     p.add_argument("docid")
     p.set_defaults(
         run=lambda api, a: api.request("GET", f"/collections/{a.collection}/documents/{a.docid}"),
         render=render_documents,
     )
-    p = ds.add_parser("delete")
+    p = ds.add_parser("delete", help="delete one document")
     p.add_argument("collection")
     p.add_argument("docid")
     p.set_defaults(

@@ -9,22 +9,40 @@ from pathlib import Path
 from typing import Any
 
 from .client import CliError
-from .table import render
+from .table import render, render_fields
 
 Renderer = Callable[[Any], str]
+Row = dict[str, Any]
 
 
-def _table(columns: list[str]) -> Renderer:
+def _table(columns: list[str], readable: Callable[[Row], Row] = lambda row: row) -> Renderer:
+    """A list as a table of `columns`, one object as `name: value` lines; `readable` turns a
+    row's raw values into what a person reads (the --json output keeps the API's values)."""
+
     def show(result: Any) -> str:
         if isinstance(result, dict) and result.get("object") == "list":
-            return render(result["data"], columns) if result["data"] else "(none)"
+            rows = [readable(row) for row in result["data"]]
+            return render(rows, columns) if rows else "(none)"
         if isinstance(result, dict) and result.get("deleted"):
             return f"deleted {result['object']} {result['id']}"
-        return "\n".join(
-            f"{k:>14}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items()
-        )
+        return render_fields(readable(result))
 
     return show
+
+
+def limits_summary(limits: dict[str, Any] | None) -> str:
+    """A key's `limits` as people say them: `600/min, 20/min per IP`, or `none`."""
+    limits = limits or {}
+    parts = []
+    if limits.get("requests_per_minute"):
+        parts.append(f"{limits['requests_per_minute']}/min")
+    if limits.get("requests_per_minute_per_ip"):
+        parts.append(f"{limits['requests_per_minute_per_ip']}/min per IP")
+    return ", ".join(parts) or "none"
+
+
+def _readable_key(row: Row) -> Row:
+    return {**row, "limits": limits_summary(row["limits"])} if "limits" in row else row
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -101,7 +119,7 @@ def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
 def register(commands: Any) -> None:
     gw = commands.add_parser("gateway", help="manage gateways").add_subparsers(dest="action", required=True)
     cols = ["id", "slug", "upstream", "version", "description"]
-    p = gw.add_parser("create")
+    p = gw.add_parser("create", help="create a gateway: an upstream and its settings")
     _gateway_options(p, create=True)
     p.add_argument("--tenant", help="operators: create for another tenant")
     p.set_defaults(
@@ -109,28 +127,28 @@ def register(commands: Any) -> None:
             "POST", "/gateways", json=_body(a, {**GATEWAY_FIELDS, "tenant": "str"})
         )
     )
-    p = gw.add_parser("list")
-    p.add_argument("--tenant")
+    p = gw.add_parser("list", help="list your gateways")
+    p.add_argument("--tenant", help="operators: another tenant's")
     p.set_defaults(run=lambda api, a: api.request("GET", "/gateways", params=_body(a, {"tenant": "str"})))
-    p = gw.add_parser("show")
+    p = gw.add_parser("show", help="show one gateway")
     p.add_argument("ref", help="id, slug or name")
     p.set_defaults(run=lambda api, a: api.request("GET", f"/gateways/{a.ref}"))
-    p = gw.add_parser("update")
-    p.add_argument("ref")
+    p = gw.add_parser("update", help="change a gateway (only the options given)")
+    p.add_argument("ref", help="id, slug or name")
     _gateway_options(p, create=False)
     p.set_defaults(
         run=lambda api, a: api.request("PATCH", f"/gateways/{a.ref}", json=_body(a, GATEWAY_FIELDS))
     )
-    p = gw.add_parser("delete")
-    p.add_argument("ref")
+    p = gw.add_parser("delete", help="delete a gateway")
+    p.add_argument("ref", help="id, slug or name")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/gateways/{a.ref}"))
-    p = gw.add_parser("export")
-    p.add_argument("ref")
+    p = gw.add_parser("export", help="print a gateway as portable JSON")
+    p.add_argument("ref", help="id, slug or name")
     p.set_defaults(
         run=lambda api, a: api.request("GET", f"/gateways/{a.ref}/export"),
         render=lambda r: json.dumps(r, indent=2),
     )
-    p = gw.add_parser("import")
+    p = gw.add_parser("import", help="create a gateway from an exported JSON file")
     p.add_argument("file", type=Path)
     p.set_defaults(
         run=lambda api, a: api.request(
@@ -142,11 +160,15 @@ def register(commands: Any) -> None:
 
     up = commands.add_parser("upstream", help="manage upstreams").add_subparsers(dest="action", required=True)
     p = up.add_parser(
-        "create", help="add your own OpenAI-compatible endpoint (or, as operator, a catalog model)"
+        "create",
+        help="add your own endpoint (operators: a catalog model)",
+        description="Add your own OpenAI-compatible endpoint (or, as operator, a catalog model).",
     )
-    p.add_argument("--base-url", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--api-key")
+    p.add_argument(
+        "--base-url", required=True, help="the upstream's OpenAI-compatible API, e.g. https://…/v1"
+    )
+    p.add_argument("--model", required=True, help="the model name the upstream expects")
+    p.add_argument("--api-key", help="the upstream's API key (stored sealed)")
     p.add_argument("--provider")
     p.add_argument("--kind", choices=("own", "catalog"))
     p.add_argument("--id", help="catalog ids: @provider/model")
@@ -165,20 +187,22 @@ def register(commands: Any) -> None:
         "tenant": "str",
     }
     p.set_defaults(run=lambda api, a: api.request("POST", "/upstreams", json=_body(a, fields)))
-    up.add_parser("list").set_defaults(run=lambda api, a: api.request("GET", "/upstreams"))
-    p = up.add_parser("show")
+    up.add_parser("list", help="list the catalog and your own upstreams").set_defaults(
+        run=lambda api, a: api.request("GET", "/upstreams")
+    )
+    p = up.add_parser("show", help="show one upstream")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("GET", f"/upstreams/{a.id}"))
-    p = up.add_parser("update")
+    p = up.add_parser("update", help="change an upstream (only the options given)")
     p.add_argument("id")
-    p.add_argument("--base-url")
+    p.add_argument("--base-url", help="the upstream's OpenAI-compatible API")
     p.add_argument("--model")
     p.add_argument("--api-key")
     p.add_argument("--prices")
     p.add_argument("--description")
     upd = {"base_url": "str", "model": "str", "api_key": "str", "prices": "json", "description": "str"}
     p.set_defaults(run=lambda api, a: api.request("PATCH", f"/upstreams/{a.id}", json=_body(a, upd)))
-    p = up.add_parser("delete")
+    p = up.add_parser("delete", help="delete an upstream no gateway uses")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/upstreams/{a.id}"))
     for sub in up.choices.values():
@@ -194,7 +218,7 @@ def register(commands: Any) -> None:
     _limit_flags(p)
     kf = {"name": "str", "kind": "str", "admin": "bool", "expires_in": "float", "tenant": "str"}
     p.set_defaults(run=lambda api, a: api.request("POST", "/keys", json={**_body(a, kf), **_limits(a)}))
-    p = ks.add_parser("update", help="rename a key or change its rate limits (0: no limit)")
+    p = ks.add_parser("update", help="rename a key or change its rate limits")
     p.add_argument("id")
     p.add_argument("--name")
     _limit_flags(p)
@@ -203,34 +227,36 @@ def register(commands: Any) -> None:
             "PATCH", f"/keys/{a.id}", json={**_body(a, {"name": "str"}), **_limits(a)}
         )
     )
-    p = ks.add_parser("list")
-    p.add_argument("--tenant")
+    p = ks.add_parser("list", help="list API keys (never their secrets)")
+    p.add_argument("--tenant", help="operators: another tenant's")
     p.set_defaults(run=lambda api, a: api.request("GET", "/keys", params=_body(a, {"tenant": "str"})))
-    p = ks.add_parser("revoke")
+    p = ks.add_parser("revoke", help="revoke a key (it stops working at once)")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("POST", f"/keys/{a.id}/revoke"))
-    p = ks.add_parser("delete")
+    p = ks.add_parser("delete", help="delete a key")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/keys/{a.id}"))
     for sub in ks.choices.values():
         sub.set_defaults(
-            render=_table(["id", "name", "kind", "admin", "prefix", "expires_at", "revoked", "limits"])
+            render=_table(
+                ["id", "name", "kind", "admin", "prefix", "expires_at", "revoked", "limits"], _readable_key
+            )
         )
 
     ts = commands.add_parser("tenant", help="manage tenants (operators)").add_subparsers(
         dest="action", required=True
     )
-    p = ts.add_parser("create")
+    p = ts.add_parser("create", help="create a tenant")
     p.add_argument("id")
     p.add_argument("--name")
     p.set_defaults(
         run=lambda api, a: api.request("POST", "/tenants", json=_body(a, {"id": "str", "name": "str"}))
     )
-    ts.add_parser("list").set_defaults(run=lambda api, a: api.request("GET", "/tenants"))
-    p = ts.add_parser("show")
+    ts.add_parser("list", help="list tenants").set_defaults(run=lambda api, a: api.request("GET", "/tenants"))
+    p = ts.add_parser("show", help="show one tenant")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("GET", f"/tenants/{a.id}"))
-    p = ts.add_parser("delete")
+    p = ts.add_parser("delete", help="delete a tenant")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/tenants/{a.id}"))
     for sub in ts.choices.values():

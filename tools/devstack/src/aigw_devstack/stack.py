@@ -179,6 +179,8 @@ class Stack:
         proc.wait_ready(
             lambda: httpx.get(f"http://{HOST}:{self.edge_port}/readyz", timeout=1).status_code == 200
         )
+        # Beside demo-key: the `aigw` CLI reads both from .aigw/, so it finds this edge on any port.
+        (self.state_dir / "gateway-url").write_text(self.base_url + "\n")
         return proc
 
     def stop_service(self, name: str) -> None:
