@@ -50,6 +50,5 @@ async def answer_with_fallbacks(
                     "fallback": target.id,
                 },
             )
-            route.upstream = target
-            route.response_model = target.id
+            route.upstream = target  # the answer's `model` follows (`state.answer_model`)
             state.events.first_header(headers.FALLBACK, target.id)

@@ -10,13 +10,21 @@ import json
 import time
 from typing import Any
 
-from aigw_contracts import ChatEnvelope, RoutedCall
+from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
 from aigw_contracts.knowledge import Grounding
 
 from .accounting import Ledger
 from .context import WorkerContext
 from .events import Events
 from .knowledge_tool import KnowledgeLoop
+
+
+def answer_model(target: UpstreamTarget) -> str:
+    """What `model` says in an answer from `target`: a catalog model's tag (`@openai/gpt-5-mini`,
+    what the client may call directly), an own endpoint's model name (its upstream id is an
+    internal UUID). Decided here from the upstream that actually answers, so a fallback's answer
+    names the fallback, whatever the router put in `RoutedCall.response_model`."""
+    return target.model if target.kind == "own" else target.id
 
 
 class CallState:
@@ -40,8 +48,8 @@ class CallState:
 
     @property
     def response_model(self) -> str:
-        """What `model` says in the answer."""
-        return self.route.response_model
+        """What `model` says in the answer (and in each of its stream chunks)."""
+        return answer_model(self.route.upstream)
 
     def grounding(self) -> list[Grounding]:
         """The passages that grounded the answer: injected ones, then those the tool loop found."""
