@@ -55,7 +55,7 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
     request = await upstream.build(state.route.upstream, state.upstream_body(True), remaining, stream=True)
     response = await upstream.open(request)
     state.accepted = True
-    parser = SSEParser()
+    parser = SSEParser(state.worker.settings.upstream_max_sse_line_bytes)
     events = state.events
     ledger = state.ledger
     try:
