@@ -8,6 +8,7 @@ the lines say so. The lines in the client's answer and in the usage event are th
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,14 +18,17 @@ from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM, Grounding
 
 from .knowledge_tool import KnowledgeLoop
 from .pricing import (
+    MAX_REPORTED_TOKENS,
     SOURCES,
     add_usage,
+    checked_usage,
     estimated_usage,
     merge_lines,
-    normalized_usage,
     price_lines,
     prompt_chars,
 )
+
+log = logging.getLogger("aigw.worker.accounting")
 
 Status = Literal["completed", "failed", "cancelled"]
 
@@ -40,11 +44,13 @@ class Ledger:
         "estimated",
         "lines",
         "loop",
+        "request_id",
         "route",
         "usage",
     )
 
-    def __init__(self, route: RoutedCall, loop: KnowledgeLoop | None) -> None:
+    def __init__(self, request_id: str, route: RoutedCall, loop: KnowledgeLoop | None) -> None:
+        self.request_id = request_id
         self.route = route  # read when pricing: a fallback may have changed its upstream
         self.loop = loop
         self.usage: Usage | None = None
@@ -57,7 +63,19 @@ class Ledger:
 
     def _round_usage(self, raw: Any) -> Usage:
         """This upstream call's usage, estimated (and marked so) when the upstream sent none."""
-        usage = normalized_usage(raw)
+        usage, fixed = checked_usage(raw)
+        if fixed:
+            # Billed (and shown to the client) as corrected; the upstream's numbers are kept here.
+            log.warning(
+                "upstream reported impossible usage; recorded within bounds",
+                extra={
+                    "request_id": self.request_id,
+                    "upstream": self.route.upstream.id,
+                    "upstream_kind": self.route.upstream.kind,
+                    "corrections": fixed,
+                    "max_tokens": MAX_REPORTED_TOKENS,
+                },
+            )
         if usage is None:
             self.earlier_estimated = True
             return estimated_usage(prompt_chars(self.route.body), self.completion_chars)

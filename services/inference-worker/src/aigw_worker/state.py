@@ -44,7 +44,7 @@ class CallState:
         self.loop: KnowledgeLoop | None = None
         if route.knowledge_tool is not None and worker.bus is not None:
             self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
-        self.ledger = Ledger(route, self.loop)
+        self.ledger = Ledger(self.request_id, route, self.loop)
 
     @property
     def response_model(self) -> str:
