@@ -29,7 +29,9 @@ def _routable(client: OpenAI, model: str) -> bool:
 def test_the_classifier_picks_the_upstream_and_its_call_is_billed_first(
     admin: httpx.Client, client: OpenAI, sim: httpx.Client, stack: Stack
 ) -> None:
-    strong = admin.post("/upstreams", json={"model": "sim-model", "base_url": f"{stack.sim_url}/v1"}).json()
+    strong = admin.post(
+        "/upstreams", json={"model": "strong-model", "base_url": f"{stack.sim_url}/v1"}
+    ).json()
     tiers = {"classifier": "@sim/sim-model", "low": "@sim/sim-model", "medium": "@sim/sim-model"}
     bad = admin.post(
         "/gateways",
@@ -48,7 +50,7 @@ def test_the_classifier_picks_the_upstream_and_its_call_is_billed_first(
     raw = _ask(client, gw.json()["id"], "Prove the four colour theorem. [sim reply=high]")
     assert raw.headers["x-model-routed-complexity"] == "high"
     answer = raw.parse()
-    assert answer.model == strong["id"]  # the upstream configured for "high"
+    assert answer.model == "strong-model"  # the upstream configured for "high" (an own endpoint's model name)
     classified, answered = sim.get("/sim/requests").json()
     assert "low, medium or high" in classified["body"]["messages"][0]["content"]
     assert classified["body"]["messages"][1]["content"].startswith("Prove the four colour theorem.")

@@ -355,3 +355,14 @@ async def test_grounding_and_prior_lines_are_reported_first(harness: Harness, si
         assert context["grounding"] == [{"id": "faq#0", "docid": "faq", "score": 0.9, "title": "FAQ"}]
         assert context["generated_usage"][0]["sku"] == skus.KNOWLEDGE_SEARCH
         assert {line["sku"] for line in context["generated_usage"][1:]} >= {skus.CHAT_IN, skus.CHAT_OUT}
+
+
+async def test_an_answer_too_large_for_the_bus_ends_with_an_error_event_at_once(
+    harness: Harness, sim: Sim
+) -> None:
+    """A whole answer over NATS' max_payload cannot be published: the request ends with a 502 under
+    the same sequence number, instead of the client waiting for its deadline."""
+    env = make_envelope(sim.url, "a very long answer [sim tokens=200000]")
+    (event,) = await harness.run(env, within=30)
+    assert event.kind == "error" and event.seq == 0 and event.headers[headers.STATUS] == "502"
+    assert json.loads(event.body)["error"]["code"] == "response_too_large"

@@ -12,6 +12,7 @@ lines say "(estimated)": billing zero silently would be worse than an honest est
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aigw_contracts import GeneratedUsage, Prices, Usage, skus
@@ -116,25 +117,85 @@ def estimated_usage(prompt_text_chars: int, completion_text_chars: int) -> Usage
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def normalized_usage(raw: Any) -> Usage | None:
-    """An upstream's usage object as our `Usage` (its extra details kept), or None if unusable."""
+# The most tokens one upstream call may report for any of its counts. No model's context window is
+# within a thousandth of it (the largest are about 10^7 tokens), so only a broken or hostile
+# upstream reaches it; a tool loop's rounds add up to a few times it at most, far inside the usage
+# store's columns (Int64) and amounts (Decimal(38, 18)).
+MAX_REPORTED_TOKENS = 10**9
+
+
+def _count(value: Any) -> int | None:
+    """A reported token count as a whole number: missing or null is 0; a non-integral number is
+    truncated; None when it is not a number at all (then the usage is estimated instead)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _within(value: int, high: int) -> int:
+    return min(max(value, 0), high)
+
+
+def checked_usage(raw: Any) -> tuple[Usage | None, list[str]]:
+    """An upstream's usage object as our `Usage` (None if unusable), and what had to be corrected.
+
+    The rule (the README's usage section says it too): `prompt_tokens` and `completion_tokens` are
+    held within [0, MAX_REPORTED_TOKENS], `cached_tokens` within [0, prompt_tokens], every other
+    count in `*_tokens_details` within [0, its total]; `total_tokens` is always prompt +
+    completion. A count that is no number at all makes the whole object unusable (the call is then
+    estimated and its lines say so). The corrected usage is what the client is shown AND what is
+    billed, so the two always agree."""
     if not isinstance(raw, dict):
-        return None
-    try:
-        prompt = int(raw.get("prompt_tokens") or 0)
-        completion = int(raw.get("completion_tokens") or 0)
-    except (TypeError, ValueError):
-        return None
+        return None, []
+    fixed: list[str] = []
+    prompt_raw, completion_raw = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    if prompt_raw is None or completion_raw is None:
+        return None, []
+    prompt = _within(prompt_raw, MAX_REPORTED_TOKENS)
+    completion = _within(completion_raw, MAX_REPORTED_TOKENS)
+    for name, value in (("prompt_tokens", prompt), ("completion_tokens", completion)):
+        if raw.get(name) is not None and raw.get(name) != value:
+            fixed.append(f"{name} {raw.get(name)!r} -> {value}")
     data = dict(raw)
     data["prompt_tokens"], data["completion_tokens"] = prompt, completion
-    if not isinstance(data.get("total_tokens"), int):
-        data["total_tokens"] = prompt + completion
-    details = data.get("prompt_tokens_details")
-    details = dict(details) if isinstance(details, dict) else {}
-    if not isinstance(details.get("cached_tokens"), int):
-        details["cached_tokens"] = 0
-    data["prompt_tokens_details"] = details
+    data["total_tokens"] = prompt + completion
+    for name, total in (("prompt_tokens_details", prompt), ("completion_tokens_details", completion)):
+        details = data.get(name)
+        if details is None and name == "completion_tokens_details":
+            continue
+        details = dict(details) if isinstance(details, dict) else {}
+        for key, value in details.items():
+            count = _count(value) if value is not None else None
+            if count is None:
+                continue  # not a count (or null): shown as sent, never billed
+            within = _within(count, total)
+            if within != value:
+                fixed.append(f"{name}.{key} {value!r} -> {within}")
+            details[key] = within
+        data[name] = details
+    prompt_details = data["prompt_tokens_details"]
+    if not isinstance(prompt_details.get("cached_tokens"), int):
+        if prompt_details.get("cached_tokens") is not None:
+            fixed.append(f"prompt_tokens_details.cached_tokens {prompt_details['cached_tokens']!r} -> 0")
+        prompt_details["cached_tokens"] = 0
     try:
-        return Usage.model_validate(data)
+        return Usage.model_validate(data), fixed
     except ValueError:
-        return None
+        return None, []
+
+
+def normalized_usage(raw: Any) -> Usage | None:
+    """An upstream's usage object as our `Usage` (its extra details kept, its counts held within
+    bounds: see `checked_usage`), or None if unusable."""
+    return checked_usage(raw)[0]

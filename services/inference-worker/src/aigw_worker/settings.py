@@ -27,6 +27,12 @@ class WorkerSettings(BaseSettings):
     # Total time for one upstream call when the envelope's deadline is further away (it is the upper
     # bound; the deadline always wins when it is nearer).
     upstream_timeout: float = Field(default=600.0, gt=0)
+    # What one upstream answer may take of the worker every tenant shares (a tenant's own endpoint is
+    # not trusted to be sane): a whole (non-stream) answer's body after decompression, and one line
+    # (and one event) of a streamed answer. Beyond either, that request alone fails with a 502
+    # `upstream_response_too_large`; the bytes read stop there.
+    upstream_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    upstream_max_sse_line_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Upstream calls running at once; up to `max_queued` more wait for a slot, beyond that a request
     # is refused at once with a 503 (the SDKs retry it, possibly on another worker).
     max_inflight: int = Field(default=512, ge=1)

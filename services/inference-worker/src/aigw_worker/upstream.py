@@ -11,6 +11,11 @@ between); catalog upstreams are the operator's, so they are called as configured
 Every failure leaves this module as a typed `GatewayError`, with a status chosen for what the
 client should do: 429 keeps the upstream's Retry-After; an upstream that rejects the gateway's
 credentials is a 502 (the client's own key is fine); timeouts are 504.
+
+Bodies are read within bounds (see `limits.py`): a whole answer up to `upstream_max_body_bytes`
+after decompression, and compressed bodies are inflated at most `_PIECE` bytes at a time (httpx's
+decoders inflate a whole network read at once: 64 KiB of gzip may hold 64 MiB), so a compression
+bomb is stopped at the cap instead of at the worker's memory limit.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +42,7 @@ from aigw_contracts.errors import (
 )
 from aigw_runtime import netguard, secretbox
 
+from .limits import response_too_large
 from .settings import WorkerSettings
 from .transport import Http11Transport
 
@@ -46,6 +53,7 @@ _KEEPALIVE_S = 30.0  # an idle upstream connection is closed after this
 _ACCEPT_JSON = b"application/json"
 _ACCEPT_STREAM = b"text/event-stream"
 _USER_AGENT = f"python-httpx/{httpx.__version__}".encode()
+_PIECE = 64 * 1024  # most bytes one step of inflating a compressed body produces
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,40 +186,111 @@ class Upstream:
             return response
         try:
             raw = await _read_limited(response)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, GatewayError):
             raw = b""
         finally:
             await response.aclose()
         raise status_error(response.status_code, raw, response.headers)
 
     async def fetch(self, request: httpx.Request) -> bytes:
-        """Send, for a whole answer: its body (decoded if the upstream compressed it); the connection
-        is back in the pool when this returns."""
+        """Send, for a whole answer: its body (decoded if the upstream compressed it), at most
+        `upstream_max_body_bytes` of it; the connection is back in the pool when this returns."""
         response = await self.open(request)
+        limit = self.settings.upstream_max_body_bytes
         try:
-            if "content-encoding" in response.headers:
-                return await response.aread()
-            return b"".join([part async for part in body_chunks(response)])
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit and _identity(response):
+                raise response_too_large("an answer", limit)  # no need to read any of it
+            parts: list[bytes] = []
+            size = 0
+            async for part in body_chunks(response):
+                size += len(part)
+                if size > limit:
+                    raise response_too_large("an answer", limit)
+                parts.append(part)
+            return b"".join(parts)
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
         finally:
             await response.aclose()
 
 
+def _identity(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body of a streamed response, one network read per chunk: straight from the transport
-    when it is not compressed (no decoder or re-chunking layers), else through httpx's decoders."""
-    if "content-encoding" in response.headers:
-        return response.aiter_bytes()
+    """The body of a response, one network read per chunk, straight from the transport (no httpx
+    decoder or re-chunking layers); a compressed body (gzip or deflate) inflated in pieces of at
+    most `_PIECE` bytes. Any other content coding is an `UpstreamError`."""
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
-    return stream.__aiter__()
+    if _identity(response):
+        return stream.__aiter__()
+    return _inflated(stream, _Inflater(response.headers["content-encoding"]))
+
+
+async def _inflated(stream: httpx.AsyncByteStream, inflater: _Inflater) -> AsyncIterator[bytes]:
+    async for part in stream:
+        for piece in inflater.feed(part):
+            yield piece
+    tail = inflater.flush()
+    if tail:
+        yield tail
+
+
+class _Inflater:
+    """gzip or deflate, inflated in bounded pieces (`zlib`'s `max_length`): the memory one network
+    read can take is `_PIECE`, however much it expands to."""
+
+    __slots__ = ("_raw_ok", "_z")
+
+    def __init__(self, coding: str) -> None:
+        coding = coding.strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            self._raw_ok = False
+        elif coding == "deflate":
+            self._z = zlib.decompressobj()
+            self._raw_ok = True  # "deflate" without its zlib header is common: httpx accepts it too
+        else:
+            raise UpstreamError(
+                f"The upstream model sent an answer in an unsupported encoding ({coding[:40]})"
+            )
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            try:
+                piece = self._z.decompress(data, _PIECE)
+            except zlib.error:
+                if not self._raw_ok:
+                    raise UpstreamError(
+                        "The upstream model sent a compressed answer that cannot be decoded"
+                    ) from None
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._raw_ok = False
+                continue
+            self._raw_ok = False  # the header was fine: no second guess later
+            if piece:
+                yield piece
+            data = self._z.unconsumed_tail
+            if not data and len(piece) < _PIECE:
+                return
+
+    def flush(self) -> bytes:
+        """What is left once every piece was fed: at most what zlib holds back, never more input."""
+        try:
+            return self._z.flush()
+        except zlib.error:
+            raise UpstreamError(
+                "The upstream model sent a compressed answer that cannot be decoded"
+            ) from None
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for part in response.aiter_bytes():
+    async for part in body_chunks(response):
         parts.append(part)
         size += len(part)
         if size >= _ERROR_BODY_LIMIT:

@@ -1,0 +1,80 @@
+"""A streamed answer: the upstream's SSE in, the client's numbered delta events out as they come.
+
+Each network read becomes at most one client event (`assemble.StreamAssembler` coalesces it); the
+`final` event closes the stream with the finish reason, usage, `generation_context` and the
+citation annotations of a grounded answer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from aigw_contracts.errors import UpstreamError
+
+from .assemble import StreamAssembler
+from .chunks import ChunkWriter
+from .citations import citation_annotations
+from .sse import SSEParser
+from .state import CallState
+from .toolloop import streamed_rounds
+from .upstream import body_chunks, transport_error
+
+
+async def relay_answer(state: CallState, remaining: float) -> None:
+    """The whole streamed answer, across the tool loop's rounds, ending in the `final` event."""
+    route = state.route
+    writer = ChunkWriter(
+        f"chatcmpl-{state.request_id}",
+        state.created,
+        state.response_model,
+        state.envelope.request.include_usage,
+    )
+    hide = state.loop.tool.name if state.loop is not None else None
+    first = StreamAssembler(writer, route.prefill, hide, keep=bool(route.grounding))
+    first = await relay_round(state, first, remaining)
+    assembler, spoken = await streamed_rounds(
+        state, first, lambda after: relay_round(state, after, state.envelope.remaining())
+    )
+    finish = assembler.finish_reason or "stop"
+    if finish == "tool_calls" and not assembler.shown_tools:
+        finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
+    ledger = state.ledger
+    usage = ledger.price(assembler.usage)
+    grounding = state.grounding()  # no grounding (most requests): no answer text is joined
+    context = ledger.context(grounding)
+    cited = citation_annotations((route.prefill or "") + "".join(spoken), grounding) if grounding else None
+    await state.events.final(writer.final(finish, usage, context, cited))
+    state.completed = True
+
+
+async def relay_round(state: CallState, assembler: StreamAssembler, remaining: float) -> StreamAssembler:
+    """One streamed upstream call, its deltas relayed to the client as they come."""
+    upstream = state.worker.upstream
+    request = await upstream.build(state.route.upstream, state.upstream_body(True), remaining, stream=True)
+    response = await upstream.open(request)
+    state.accepted = True
+    parser = SSEParser(state.worker.settings.upstream_max_sse_line_bytes)
+    events = state.events
+    ledger = state.ledger
+    try:
+        try:
+            async for raw in body_chunks(response):
+                payloads = assembler.feed(parser.feed(raw))
+                for payload in payloads:
+                    if state.ttft_ms is None:
+                        state.ttft_ms = (time.monotonic() - state.arrived) * 1000
+                    await events.delta(payload)
+                ledger.completion_chars = assembler.completion_chars
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+        for payload in assembler.feed(parser.close()) + assembler.close():
+            await events.delta(payload)
+        ledger.completion_chars = assembler.completion_chars
+        if not assembler.done and assembler.finish_reason is None:
+            raise UpstreamError("The upstream model ended the stream before finishing its answer")
+    finally:
+        ledger.completion_chars = assembler.completion_chars
+        await response.aclose()
+    return assembler

@@ -1,0 +1,70 @@
+"""One request's state while the worker answers it, shared by the modules that each handle one part
+of the answer: `fallback.py` (the gateway's chain), `relay.py` (streamed answers), `complete.py`
+(whole answers), `toolloop.py` (the knowledge tool's rounds) and `accounting.py` (usage). `call.py`
+runs the request's lifecycle on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
+from aigw_contracts.knowledge import Grounding
+
+from .accounting import Ledger
+from .context import WorkerContext
+from .events import Events
+from .knowledge_tool import KnowledgeLoop
+
+
+def answer_model(target: UpstreamTarget) -> str:
+    """What `model` says in an answer from `target`: a catalog model's tag (`@openai/gpt-5-mini`,
+    what the client may call directly), an own endpoint's model name (its upstream id is an
+    internal UUID). Decided here from the upstream that actually answers, so a fallback's answer
+    names the fallback, whatever the router put in `RoutedCall.response_model`."""
+    return target.model if target.kind == "own" else target.id
+
+
+class CallState:
+    def __init__(self, worker: WorkerContext, envelope: ChatEnvelope, route: RoutedCall) -> None:
+        self.worker = worker
+        self.envelope = envelope
+        self.route = route
+        self.request_id = envelope.request_id
+        self.stream = bool(envelope.request.stream)
+        self.events = Events(worker, envelope.reply, route)
+        self.arrived = time.monotonic()
+        self.created = int(time.time())
+        self.accepted = False  # the upstream answered 2xx: it has read (and bills) the prompt
+        self.completed = False
+        self.ttft_ms: float | None = None
+        # A `QueryFunction` gateway's tool loop.
+        self.loop: KnowledgeLoop | None = None
+        if route.knowledge_tool is not None and worker.bus is not None:
+            self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
+        self.ledger = Ledger(self.request_id, route, self.loop)
+
+    @property
+    def response_model(self) -> str:
+        """What `model` says in the answer (and in each of its stream chunks)."""
+        return answer_model(self.route.upstream)
+
+    def grounding(self) -> list[Grounding]:
+        """The passages that grounded the answer: injected ones, then those the tool loop found."""
+        if self.loop is None:
+            return self.route.grounding
+        return [*self.route.grounding, *self.loop.grounding]
+
+    def upstream_body(self, stream: bool) -> bytes:
+        """The request body for the current upstream."""
+        body: dict[str, Any] = dict(self.route.body)
+        body["model"] = self.route.upstream.model
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}  # always: usage is what we bill
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
