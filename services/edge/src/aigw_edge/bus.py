@@ -12,7 +12,9 @@ both). Payloads are never parsed here: they are the client's JSON, relayed as by
 
 Timeouts are not timers per request or per token: a sweeper wakes every `TICK` seconds and marks
 inboxes whose deadline passed while they were empty. So the per-token path schedules nothing, and
-a deadline fires at most `TICK` late.
+a deadline fires at most `TICK` late. The same sweep ends requests whose holder went quiet: every
+service holding a request sends an `alive` heartbeat each second (`aigw_runtime.heartbeat`), so a
+killed worker or router is noticed within `holder_timeout` seconds, not at the deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nats.errors import Error as NatsError
 
 from aigw_contracts import CancelRequest, headers, subjects
 from aigw_contracts.errors import Unavailable
+from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import request, settle
 
@@ -56,6 +59,8 @@ class Marker:
 TIMED_OUT: Final = Marker("timed_out")  # the inbox stayed empty past its deadline
 DISCONNECTED: Final = Marker("disconnected")  # the HTTP client went away
 SHUTDOWN: Final = Marker("shutdown")  # the edge is closing its NATS connection
+HOLDER_LOST: Final = Marker("holder_lost")  # no event nor heartbeat from the request's holder in time
+_ALIVE = EventKind.ALIVE.value
 
 
 class Event:
@@ -126,12 +131,15 @@ class _EdgeClient(NATS):
 class Inbox:
     """A request's events, in arrival order. Single consumer; cheaper than an asyncio.Queue."""
 
-    __slots__ = ("_items", "_waiter", "deadline")
+    __slots__ = ("_items", "_waiter", "alive_until", "deadline")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, alive_until: float = float("inf")) -> None:
         self._items: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.deadline = deadline  # loop time; the sweeper marks TIMED_OUT past it while empty
+        # Loop time by which the request's holder must be heard from (an event or a heartbeat);
+        # the sweeper marks HOLDER_LOST past it while empty.
+        self.alive_until = alive_until
 
     def put(self, item: Item) -> None:
         self._items.append(item)
@@ -175,6 +183,7 @@ class Bus:
         self._inboxes: dict[str, Inbox] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
+        self.holder_timeout = settings.holder_timeout
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -223,7 +232,7 @@ class Bus:
 
     # ------------------------------------------------------------------ chat requests
     def open(self, request_id: str, deadline: float) -> Inbox:
-        inbox = Inbox(deadline)
+        inbox = Inbox(deadline, asyncio.get_running_loop().time() + self.holder_timeout)
         self._inboxes[request_id] = inbox
         return inbox
 
@@ -234,13 +243,19 @@ class Bus:
         # Events for a request no longer waiting (timed out, client gone) are late: drop them.
         inbox = self._inboxes.get(subjects.request_id_from_reply(subject.decode()))
         if inbox is not None:
-            inbox.put(Event(parse_headers(raw_headers), data))
+            self._arrived(inbox, Event(parse_headers(raw_headers), data))
+
+    def _arrived(self, inbox: Inbox, event: Event) -> None:
+        """Any word from the holder keeps the request alive; heartbeats stop here."""
+        inbox.alive_until = asyncio.get_running_loop().time() + self.holder_timeout
+        if event.headers.get(headers.EVENT) != _ALIVE:
+            inbox.put(event)
 
     async def _dispatch(self, msg: Msg) -> None:
         """The ordinary callback, used when the fast path is unavailable."""
         inbox = self._inboxes.get(subjects.request_id_from_reply(msg.subject))
         if inbox is not None:
-            inbox.put(Event(msg.headers or {}, msg.data))
+            self._arrived(inbox, Event(msg.headers or {}, msg.data))
 
     async def publish_chat(self, envelope: bytes, reply: str) -> None:
         nc = self.nc
@@ -283,9 +298,14 @@ class Bus:
             now = loop.time()
             for inbox in self._inboxes.values():
                 # An inbox holding events is not idle: its reader is behind (a slow client).
-                if inbox.deadline <= now and not inbox:
-                    inbox.deadline = float("inf")
+                if inbox:
+                    continue
+                if inbox.deadline <= now:
+                    inbox.deadline = inbox.alive_until = float("inf")
                     inbox.put(TIMED_OUT)
+                elif inbox.alive_until <= now:
+                    inbox.deadline = inbox.alive_until = float("inf")
+                    inbox.put(HOLDER_LOST)
 
     # ------------------------------------------------------------------ connection events
     async def _on_error(self, err: Exception) -> None:

@@ -28,6 +28,10 @@ class EdgeSettings(BaseSettings):
     # A stream silent for longer than this ends with a 504 error chunk. Keep it above the workers'
     # upstream idle timeout, so their more precise error reaches the client first.
     stream_idle_timeout: float = Field(default=120.0, gt=0)
+    # A request whose holder (router, retrieval or worker) sends neither events nor its once-a-second
+    # heartbeat for this long is ended at once (503, or an error chunk mid-stream): the process
+    # holding it died. Keep it a few of the services' AIGW_HEARTBEAT_INTERVAL.
+    holder_timeout: float = Field(default=3.5, gt=0)
     models_timeout: float = Field(default=5.0, gt=0)  # GET /v1/models waits this long for the router
     # Request bodies above this are refused (413) before they are read; the serialized envelope is
     # also checked against the NATS server's max_payload.

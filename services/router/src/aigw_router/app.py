@@ -29,6 +29,7 @@ from aigw_contracts.config import AutoRouting
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import Outgoing, error_outgoing
 from aigw_runtime.configstore import ConfigWatcher
+from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
 from aigw_runtime.workercall import ask_worker
 
@@ -173,6 +174,7 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         health_port=settings.health_port,
     )
     bus = service.bus
+    heartbeats = Heartbeats(bus, settings.heartbeat_interval)
     watcher: ConfigWatcher | None = None
 
     async def load_config() -> None:
@@ -189,11 +191,15 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         watcher.listeners.append(registry.on_config_change)
 
     async def finish(pending: Pending) -> None:
-        await bus.send(await handlers.finish(pending))
+        try:
+            await bus.send(await handlers.finish(pending))
+        finally:
+            heartbeats.release(pending.envelope.reply)
 
     async def on_chat(msg: Msg) -> None:
         out = handlers.chat(msg.data)
         if isinstance(out, Pending):  # a model call first: never hold up the next request
+            heartbeats.hold(out.envelope.reply)  # while the classifier runs, the edge hears we hold it
             service.spawn(finish(out), name=f"aigw-route-{out.envelope.request_id}")
         else:
             await bus.send(out)
@@ -205,6 +211,7 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         return router.models(ModelsQuery.model_validate_json(data)).model_dump_json().encode(), None
 
     async def stop_watching() -> None:
+        await heartbeats.close()
         if watcher is not None:
             await watcher.stop()
 

@@ -36,7 +36,7 @@ from aigw_contracts.ids import uuid7
 
 from .. import sse
 from ..auth import KeyStore
-from ..bus import DISCONNECTED, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..bus import DISCONNECTED, HOLDER_LOST, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..logs import CLIENT_CLOSED, AccessLog
 from ..ratelimit import RateLimiter
@@ -58,6 +58,16 @@ _SURFACED = (
     (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
 )
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
+
+
+def _holder_lost() -> Unavailable:
+    # Nothing was billed for a request whose holder died before its final event (the worker meters
+    # at the end), so a retry is safe: 503 is what the SDKs retry on their own.
+    return Unavailable(
+        "The gateway process handling this request stopped responding; retry the request",
+        retry_after=1,
+        code="holder_lost",
+    )
 
 
 class _ClientGone(Exception):
@@ -291,6 +301,9 @@ class ChatEndpoint:
             )
         if marker is SHUTDOWN:
             raise Unavailable("The gateway is shutting down; retry the request")
+        if marker is HOLDER_LOST:
+            await self.bus.cancel(call.request_id, "holder_lost")
+            raise _holder_lost()
         raise InternalError(f"unexpected marker {marker!r}")
 
     async def _send_error_event(self, msg: Event, hdrs: dict[str, str], send: Send, call: _Call) -> None:
@@ -390,6 +403,8 @@ class ChatEndpoint:
             )
         if marker is SHUTDOWN:
             return Unavailable("The gateway is shutting down; the stream was cut short")
+        if marker is HOLDER_LOST:
+            return _holder_lost()
         return None  # DISCONNECTED: nobody to tell
 
     async def _end_stream(
@@ -409,6 +424,8 @@ class ChatEndpoint:
             return
         if marker is TIMED_OUT:
             cancel = "stream_idle"
+        elif marker is HOLDER_LOST:
+            cancel = "holder_lost"
         if cancel:
             await self.bus.cancel(call.request_id, cancel)
         if err is not None:
