@@ -83,8 +83,8 @@ async def test_the_sdk_raises_authentication_error_for_a_wrong_key(edge: Edge) -
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}', "temperature"),
         (b'{"model": "m"}', "messages"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
-        (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+        (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 5}', "stop"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', "frobnicate"),
         (

@@ -82,6 +82,6 @@ def test_clamp_refuses_non_numbers() -> None:
 def test_public_keys_set_only_a_small_parameter_set() -> None:
     gw = _gateway(parameters={"seed": 1}, policy={"seed": ParameterRule(mode="default")})
     used = effective_parameters(
-        _request(temperature=0.4, seed=99, tools=[{"type": "function"}]), gw, "public"
+        _request(temperature=0.4, seed=99, tools=[{"type": "function", "function": {"name": "f"}}]), gw, "public"
     )
     assert used == {"temperature": 0.4, "seed": 1}

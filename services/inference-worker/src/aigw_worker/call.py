@@ -319,7 +319,8 @@ class Call:
         )
         loop = self.loop
         hide = loop.tool.name if loop is not None else None
-        first = StreamAssembler(writer, self.route.prefill, hide, keep=bool(self.route.grounding))
+        n = _choices_asked(self.route.body)
+        first = StreamAssembler(writer, self.route.prefill, hide, keep=bool(self.route.grounding), n=n)
         assembler = await self._stream_round(writer, first, remaining)
         spoken = list(assembler.said)  # the answer's text, when citations may need it
         while loop is not None:
@@ -331,17 +332,19 @@ class Call:
             after = StreamAssembler(writer, self.route.prefill, hide, after=assembler)
             assembler = await self._stream_round(writer, after, self.envelope.remaining())
             spoken += assembler.said
-        finish = assembler.finish_reason or "stop"
-        if finish == "tool_calls" and not assembler.shown_tools:
-            finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
+        finishes = assembler.finish_reasons()
+        if finishes.get(0) == "tool_calls" and not assembler.shown_tools:
+            finishes[0] = (
+                "stop"  # only knowledge calls the loop could not run: nothing for the client to call
+            )
         usage, context = self._priced(normalized_usage(assembler.usage))
         grounding = self._grounding()  # no grounding (most requests): no answer text is joined
-        cited = (
-            citation_annotations((self.route.prefill or "") + "".join(spoken), grounding)
-            if grounding
-            else None
-        )
-        await self.events.final(writer.final(finish, usage, context, cited))
+        cited: dict[int, list[dict[str, Any]]] | None = None
+        if grounding:
+            texts = {**assembler.said_by(), 0: "".join(spoken)}
+            prefill = self.route.prefill or ""
+            cited = {i: citation_annotations(prefill + text, grounding) for i, text in texts.items()}
+        await self.events.final(writer.final(finishes, usage, context, cited))
         self.completed = True
 
     async def _stream_round(
@@ -500,6 +503,12 @@ class Call:
                 )
         except Exception:
             log.exception("could not account a request's usage", extra={"request_id": self.request_id})
+
+
+def _choices_asked(body: dict[str, Any]) -> int:
+    """How many choices the upstream was asked for (`n`, 1 when unset)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _first_message(data: Any) -> dict[str, Any]:
