@@ -192,3 +192,9 @@ def test_accepted_values_of_the_gateways_own_rules() -> None:
         }
     )
     assert request.include_usage and request.n == 128
+
+
+def test_top_logprobs_needs_logprobs() -> None:
+    error = _error({"messages": [{"role": "user", "content": "q"}], "top_logprobs": 2})
+    assert "'top_logprobs' needs 'logprobs'" in error["msg"]
+    _error({"messages": [{"role": "user", "content": "q"}], "top_logprobs": 2, "logprobs": False})

@@ -110,7 +110,11 @@ def test_honoured_parameters_reach_the_upstream_body() -> None:
 @pytest.mark.parametrize(
     ("asked", "gateway", "param"),
     [
-        ({"top_logprobs": 2}, {}, "top_logprobs"),
+        (
+            {"logprobs": True, "top_logprobs": 2},
+            {"parameters": {"logprobs": False}, "policy": {"logprobs": ParameterRule(mode="locked")}},
+            "top_logprobs",
+        ),
         (
             {"logprobs": True, "top_logprobs": 2},
             {"policy": {"logprobs": ParameterRule(mode="locked")}},
@@ -134,12 +138,12 @@ def test_a_request_half_that_cannot_work_without_the_other_is_a_400(
 
 def test_the_gateway_may_supply_the_other_half() -> None:
     tools = [{"type": "function", "function": {"name": "lookup"}}]
-    gw = _gateway(
-        parameters={"tools": tools, "logprobs": True}, policy={"logprobs": ParameterRule(mode="locked")}
-    )
-    req = _request(tool_choice="required", top_logprobs=2)
+    gw = _gateway(parameters={"tools": tools})
+    req = _request(tool_choice="required", parallel_tool_calls=False)
     body = upstream_body(req, gw, effective_parameters(req, gw))
-    assert body["tools"] == tools and body["tool_choice"] == "required" and body["top_logprobs"] == 2
+    assert (
+        body["tools"] == tools and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+    )
 
 
 def test_n_above_one_is_refused_on_a_gateway_whose_model_searches_itself() -> None:

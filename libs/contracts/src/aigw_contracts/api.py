@@ -452,6 +452,8 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("'messages' must contain at least one message")
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        if self.top_logprobs is not None and self.logprobs is not True:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
         try:
             _check_conversation(self.messages)
         except _Problem as problem:

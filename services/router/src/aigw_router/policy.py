@@ -88,8 +88,10 @@ def _check_combination(request: ChatCompletionRequest, gateway: Gateway | None, 
     checked here, on the parameters actually sent, because a gateway may supply (or lock away)
     the other half. Values the gateway itself set are its administrator's business."""
     if request.top_logprobs is not None and "top_logprobs" in body and body.get("logprobs") is not True:
-        raise errors.InvalidRequest(
-            "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs", code="invalid_value"
+        raise errors.InvalidRequest(  # the gateway keeps `logprobs` from being true
+            "'top_logprobs' needs 'logprobs' set to true, and this gateway's policy does not let it be.",
+            param="top_logprobs",
+            code="invalid_value",
         )
     if not body.get("tools"):
         for name in ("tool_choice", "parallel_tool_calls"):
