@@ -33,6 +33,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "logprobs": (True, True),  # `top_logprobs` needs it true on both sides
     "top_logprobs": (1, 2),
     "verbosity": ("low", "high"),
+    "n": (1, 2),
 }
 
 
