@@ -334,9 +334,8 @@ class Call:
             spoken += assembler.said
         finishes = assembler.finish_reasons()
         if finishes.get(0) == "tool_calls" and not assembler.shown_tools:
-            finishes[0] = (
-                "stop"  # only knowledge calls the loop could not run: nothing for the client to call
-            )
+            # only knowledge calls the loop could not run: nothing for the client to call
+            finishes[0] = "stop"
         usage, context = self._priced(normalized_usage(assembler.usage))
         grounding = self._grounding()  # no grounding (most requests): no answer text is joined
         cited: dict[int, list[dict[str, Any]]] | None = None

@@ -83,11 +83,17 @@ def upstream_body(
     return body
 
 
+def _asked(request: ChatCompletionRequest, body: dict[str, Any], name: str) -> bool:
+    """Whether the body's value of `name` is the request's (not ignored by the policy)."""
+    asked = getattr(request, name)
+    return asked is not None and body.get(name) == asked
+
+
 def _check_combination(request: ChatCompletionRequest, gateway: Gateway | None, body: dict[str, Any]) -> None:
     """Refuse (400) what the request asked for that cannot work with what the gateway made of it:
     checked here, on the parameters actually sent, because a gateway may supply (or lock away)
     the other half. Values the gateway itself set are its administrator's business."""
-    if request.top_logprobs is not None and "top_logprobs" in body and body.get("logprobs") is not True:
+    if _asked(request, body, "top_logprobs") and body.get("logprobs") is not True:
         raise errors.InvalidRequest(  # the gateway keeps `logprobs` from being true
             "'top_logprobs' needs 'logprobs' set to true, and this gateway's policy does not let it be.",
             param="top_logprobs",
@@ -95,7 +101,7 @@ def _check_combination(request: ChatCompletionRequest, gateway: Gateway | None, 
         )
     if not body.get("tools"):
         for name in ("tool_choice", "parallel_tool_calls"):
-            if getattr(request, name) is not None and name in body:
+            if _asked(request, body, name):
                 raise errors.InvalidRequest(
                     f"'{name}' is only allowed when 'tools' are specified.", param=name, code="invalid_value"
                 )
