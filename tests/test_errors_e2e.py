@@ -41,7 +41,7 @@ def test_unknown_gateway_is_404_naming_the_param(client: OpenAI) -> None:
             "temperature",
         ),
         (b'{"model": "demo"}', "messages"),
-        (b'{"model": "demo", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
+        (b'{"model": "demo", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', "frobnicate"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream_options": {}}', None),
     ],

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .api import INFERENCE_PARAMETERS
+from .api import DEFAULT_OVERRIDABLE, INFERENCE_PARAMETERS
 from .knowledge import GatewayKnowledge
 
 
@@ -62,25 +62,6 @@ class ParameterRule(BaseModel):
     mode: Literal["default", "locked", "clamped"] = "default"
     min: float | None = None
     max: float | None = None
-
-
-# Parameters a request may override when a gateway says nothing about them (the reference product's
-# documented list); every other parameter is the gateway administrator's to set.
-DEFAULT_OVERRIDABLE: frozenset[str] = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "seed",
-        "reasoning_effort",
-        "max_completion_tokens",
-        "max_tokens",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-    }
-)
 
 
 Complexity = Literal["low", "medium", "high"]

@@ -7,6 +7,8 @@ import uuid
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aigw_contracts.streams import IDEMPOTENCY_WINDOW_S
+
 
 class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIGW_")
@@ -44,3 +46,5 @@ class EdgeSettings(BaseSettings):
     # Deliver reply events through the shortcut in bus.py (off: nats-py's ordinary callback path).
     nats_fast_path: bool = True
     shutdown_grace: float = Field(default=30.0, ge=0)  # in-flight requests may finish within this on SIGTERM
+    # Seconds a repeated `idempotency_key` gets the first call's answer (the answers' bucket TTL).
+    idempotency_window: float = Field(default=IDEMPOTENCY_WINDOW_S, gt=0)

@@ -80,7 +80,7 @@ def _build(config: ManagedConfig, gateway_id: str, tenant: str, data: dict[str, 
             f"No upstream '{data['upstream']}' is available to you.", param="upstream"
         )
     data["fallbacks"] = data.get("fallbacks") or []  # null (in a PATCH) clears the chain
-    named = [(f"fallbacks.{i}", u) for i, u in enumerate(data["fallbacks"])]
+    named = [(f"fallbacks[{i}]", u) for i, u in enumerate(data["fallbacks"])]
     routing = data.get("routing")
     if routing is not None:
         named += [(f"routing.{field}", routing[field]) for field in ("classifier", "low", "medium", "high")]

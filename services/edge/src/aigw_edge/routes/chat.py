@@ -38,6 +38,7 @@ from .. import sse
 from ..auth import KeyStore
 from ..bus import DISCONNECTED, HOLDER_LOST, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
+from ..idempotency import Claim, Idempotency, Replay
 from ..logs import CLIENT_CLOSED, AccessLog
 from ..ratelimit import RateLimiter
 from ..settings import EdgeSettings
@@ -169,6 +170,7 @@ class ChatEndpoint:
         self.request_timeout = settings.request_timeout
         self.idle_timeout = settings.stream_idle_timeout
         self.limiter = RateLimiter()
+        self.idempotency = Idempotency(bus, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.perf_counter()
@@ -242,6 +244,16 @@ class ChatEndpoint:
                 f"The request is larger than the message bus allows ({self.bus.max_payload} bytes)."
             )
 
+        claim: Claim | None = None
+        if request.idempotency_key is not None:
+            held = await self.idempotency.begin(key, request.idempotency_key, body)
+            if isinstance(held, Replay):
+                call.status, call.outcome, call.started = held.status, "idempotent_replay", True
+                await held.send(send, call.headers)
+                return
+            claim = held
+            send = claim.recorder(send, lambda: call.outcome == "final")
+
         loop = asyncio.get_running_loop()
         bus = self.bus
         inbox = bus.open(request_id, loop.time() + self.request_timeout)
@@ -262,6 +274,8 @@ class ChatEndpoint:
             bus.drop(request_id)
             if watcher is not None:
                 watcher.cancel()
+            if claim is not None:
+                await claim.release()  # no completed answer was kept: a retry may run again
 
     # ------------------------------------------------------------------ before the response starts
     async def _first(self, item: Event | Marker, call: _Call) -> tuple[dict[str, str], str]:
