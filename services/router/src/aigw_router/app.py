@@ -7,12 +7,14 @@ a 503 status there and the router turns it into an error event for the edge, wit
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from functools import partial
 
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from aigw_contracts import (
     ChatEnvelope,
@@ -83,6 +85,17 @@ class Router:
         )
 
 
+def _reply_of(data: bytes) -> str:
+    """The reply subject of an envelope that did not validate, if it names one of an edge."""
+    try:
+        reply = json.loads(data).get("reply")
+    except (ValueError, AttributeError):
+        return ""
+    if isinstance(reply, str) and reply.startswith(subjects.REPLY_PREFIX + "."):
+        return reply
+    return ""
+
+
 @dataclass(frozen=True)
 class Pending:
     """A routed request that waits for its gateway's complexity classification (`complexity.py`)."""
@@ -107,9 +120,14 @@ class Handlers:
     def chat(self, data: bytes) -> Outgoing | Pending | None:
         try:
             envelope = ChatEnvelope.model_validate_json(data)
-        except ValueError:
-            log.warning("dropped a malformed envelope")  # no reply subject we can trust
-            return None
+        except ValidationError as exc:
+            # An envelope whose reply subject is readable gets its error there (an edge of another
+            # version may accept what this router refuses); one without is dropped.
+            reply = _reply_of(data)
+            log.warning("refused a malformed envelope", extra={"answered": bool(reply)})
+            if not reply:
+                return None
+            return error_outgoing(reply, errors.invalid_message(exc, "request"))
         try:
             gateway = self.router.route(envelope)
         except errors.GatewayError as err:
