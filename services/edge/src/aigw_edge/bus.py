@@ -60,6 +60,7 @@ TIMED_OUT: Final = Marker("timed_out")  # the inbox stayed empty past its deadli
 DISCONNECTED: Final = Marker("disconnected")  # the HTTP client went away
 SHUTDOWN: Final = Marker("shutdown")  # the edge is closing its NATS connection
 HOLDER_LOST: Final = Marker("holder_lost")  # no event nor heartbeat from the request's holder in time
+OVERFLOW: Final = Marker("overflow")  # the client reads slower than the answer comes: buffer full
 _ALIVE = EventKind.ALIVE.value
 
 
@@ -131,11 +132,12 @@ class _EdgeClient(NATS):
 class Inbox:
     """A request's events, in arrival order. Single consumer; cheaper than an asyncio.Queue."""
 
-    __slots__ = ("_items", "_waiter", "alive_until", "deadline")
+    __slots__ = ("_items", "_waiter", "alive_until", "deadline", "queued")
 
     def __init__(self, deadline: float, alive_until: float = float("inf")) -> None:
         self._items: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.queued = 0  # payload bytes waiting for the reader (bounded: `Bus.max_buffered`)
         self.deadline = deadline  # loop time; the sweeper marks TIMED_OUT past it while empty
         # Loop time by which the request's holder must be heard from (an event or a heartbeat);
         # the sweeper marks HOLDER_LOST past it while empty.
@@ -155,7 +157,10 @@ class Inbox:
     async def get(self) -> Item:
         if not self._items:
             await self._wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, Event):
+            self.queued -= len(item.data)
+        return item
 
     async def get_all(self) -> list[Item]:
         """Everything queued, waiting for at least one item: lets a stream write a burst at once."""
@@ -163,6 +168,7 @@ class Inbox:
             await self._wait()
         items = list(self._items)
         self._items.clear()
+        self.queued = 0
         return items
 
     async def _wait(self) -> None:
@@ -184,6 +190,8 @@ class Bus:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.holder_timeout = settings.holder_timeout
+        self.max_buffered = settings.stream_buffer_bytes
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -241,21 +249,36 @@ class Bus:
 
     def _deliver(self, subject: bytes, raw_headers: bytes | None, data: bytes) -> None:
         # Events for a request no longer waiting (timed out, client gone) are late: drop them.
-        inbox = self._inboxes.get(subjects.request_id_from_reply(subject.decode()))
+        request_id = subjects.request_id_from_reply(subject.decode())
+        inbox = self._inboxes.get(request_id)
         if inbox is not None:
-            self._arrived(inbox, Event(parse_headers(raw_headers), data))
+            self._arrived(request_id, inbox, Event(parse_headers(raw_headers), data))
 
-    def _arrived(self, inbox: Inbox, event: Event) -> None:
+    def _arrived(self, request_id: str, inbox: Inbox, event: Event) -> None:
         """Any word from the holder keeps the request alive; heartbeats stop here."""
         inbox.alive_until = asyncio.get_running_loop().time() + self.holder_timeout
-        if event.headers.get(headers.EVENT) != _ALIVE:
-            inbox.put(event)
+        if event.headers.get(headers.EVENT) == _ALIVE or inbox.queued < 0:
+            return  # a heartbeat, or the reader was already cut off (see below)
+        size = len(event.data)
+        if inbox.queued + size > self.max_buffered:
+            # The client reads slower than the answer arrives (its socket is full, so the relay
+            # waits in `send`): rather than hold the rest in memory, the stream is cut with an error.
+            inbox.queued = -1
+            inbox.put(OVERFLOW)
+            # The relay may be stuck in `send` until the client reads: stop the worker now.
+            task = asyncio.get_running_loop().create_task(self.cancel(request_id, "slow_reader"))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+            return
+        inbox.queued += size
+        inbox.put(event)
 
     async def _dispatch(self, msg: Msg) -> None:
         """The ordinary callback, used when the fast path is unavailable."""
-        inbox = self._inboxes.get(subjects.request_id_from_reply(msg.subject))
+        request_id = subjects.request_id_from_reply(msg.subject)
+        inbox = self._inboxes.get(request_id)
         if inbox is not None:
-            self._arrived(inbox, Event(msg.headers or {}, msg.data))
+            self._arrived(request_id, inbox, Event(msg.headers or {}, msg.data))
 
     async def publish_chat(self, envelope: bytes, reply: str) -> None:
         nc = self.nc

@@ -34,6 +34,9 @@ class EdgeSettings(BaseSettings):
     # heartbeat for this long is ended at once (503, or an error chunk mid-stream): the process
     # holding it died. Keep it a few of the services' AIGW_HEARTBEAT_INTERVAL.
     holder_timeout: float = Field(default=3.5, gt=0)
+    # Answer bytes the edge holds for one client that reads slower than the answer comes; past this
+    # the stream is cut with an error chunk (code `slow_reader`) and the worker is told to stop.
+    stream_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     models_timeout: float = Field(default=5.0, gt=0)  # GET /v1/models waits this long for the router
     # Request bodies above this are refused (413) before they are read; the serialized envelope is
     # also checked against the NATS server's max_payload.

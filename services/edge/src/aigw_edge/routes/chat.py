@@ -36,7 +36,7 @@ from aigw_contracts.ids import uuid7
 
 from .. import sse
 from ..auth import KeyStore
-from ..bus import DISCONNECTED, HOLDER_LOST, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
 from ..logs import CLIENT_CLOSED, AccessLog
@@ -318,6 +318,9 @@ class ChatEndpoint:
         if marker is HOLDER_LOST:
             await self.bus.cancel(call.request_id, "holder_lost")
             raise _holder_lost()
+        if marker is OVERFLOW:  # a whole answer larger than the buffer: the bus could not carry it
+            await self.bus.cancel(call.request_id, "slow_reader")
+            raise UpstreamError("The answer was larger than the gateway buffers for one request")
         raise InternalError(f"unexpected marker {marker!r}")
 
     async def _send_error_event(self, msg: Event, hdrs: dict[str, str], send: Send, call: _Call) -> None:
@@ -419,6 +422,11 @@ class ChatEndpoint:
             return Unavailable("The gateway is shutting down; the stream was cut short")
         if marker is HOLDER_LOST:
             return _holder_lost()
+        if marker is OVERFLOW:
+            return UpstreamError(
+                "The client read the stream too slowly: the gateway stopped it rather than buffer more",
+                code="slow_reader",
+            )
         return None  # DISCONNECTED: nobody to tell
 
     async def _end_stream(
@@ -440,6 +448,8 @@ class ChatEndpoint:
             cancel = "stream_idle"
         elif marker is HOLDER_LOST:
             cancel = "holder_lost"
+        elif marker is OVERFLOW:
+            cancel = "slow_reader"
         if cancel:
             await self.bus.cancel(call.request_id, cancel)
         if err is not None:
