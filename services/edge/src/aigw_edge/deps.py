@@ -1,6 +1,6 @@
 """FastAPI dependencies every route shares: the app's objects, and who is calling.
 
-The app's shared objects (key store, bus, settings; the management API adds its own in
+The app's shared objects (key store, bus; the management API adds its own in
 `manage.store` and `manage.upstreams`) live on `app.state`, set once by `create_app`, so routers are
 plain module-level `APIRouter`s that any app built by `create_app` can include.
 
@@ -22,7 +22,6 @@ from aigw_contracts import ApiKey, errors
 from .auth import KeyStore, authorization
 from .bus import Bus
 from .logs import SCOPE_KEY
-from .settings import EdgeSettings
 
 bearer = HTTPBearer(
     auto_error=False,  # KeyStore says what is wrong with a key, as OpenAI's 401 body
@@ -42,14 +41,8 @@ async def bus(request: Request) -> Bus:
     return found
 
 
-async def settings(request: Request) -> EdgeSettings:
-    found: EdgeSettings = request.app.state.settings
-    return found
-
-
 Keys = Annotated[KeyStore, Depends(key_store)]
 TheBus = Annotated[Bus, Depends(bus)]
-Settings = Annotated[EdgeSettings, Depends(settings)]
 
 
 async def api_key(

@@ -54,11 +54,10 @@ def add_components(schema: dict[str, Any], *models: type[BaseModel]) -> None:
         components.setdefault(name, definition)
 
 
-def sse_of(model: type[BaseModel], description: str) -> dict[str, Any]:
-    """A `text/event-stream` response whose events' `data` is `model` as JSON (OpenAPI 3.2's
+def sse_of(model: type[BaseModel]) -> dict[str, Any]:
+    """A `text/event-stream` media type whose events' `data` is `model` as JSON (OpenAPI 3.2's
     `itemSchema`, as FastAPI writes it for its own SSE routes)."""
     return {
-        "description": description,
         "itemSchema": {
             "type": "object",
             "required": ["data"],

@@ -440,17 +440,11 @@ documented = APIRouter(tags=["chat"])
     PATHS[0],
     summary="Create a chat completion",
     response_model=ChatCompletion,
-    response_description="The completion (JSON), or with `stream: true` its chunks (server-sent events)",
+    response_description="The completion as JSON or, with `stream: true`, server-sent events: one "
+    "`data: <chunk>` per chunk; the last chunk carries `usage` and `generation_context`, then "
+    "`data: [DONE]`",
     responses={
-        200: {
-            "content": {
-                "text/event-stream": sse_of(
-                    ChatCompletionChunk,
-                    "`data: <chunk>` events; the last chunk carries `usage` and "
-                    "`generation_context`, then `data: [DONE]`",
-                )
-            }
-        },
+        200: {"content": {"text/event-stream": sse_of(ChatCompletionChunk)}},
         **openapi_errors(400, 401, 404, 413, 429, 502, 503, 504),
     },
 )
