@@ -67,17 +67,25 @@ class FakeMetering:
         return self
 
 
+# Each test gets its own nats-server, so gateway names and tenants start from an empty store.
 @pytest.fixture
-async def edge(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Edge]:
-    async with serve_edge(nats_server.url, tmp_path) as e:
+async def bus_client(fresh_nats: NatsServer) -> AsyncIterator[NATS]:
+    nc = await nats.connect(fresh_nats.url)
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+async def edge(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Edge]:
+    async with serve_edge(fresh_nats.url, tmp_path) as e:
         yield e
 
 
 @pytest.fixture
-async def callers(edge: Edge, nats_server: NatsServer) -> AsyncIterator[Callers]:
+async def callers(edge: Edge, fresh_nats: NatsServer) -> AsyncIterator[Callers]:
     secrets = {name: new_secret() for name in ("admin", "other", "operator", "legacy")}
     await seed_store(
-        nats_server.url,
+        fresh_nats.url,
         ConfigSnapshot(
             tenants=[Tenant(id="globex"), Tenant(id="operator"), Tenant(id="all")],
             keys=[
@@ -105,8 +113,8 @@ async def callers(edge: Edge, nats_server: NatsServer) -> AsyncIterator[Callers]
 
 
 @pytest.fixture
-async def metering(nats_server: NatsServer) -> AsyncIterator[FakeMetering]:
-    nc = await nats.connect(nats_server.url)
+async def metering(fresh_nats: NatsServer) -> AsyncIterator[FakeMetering]:
+    nc = await nats.connect(fresh_nats.url)
     yield await FakeMetering(nc).start()
     await nc.close()
 
@@ -166,10 +174,10 @@ async def test_concurrent_creates_through_one_edge_make_one_gateway(callers: Cal
 
 
 async def test_a_name_two_stored_gateways_share_is_a_conflict_not_a_coin_toss(
-    callers: Callers, nats_server: NatsServer
+    callers: Callers, fresh_nats: NatsServer
 ) -> None:
     twins = [Gateway(id=uuid7(), name="twin", tenant="acme", upstream=UPSTREAM) for _ in range(2)]
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(fresh_nats.url)
     try:  # as stored before names were unique (or by two edges racing)
         writer = await ConfigWriter.open(nc.jetstream())
         for gateway in twins:
