@@ -106,6 +106,9 @@ class Gateway(BaseModel):
     # no answer in time): see `aigw_worker.call` for exactly when.
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
     routing: AutoRouting | None = None  # pick the upstream by the request's complexity
+    # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
+    # it). Entries written before it existed read as 1.
+    version: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

@@ -10,6 +10,12 @@ nats-py's `_process_msg`, a private method: if it is missing or the subscription
 bus falls back to an ordinary callback, which gives the same events, only slower (the tests cover
 both). Payloads are never parsed here: they are the client's JSON, relayed as bytes.
 
+That hook runs inside nats-py's read loop, which ends at the first exception it sees: one bad
+message would leave the connection up but deaf, every request timing out. So the hook contains
+its failures per message (logged, counted in `Bus.dropped`, the message dropped), and readiness
+(`Bus.ready`) also checks that nats-py's reader is still running, so a balancer stops sending
+traffic to an edge that can no longer hear answers, whatever stopped it.
+
 Timeouts are not timers per request or per token: a sweeper wakes every `TICK` seconds and marks
 inboxes whose deadline passed while they were empty. So the per-token path schedules nothing, and
 a deadline fires at most `TICK` late. The same sweep ends requests whose holder went quiet: every
@@ -117,6 +123,7 @@ class _EdgeClient(NATS):
         super().__init__()
         self.fast_sid: int | None = None
         self.fast_sink: Callable[[bytes, bytes | None, bytes], None] | None = None
+        self.fast_failures = 0  # messages the sink raised on (and that were dropped)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         sink = self.fast_sink
@@ -124,9 +131,24 @@ class _EdgeClient(NATS):
             stats = self.stats
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
-            sink(subject, headers, data)
+            try:
+                sink(subject, headers, data)
+            except Exception:
+                # Raising here would end nats-py's read loop (see the module doc): drop this one.
+                self.fast_failures += 1
+                log.exception(
+                    "dropped a reply event the edge could not deliver",
+                    extra={"subject": subject.decode("utf-8", "replace"), "dropped": self.fast_failures},
+                )
             return
         await super()._process_msg(sid, subject, reply, data, headers)
+
+    @property
+    def reading(self) -> bool:
+        """Whether nats-py's read loop runs (`_reading_task`, private: if a later nats-py renames
+        it, this says True and readiness rests on `is_connected` alone, as before)."""
+        task = getattr(self, "_reading_task", None)
+        return not isinstance(task, asyncio.Task) or not task.done()
 
 
 class Inbox:
@@ -228,6 +250,22 @@ class Bus:
     @property
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
+
+    @property
+    def ready(self) -> str | None:
+        """None when requests can be served; otherwise why not (for `/readyz`). Connected is not
+        enough: a connection whose reader stopped sends requests but never hears the answers."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return "The gateway is not connected to its message bus"
+        if not nc.reading:
+            return "The gateway's message bus reader has stopped"
+        return None
+
+    @property
+    def dropped(self) -> int:
+        """Reply events dropped because delivering them failed (each one logged)."""
+        return self.nc.fast_failures if self.nc is not None else 0
 
     @property
     def max_payload(self) -> int:

@@ -19,10 +19,18 @@ import logging
 import time
 from functools import lru_cache
 
+from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from aigw_contracts import ApiKey, ChatCompletionRequest, headers, subjects
+from aigw_contracts import (
+    ApiKey,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    headers,
+    subjects,
+)
 from aigw_contracts.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -35,11 +43,14 @@ from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 
 from .. import sse
-from ..auth import KeyStore
+from ..auth import KeyStore, duplicate_authorization
 from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
-from ..logs import CLIENT_CLOSED, AccessLog
+from ..logs import CLIENT_CLOSED, SCOPE_KEY
+from ..openapi import errors as openapi_errors
+from ..openapi import sse_of
 from ..ratelimit import RateLimiter
 from ..settings import EdgeSettings
 from ..trace import trace_json
@@ -162,10 +173,12 @@ def _status(hdrs: dict[str, str]) -> int:
 
 
 class ChatEndpoint:
-    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore, access: AccessLog) -> None:
+    """The endpoint, as a raw ASGI app. It reports what it learned (request id, tenant, model, how
+    the request ended) to the access log middleware through the scope, when that middleware runs."""
+
+    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore) -> None:
         self.bus = bus
         self.keys = keys
-        self.access = access
         self.edge_id = settings.edge_id
         self.request_timeout = settings.request_timeout
         self.idle_timeout = settings.stream_idle_timeout
@@ -173,7 +186,6 @@ class ChatEndpoint:
         self.idempotency = Idempotency(bus, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        arrived = time.perf_counter()
         call = _Call()
         try:
             await self._handle(scope, receive, send, call)
@@ -190,13 +202,12 @@ class ChatEndpoint:
                 internal = InternalError("The gateway had an internal error; it has been logged.")
                 await send_error(send, internal, call.headers)
         finally:
-            if self.access.enabled:
+            fields = scope.get(SCOPE_KEY)
+            if fields is not None:
                 key = call.key
-                self.access.write(
-                    scope["method"],
-                    scope["path"],
-                    call.status,
-                    arrived,
+                fields.update(
+                    # The status the client got, or 499 when it left before any answer.
+                    status=call.status,
                     request_id=call.request_id,
                     tenant=key.tenant if key else None,
                     key_id=key.id if key else None,
@@ -212,6 +223,8 @@ class ChatEndpoint:
         authorization = traceparent = tracestate = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    raise duplicate_authorization()
                 authorization = value
             elif name == b"traceparent":
                 traceparent = value
@@ -456,3 +469,28 @@ class ChatEndpoint:
             out.append(sse.error(err.to_json()))
             call.outcome = f"error_{err.status}"
         await send({"type": "http.response.body", "body": b"".join(out)})
+
+
+# ---------------------------------------------------------------------------------------- OpenAPI
+# Documented, never routed: `EdgeApp` hands every POST to these paths to `ChatEndpoint` before
+# FastAPI sees it, and `EdgeAPI.openapi` adds this router's operation to `/openapi.json`.
+documented = APIRouter(tags=["chat"])
+
+
+@documented.post(
+    PATHS[0],
+    summary="Create a chat completion",
+    response_model=ChatCompletion,
+    response_description="The completion as JSON or, with `stream: true`, server-sent events: one "
+    "`data: <chunk>` per chunk; the last chunk carries `usage` and `generation_context`, then "
+    "`data: [DONE]`",
+    responses={
+        200: {"content": {"text/event-stream": sse_of(ChatCompletionChunk)}},
+        **openapi_errors(400, 401, 404, 413, 429, 502, 503, 504),
+    },
+)
+async def create_chat_completion(body: ChatCompletionRequest, key: AnyKey) -> ChatCompletion:
+    """OpenAI's chat completions. `model` is a gateway (id, slug or name) or a catalog model tag;
+    the answer adds `generation_context.generated_usage`, one priced line per SKU. Also served at
+    `/api/v1/chat/completions`."""
+    raise InternalError("This operation is served by the chat endpoint, not by FastAPI.")
