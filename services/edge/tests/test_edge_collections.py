@@ -22,6 +22,7 @@ from aigw_contracts import ApiKey, ConfigSnapshot, Tenant, errors, headers, subj
 from aigw_contracts.keys import hash_secret, new_secret
 from aigw_contracts.knowledge import KnowledgeRequest
 from aigw_devstack.nats import NatsServer
+from aigw_runtime.bus import settle
 
 from .conftest import PEPPER, Edge, eventually, seed_store, serve_edge
 
@@ -33,6 +34,7 @@ class FakeRetrieval:
     """Answers `RETRIEVAL_MANAGE` like the retrieval service: JSON, or an error with `Aigw-Status`."""
 
     nc: NATS
+    sub: Any = None
     seen: list[KnowledgeRequest] = field(default_factory=list)
     reply: Reply = lambda r: (200, {"ok": True, "op": r.op})
 
@@ -44,9 +46,14 @@ class FakeRetrieval:
             hdrs = None if status == 200 else {headers.STATUS: str(status)}
             await self.nc.publish(msg.reply, json.dumps(body).encode(), headers=hdrs)
 
-        await self.nc.subscribe(subjects.RETRIEVAL_MANAGE, cb=on_request)
-        await self.nc.flush()
+        self.sub = await self.nc.subscribe(subjects.RETRIEVAL_MANAGE, cb=on_request)
+        await settle(self.nc)
         return self
+
+    async def stop(self) -> None:
+        """Gone, as far as nats-server knows, when this returns (a close is noticed later)."""
+        await self.sub.unsubscribe()
+        await settle(self.nc)
 
 
 @dataclass
@@ -232,7 +239,7 @@ async def test_retrieval_errors_and_absence_reach_the_client_as_openai_errors(
     retrieval.reply = lambda r: (404, json.loads(missing.to_json()))
     resp = await clients.admin.get(f"/collections/{kb['id']}/documents/nope")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "document_not_found"
-    await retrieval.nc.close()  # no retrieval service at all: 503, which the SDKs retry
+    await retrieval.stop()  # no retrieval service at all: 503, which the SDKs retry
     resp = await clients.admin.get(f"/collections/{kb['id']}/documents")
     assert resp.status_code == 503 and "retrieval" in resp.json()["error"]["message"]
 
