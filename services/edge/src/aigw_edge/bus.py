@@ -22,7 +22,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client as NATS
@@ -175,6 +175,8 @@ class Bus:
         self._inboxes: dict[str, Inbox] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
+        # Called after each reconnect (the config watch re-opens itself there), in order.
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -297,3 +299,8 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to nats")
+        for hook in self.on_reconnect:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a reconnect hook failed")
