@@ -71,3 +71,35 @@ async def test_gateway_written_to_the_store_is_routable_within_a_second(fresh_na
     finally:
         await nc.close()
         await app.stop()
+
+
+async def test_gateway_created_after_a_nats_restart_is_routable_within_two_seconds(
+    fresh_nats: NatsServer,
+) -> None:
+    """The router's config watch is an in-memory consumer on nats-server: a restart loses it, and
+    the router must re-open it on reconnect rather than wait for missed heartbeats (7–17 s)."""
+    app = create_app(RouterSettings(nats_url=fresh_nats.url, router_id="rr"))
+    await app.start()
+    try:
+        fresh_nats.stop()
+        fresh_nats.start()
+        deadline = time.monotonic() + 10
+        while not app.bus.connected:
+            assert time.monotonic() < deadline, "the router did not reconnect"
+            await asyncio.sleep(0.01)
+        nc = await nats.connect(fresh_nats.url)
+        try:
+            writer = await ConfigWriter.open(nc.jetstream())
+            gw = Gateway(id=GID, name="after-restart", tenant="t1", upstream="@openai/gpt-5-mini")
+            await writer.put("gateway", gw)
+            written = time.monotonic()
+            while True:
+                msg = await _route(nc, "after-restart")
+                if msg.subject == subjects.WORKER_CHAT:
+                    break
+                assert time.monotonic() - written < 2.0, "the router did not see the new gateway within 2 s"
+                await asyncio.sleep(0.02)
+        finally:
+            await nc.close()
+    finally:
+        await app.stop()

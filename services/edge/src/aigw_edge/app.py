@@ -115,6 +115,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         await watcher.start()
         keys.replace(managed.view.keys.values())
         watcher.listeners.append(keys_changed)
+        bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
         managed.attach(await ConfigWriter.open(js))
         log.info(

@@ -30,7 +30,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client as NATS
@@ -214,6 +214,8 @@ class Bus:
         self.holder_timeout = settings.holder_timeout
         self.max_buffered = settings.stream_buffer_bytes
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Called after each reconnect (the config watch re-opens itself there), in order.
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -378,3 +380,8 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to nats")
+        for hook in self.on_reconnect:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a reconnect hook failed")

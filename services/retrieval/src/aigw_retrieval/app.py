@@ -92,6 +92,7 @@ def create_app(
             watcher = ConfigWatcher(bus.nc.jetstream(), collections)
             await watcher.start()
             watcher.listeners.append(lambda *change: _on_config_change(service, retrieval, *change))
+            bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         usage_bus = JetStreamUsageBus(bus.nc)
         await usage_bus.ensure_usage_stream()
         calls = ResolverCalls(collections.upstreams, partial(ask_worker, bus.nc))

@@ -207,6 +207,7 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         for gateway in view.gateways.values():
             registry.add_gateway(gateway)
         watcher.listeners.append(registry.on_config_change)
+        bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
 
     async def finish(pending: Pending) -> None:
         try:

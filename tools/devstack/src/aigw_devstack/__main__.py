@@ -1,15 +1,25 @@
-"""`aigw-dev run`: start the whole system locally (what `make run` does) and wait for Ctrl-C."""
+"""`aigw-dev run`: start the whole system locally (what `make run` does), keep it running, and stop
+it on Ctrl-C or SIGTERM.
+
+While it runs, a process that exits unexpectedly (a crash, `kill -9 <pid>`) is restarted with
+backoff and the others are left alone (`supervise.Supervisor`); the terminal gets one line per event
+and `<state>/logs/launcher.log` the same as JSON lines. Stopping stops every child by its pid.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from aigw_runtime.logs import JsonFormatter
+
 from .stack import Stack
+from .supervise import Supervisor
 
 EXAMPLE = """
 aigw is running.
@@ -17,6 +27,7 @@ aigw is running.
   gateway:  model="demo"  (id {gid}, slug {slug}) -> {upstream}
   API key:  written to {keyfile}
   state:    {state} (logs in {state}/logs)
+  pids:     {pids}
 
 Try it:
 
@@ -34,7 +45,7 @@ for chunk in client.chat.completions.create(
 print()
 PY
 
-Ctrl-C stops everything.
+A process that exits is restarted and the others keep running; Ctrl-C stops everything.
 """
 
 
@@ -69,17 +80,35 @@ def main(argv: list[str] | None = None) -> None:
                 + ("" if stack.openai_api_key else " (the aigw simulator: set OPENAI_API_KEY for OpenAI)"),
                 keyfile=stack.state_dir / "demo-key",
                 state=stack.state_dir,
+                pids=", ".join(f"{name} {proc.pid}" for name, proc in stack.processes().items()),
             ),
             flush=True,
         )
-        while not stop.wait(0.5):
-            dead = [name for name, proc in stack.procs.items() if not proc.alive()]
-            if dead:
-                print(f"{', '.join(dead)} stopped unexpectedly; see {stack.state_dir}/logs", file=sys.stderr)
-                break
+        _log_to(stack.state_dir / "logs" / "launcher.log")
+        supervisor = Supervisor(stack.processes, lambda name: stack.restart(name, wait=False), _say)
+        while not stop.wait(0.2):
+            try:
+                supervisor.check()
+            except Exception as err:  # a supervision bug must not take the running stack down
+                logging.getLogger("aigw.devstack").exception("supervision failed")
+                _say(f"supervision failed ({err!r}); see {stack.state_dir}/logs/launcher.log")
     finally:
         print("stopping…", file=sys.stderr)
         stack.stop()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _log_to(path: Path) -> None:
+    """The launcher's own structured log (what it restarted, when, why), beside the services' logs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter("devstack"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

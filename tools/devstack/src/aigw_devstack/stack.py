@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +39,8 @@ def _bin(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-def _log_says_ready(path: Path) -> bool:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return False
-    return '"msg": "ready"' in text
+def _log_says_ready(proc: Process) -> bool:
+    return '"msg": "ready"' in proc.output()  # this run's lines only: a restart appends to the log
 
 
 @dataclass
@@ -165,7 +162,7 @@ class Stack:
         argv = self._pin(self.cpu_services, [_bin(argv[0]), *argv[1:]])
         proc = Process(name, argv, log_path, env={**self._service_env(), **env}).start()
         self.procs[name] = proc
-        proc.wait_ready(lambda: _log_says_ready(log_path), timeout)
+        proc.wait_ready(lambda: _log_says_ready(proc), timeout)
         return proc
 
     def start_edge(self) -> Process:
@@ -194,6 +191,25 @@ class Stack:
             self.stop_service(name)
         if self.nats is not None:
             self.nats.stop()
+
+    # ------------------------------------------------------------------ one process at a time
+    def processes(self) -> dict[str, Process]:
+        """Every child by name, nats-server included: what `aigw-dev run` supervises."""
+        nats_proc = self.nats.process if self.nats is not None else None
+        return {**({"nats-server": nats_proc} if nats_proc is not None else {}), **self.procs}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int | None:
+        """Kill one process as a crash would and wait until it is gone; its exit status."""
+        return self.processes()[name].kill(sig)
+
+    def restart(self, name: str, wait: bool = True) -> Process:
+        """Start one process again as it was started (stopping it first if it still runs); with
+        `wait`, once it is ready. nats-server keeps its port and JetStream directory."""
+        if name == "nats-server" and self.nats is not None:
+            self.nats.stop()
+            self.nats.start()
+            return self.processes()[name]
+        return self.procs[name].restart(wait)
 
     # ------------------------------------------------------------------ configuration
     def write_config(self) -> Demo:
