@@ -21,6 +21,7 @@ import nats
 from aigw_contracts import ApiKey, ConfigSnapshot, Gateway, Prices, Tenant, Upstream
 from aigw_contracts.ids import uuid7
 from aigw_contracts.keys import hash_secret, new_secret
+from aigw_runtime import natsauth
 from aigw_runtime.configstore import ConfigWriter
 from aigw_runtime.secretbox import new_key
 
@@ -94,10 +95,23 @@ class Stack:
     def _pin(self, cpus: str | None, argv: Sequence[str]) -> list[str]:
         return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
 
-    def _service_env(self) -> dict[str, str]:
+    def nats_url(self, user: str) -> str:
+        """The NATS URL of `user` (`aigw_runtime.natsauth`): the bus runs with authentication."""
         assert self.nats is not None
+        return self.nats.url_for(user)
+
+    def bus_violations(self) -> list[str]:
+        """What nats-server refused so far (logged permission violations and failed logins): a
+        service doing something its bus user may not shows up here (`natsauth.PERMISSIONS`)."""
+        try:
+            text = (self.state_dir / "logs" / "nats-server.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if "Violation" in line or "authentication error" in line]
+
+    def _service_env(self, user: str) -> dict[str, str]:
         env = {
-            "AIGW_NATS_URL": self.nats.url,
+            "AIGW_NATS_URL": self.nats_url(user),
             "AIGW_KEY_PEPPER": self._pepper(),
             "AIGW_SECRETS_KEY": self._state_secret("secrets-key", new_key),
             "AIGW_METERING_DSN": f"chdb://{self.state_dir / 'usage.chdb'}",
@@ -123,7 +137,7 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.edge_port = self.edge_port or free_port()
         try:
-            self.nats = NatsServer(self.state_dir, host=HOST, cpus=self.cpu_services).start()
+            self.nats = NatsServer(self.state_dir, host=HOST, cpus=self.cpu_services, auth=True).start()
             if not self.openai_api_key:
                 self.start_simulator()
             self.demo = self.write_config()
@@ -131,15 +145,16 @@ class Stack:
                 hook(self)
             self.seed_store()
             for i in range(self.routers):
-                self.start_service(f"router-{i}", ["aigw-router"])
+                self.start_service(f"router-{i}", ["aigw-router"], user=natsauth.ROUTER)
             for i in range(self.workers):
-                self.start_service(f"worker-{i}", ["aigw-worker"])
+                self.start_service(f"worker-{i}", ["aigw-worker"], user=natsauth.WORKER)
             if self.with_metering:
-                self.start_service("metering", ["aigw-metering"], timeout=60)
+                self.start_service("metering", ["aigw-metering"], user=natsauth.METERING, timeout=60)
             # One process owns the embedded knowledge store (a directory under the state folder).
             self.start_service(
                 "retrieval",
                 ["aigw-retrieval"],
+                user=natsauth.RETRIEVAL,
                 timeout=60,
                 AIGW_KNOWLEDGE_PATH=str(self.state_dir / "knowledge"),
             )
@@ -159,11 +174,14 @@ class Stack:
         proc.wait_ready(lambda: httpx.get(f"{self.sim_url}/healthz", timeout=1).status_code == 200)
         return proc
 
-    def start_service(self, name: str, argv: Sequence[str], timeout: float = 30.0, **env: str) -> Process:
+    def start_service(
+        self, name: str, argv: Sequence[str], user: str, timeout: float = 30.0, **env: str
+    ) -> Process:
+        """Start a service process connecting to NATS as `user`, and wait for its ready line."""
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.unlink(missing_ok=True)
         argv = self._pin(self.cpu_services, [_bin(argv[0]), *argv[1:]])
-        proc = Process(name, argv, log_path, env={**self._service_env(), **env}).start()
+        proc = Process(name, argv, log_path, env={**self._service_env(user), **env}).start()
         self.procs[name] = proc
         proc.wait_ready(lambda: _log_says_ready(log_path), timeout)
         return proc
@@ -174,7 +192,7 @@ class Stack:
             env["AIGW_ACCESS_LOG"] = "false"
         log_path = self.state_dir / "logs" / "edge.log"
         argv = self._pin(self.cpu_services, [_bin("aigw-edge")])
-        proc = Process("edge", argv, log_path, env={**self._service_env(), **env}).start()
+        proc = Process("edge", argv, log_path, env={**self._service_env(natsauth.EDGE), **env}).start()
         self.procs["edge"] = proc
         proc.wait_ready(
             lambda: httpx.get(f"http://{HOST}:{self.edge_port}/readyz", timeout=1).status_code == 200
@@ -279,16 +297,15 @@ class Stack:
 
     def seed_store(self) -> None:
         """Write the config file's entries into the config store (the KV bucket every service watches)."""
-        assert self.nats is not None
         snapshot = ConfigSnapshot.model_validate_json(self.config_path.read_bytes())
-        asyncio.run(_load_store(self.nats.url, snapshot))
+        asyncio.run(_load_store(self.nats_url(natsauth.ADMIN), snapshot))
 
     def pepper(self) -> str:
         return self._pepper()
 
 
 async def _load_store(url: str, snapshot: ConfigSnapshot) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=natsauth.inbox_prefix_of(url))
     try:
         await (await ConfigWriter.open(nc.jetstream())).load(snapshot)
     finally:
