@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     conf.add_argument("--store-dir", default="/data", help="nats-server's JetStream directory")
     conf.add_argument("--tls-cert", help="server certificate (PEM): clients then connect with tls://")
     conf.add_argument("--tls-key", help="server certificate's key (PEM)")
-    conf.add_argument("--tls-ca", help="CA of client certificates: clients must then present one")
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         nats_config(args)
@@ -116,7 +115,6 @@ def nats_config(args: argparse.Namespace) -> None:
         store_dir=args.store_dir,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
     )
     print(f"wrote {written.config} and, per user, {args.out}/<user>.env (0600):", file=sys.stderr)
     for user, path in written.env_files.items():

@@ -62,11 +62,12 @@ def load_passwords(path: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Tls:
-    """A server certificate (and, with `ca_file`, the CA clients must present certificates of)."""
+    """The server's certificate: every client connection is then TLS (clients verify the server
+    with their system CAs, or the CA in `SSL_CERT_FILE`). No client certificates: the services
+    authenticate with their passwords, which TLS keeps off the wire."""
 
     cert_file: str
     key_file: str
-    ca_file: str | None = None
 
 
 def _user_block(user: str, password: str, perms: Permissions) -> str:
@@ -102,10 +103,12 @@ def render(
     if store_dir:
         lines.append(f"jetstream {{ store_dir: {json.dumps(store_dir)} }}")
     if tls is not None:
-        tls_lines = [f"  cert_file: {json.dumps(tls.cert_file)}", f"  key_file: {json.dumps(tls.key_file)}"]
-        if tls.ca_file:
-            tls_lines += [f"  ca_file: {json.dumps(tls.ca_file)}", "  verify: true"]
-        lines += ["tls {", *tls_lines, "}"]
+        lines += [
+            "tls {",
+            f"  cert_file: {json.dumps(tls.cert_file)}",
+            f"  key_file: {json.dumps(tls.key_file)}",
+            "}",
+        ]
     users = []
     for user in USERS:
         password = passwords[user]
@@ -134,13 +137,12 @@ def deploy_files(
     store_dir: str = "/data",
     tls_cert: str | None = None,
     tls_key: str | None = None,
-    tls_ca: str | None = None,
     rounds: int = BCRYPT_ROUNDS,
 ) -> DeployFiles:
     """What a deployment needs: nats-server's whole config (bcrypt hashes) and, per user, an env
     file with its `AIGW_NATS_URL` (`tls://` once the server has a certificate)."""
     passwords = load_passwords(out / "passwords.json")
-    tls = Tls(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None
+    tls = Tls(tls_cert, tls_key) if tls_cert and tls_key else None
     config = out / "nats.conf"
     # Readable by the server's container whatever user it runs as: it holds bcrypt hashes of
     # 256-bit random passwords, nothing a client could connect with.
