@@ -158,7 +158,7 @@ def test_with_a_certificate_services_connect_over_tls_to_the_server_they_trust(
         assert asyncio.run(with_bus())
         # A client that does not trust the server's CA does not get through.
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             asyncio.run(plain_client())
     finally:
         server.stop()
