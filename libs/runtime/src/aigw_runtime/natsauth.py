@@ -11,7 +11,8 @@ How the lists are built:
 * every aigw subject comes from `aigw_contracts.subjects` / `streams` and the config bucket's name
   from `configstore.BUCKET`; this module spells only nats-server's own API (`$JS.API.…`, `$KV.…`),
   found by reading nats-py's JetStream and KV code and checked against a real server
-  (`tests/test_bus_auth_e2e.py`);
+  (`libs/runtime/tests/test_runtime_natsauth.py`, `tests/test_bus_auth_e2e.py`; and every e2e test
+  fails on a refusal nats-server logs, so a subject missing here shows up at once);
 * each user reads answers on its own inbox prefix (`subjects.inbox_prefix(user)`; `Bus` and the edge
   connect with it), and a service that answers another writes only to that one's inbox, so no user
   reads or forges the answers to another's requests. Explicit inbox rights rather than nats-server's
@@ -22,6 +23,12 @@ How the lists are built:
 * only the worker and retrieval publish usage events: metering stores what the usage stream holds,
   and the stream holds only what those two users published. Metering alone consumes it (its
   durable) and answers usage queries.
+
+A limit of nats-server (2.15, its issue #8274): creating a push consumer does not check the consumer's
+deliver subject against the creator's publish rights, so a config reader can have the server deliver
+config entries (which it may read anyway) to a subject it may not publish to, e.g. another service's
+inbox, where they are garbage to that service. A stream does not capture such deliveries (tested),
+so this cannot put anything into the usage stream.
 
 Why passwords rather than nkeys or JWT accounts: nats-py takes them in the URL, nats-server stores
 them as bcrypt hashes, and they need no extra tooling; nkeys would remove the secret from the wire,
@@ -74,8 +81,8 @@ class Permissions:
 
 
 def kv_reader(bucket: str) -> Permissions:
-    """Watch a bucket: look it up, run an ordered push consumer on it (delivered to the reader's
-    inbox, flow-controlled), and let it go."""
+    """Watch a bucket: look it up and run an ordered push consumer on it (delivered to the reader's
+    inbox, flow-controlled; nats-py never deletes it: it expires once unused)."""
     stream = kv_stream(bucket)
     return Permissions(
         publish=(
@@ -83,7 +90,6 @@ def kv_reader(bucket: str) -> Permissions:
             _api("CONSUMER", "CREATE", stream),
             _api("CONSUMER", "CREATE", stream, ">"),
             _api("CONSUMER", "INFO", stream, "*"),
-            _api("CONSUMER", "DELETE", stream, "*"),
             f"$JS.FC.{stream}.>",
         ),
         subscribe=(),
@@ -118,13 +124,13 @@ def usage_producer() -> Permissions:
 
 
 def durable_puller(stream: str, durable: str) -> Permissions:
-    """Create, inspect and pull from one durable consumer, and acknowledge what it delivers."""
+    """Create (or update) one durable consumer, pull from it and acknowledge what it delivers.
+    Both create forms: nats-py uses the legacy one for a consumer named by `durable_name` alone."""
     return Permissions(
         publish=(
             _api("CONSUMER", "CREATE", stream, durable),
             _api("CONSUMER", "CREATE", stream, durable, ">"),
             _api("CONSUMER", "DURABLE", "CREATE", stream, durable),
-            _api("CONSUMER", "INFO", stream, durable),
             _api("CONSUMER", "MSG", "NEXT", stream, durable),
             f"$JS.ACK.{stream}.{durable}.>",
         ),
@@ -195,9 +201,7 @@ def _table() -> dict[str, Permissions]:
             publish=(*streams.USAGE_DEAD_SUBJECTS,),
             subscribe=(subjects.METERING_QUERY,),
         ),
-        ADMIN: _own_inbox(ADMIN)
-        + kv_writer(BUCKET)
-        + Permissions(publish=(_api("INFO"), _api("STREAM", "NAMES"), _api("STREAM", "LIST")), subscribe=()),
+        ADMIN: _own_inbox(ADMIN) + kv_writer(BUCKET),
     }
 
 

@@ -22,6 +22,7 @@ aigw is running.
   gateway:  model="demo"  (id {gid}, slug {slug}) -> {upstream}
   API key:  written to {keyfile}
   state:    {state} (logs in {state}/logs)
+  NATS:     {nats} (authenticated: one user per service, passwords in {state}/nats-passwords.json)
 
 Try it:
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 + ("" if stack.openai_api_key else " (the aigw simulator: set OPENAI_API_KEY for OpenAI)"),
                 keyfile=stack.state_dir / "demo-key",
                 state=stack.state_dir,
+                nats=stack.nats.url if stack.nats else "",
             ),
             flush=True,
         )

@@ -2,6 +2,10 @@
 
 `make run`, the integration tests and the benchmarks all start the system through `Stack`, so what
 a newcomer runs is what the tests prove. Each process logs to `<state>/logs/<name>.log`.
+
+NATS runs with authentication (`aigw_runtime.natsauth`): each service connects as its own user with
+its own `AIGW_NATS_URL`, and the config store is seeded as `admin`; `nats_url(user)` gives tests a
+user's URL, `bus_violations()` what nats-server refused.
 """
 
 from __future__ import annotations
