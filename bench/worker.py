@@ -1,12 +1,11 @@
-"""Measure the worker's per-token publishing: faststream `broker.publish` vs the raw nats-py client.
+"""The inference worker end to end: delta events relayed per second and its CPU per event.
 
-    uv run python -m bench.worker [--events 50000] [--streams 40] [--tokens 200]
+    uv run python -m bench.worker [--streams 40] [--tokens 200]
 
-1. publish loop: N delta-sized events (the real chunk bytes and event headers) published to a
-   subject another connection counts; events/s until the last one arrived, for each publisher;
-2. end to end: the real worker process (event_publisher=broker, then =nats) relays S concurrent
-   streams of T tokens from the simulator (token_ms=1, so tokens arrive in separate reads and are
-   not coalesced away); reported: delta events relayed and the worker's CPU time per event.
+The real worker process relays S concurrent streams of T tokens from the simulator (token_ms=1, so
+tokens arrive in separate reads and are not coalesced away); reported: delta events relayed, per
+second, and the worker's CPU time per event. The cost of one publish alone (faststream's
+`broker.publish`, the runtime's `Bus.publish`, nats-py's) is measured by `bench.bus`.
 
 nats-server, the bench process and the worker share CPU 0 (the system benchmark's layout); the
 simulator runs on CPU 1.
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import nats
-from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from aigw_contracts import (
@@ -37,11 +35,10 @@ from aigw_contracts import (
     headers,
     subjects,
 )
-from aigw_contracts.events import EventKind, event_headers
+from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 from aigw_devstack.nats import NatsServer
 from aigw_devstack.procs import Process, free_port
-from aigw_worker.chunks import ChunkWriter
 
 HOST = "127.0.0.1"
 
@@ -49,42 +46,6 @@ HOST = "127.0.0.1"
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else name
-
-
-async def publish_loop(url: str, events: int) -> dict[str, float]:
-    writer = ChunkWriter(f"chatcmpl-{uuid7()}", int(time.time()), "@openai/gpt-5-mini", False)
-    writer.begin("fp_x")
-    payload = writer.content(" token")
-    counter = await nats.connect(url)
-    results: dict[str, float] = {}
-    for name in ("broker.publish", "raw nc.publish"):
-        subject = f"bench.{uuid7()}"
-        done = asyncio.Event()
-        seen = 0
-
-        async def count(_msg: object, done: asyncio.Event = done) -> None:
-            nonlocal seen
-            seen += 1
-            if seen == events:
-                done.set()
-
-        await counter.subscribe(subject, cb=count, pending_msgs_limit=-1, pending_bytes_limit=-1)
-        await counter.flush()
-        broker = NatsBroker(url, logger=None)
-        await broker.connect()
-        nc = broker.connection
-        started = time.perf_counter()
-        for seq in range(events):
-            hdrs = event_headers(EventKind.DELTA, seq)
-            if name == "broker.publish":
-                await broker.publish(payload, subject=subject, headers=hdrs)
-            else:
-                await nc.publish(subject, payload, headers=hdrs)
-        await asyncio.wait_for(done.wait(), 60)
-        results[name] = events / (time.perf_counter() - started)
-        await broker.stop()
-    await counter.close()
-    return results
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -119,15 +80,12 @@ def _envelope(sim_url: str, tokens: int) -> ChatEnvelope:
     )
 
 
-async def end_to_end(
-    url: str, sim_url: str, state: Path, publisher: str, streams: int, tokens: int
-) -> dict[str, float]:
-    log = state / f"worker-{publisher}.log"
+async def end_to_end(url: str, sim_url: str, state: Path, streams: int, tokens: int) -> dict[str, float]:
     worker = Process(
-        f"worker-{publisher}",
+        "worker",
         ["taskset", "-c", "0", _bin("aigw-worker")],
-        log,
-        env={"AIGW_NATS_URL": url, "AIGW_EVENT_PUBLISHER": publisher, "AIGW_LOG_LEVEL": "WARNING"},
+        state / "worker.log",
+        env={"AIGW_NATS_URL": url, "AIGW_LOG_LEVEL": "WARNING"},
     ).start()
     nc = await nats.connect(url)
     deltas = 0
@@ -178,7 +136,6 @@ async def end_to_end(
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
@@ -201,16 +158,12 @@ async def main() -> None:
 
     sim.wait_ready(sim_up)
     try:
-        print(f"publish loop, {args.events} delta events (events/s):")
-        for name, rate in (await publish_loop(server.url, args.events)).items():
-            print(f"  {name:16s} {rate:10,.0f}")
         print(f"end to end, {args.streams} streams x {args.tokens} tokens through the worker:")
-        for publisher in ("broker", "nats"):
-            r = await end_to_end(server.url, sim_url, state, publisher, args.streams, args.tokens)
-            print(
-                f"  event_publisher={publisher:6s} deltas={r['deltas']:.0f} "
-                f"{r['deltas_per_s']:,.0f} deltas/s, worker CPU {r['cpu_us_per_delta']:.1f} us/delta"
-            )
+        r = await end_to_end(server.url, sim_url, state, args.streams, args.tokens)
+        print(
+            f"  deltas={r['deltas']:.0f} {r['deltas_per_s']:,.0f} deltas/s, "
+            f"worker CPU {r['cpu_us_per_delta']:.1f} us/delta"
+        )
     finally:
         sim.stop()
         server.stop()

@@ -50,8 +50,11 @@ TEST_ENV = {
 _STACKS: list[Stack] = []
 
 
-def start_stack(state: Path, with_metering: bool = False, **kw: object) -> Stack:
-    stack = Stack(state_dir=state, with_metering=with_metering, env=dict(TEST_ENV), **kw)  # type: ignore[arg-type]
+def start_stack(
+    state: Path, with_metering: bool = False, env: dict[str, str] | None = None, **kw: object
+) -> Stack:
+    """The system as processes with the test settings (`TEST_ENV`, then `env`)."""
+    stack = Stack(state_dir=state, with_metering=with_metering, env={**TEST_ENV, **(env or {})}, **kw)  # type: ignore[arg-type]
     state.mkdir(parents=True, exist_ok=True)
     stack.sim_port = 0
     # The config file must hold the test gateways before the router starts.

@@ -41,7 +41,7 @@ def test_unknown_gateway_is_404_naming_the_param(client: OpenAI) -> None:
             "temperature",
         ),
         (b'{"model": "demo"}', "messages"),
-        (b'{"model": "demo", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
+        (b'{"model": "demo", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', "frobnicate"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream_options": {}}', None),
     ],
@@ -181,3 +181,30 @@ def test_a_gateway_misconfiguration_tells_the_sdk_not_to_retry(
     assert err.response.headers["x-should-retry"] == "false" and len(attempts) == 1
     admin.delete(f"/gateways/{gw['id']}")
     operator.delete("/upstreams/@keyless/m")
+
+
+def test_two_authorization_headers_are_400_not_whichever_comes_first(stack: Stack) -> None:
+    assert stack.demo is not None
+    good = f"Bearer {stack.demo.key}"
+    with httpx.Client(base_url=stack.base_url, timeout=10) as http:
+        for method, path in (("POST", "/chat/completions"), ("GET", "/gateways")):
+            resp = http.request(
+                method,
+                path,
+                headers=[
+                    ("authorization", good),
+                    ("authorization", "Bearer aigw_other"),
+                    ("content-type", "application/json"),
+                ],
+                content=b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}'
+                if method == "POST"
+                else None,
+            )
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["code"] == "duplicate_authorization"
+
+
+def test_a_usage_date_out_of_range_is_400_naming_it(http: httpx.Client) -> None:
+    resp = http.get("/usage", params={"from": "0026-01-01"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "from"

@@ -34,7 +34,7 @@ def test_a_gateway_whose_upstream_is_down_answers_from_its_fallback(
     bad = admin.post(
         "/gateways", json={"name": "resilient", "upstream": down.json()["id"], "fallbacks": ["@nope/x"]}
     )
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "fallbacks.0"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "fallbacks[0]"
     gw = admin.post(
         "/gateways",
         json={"name": "resilient", "upstream": down.json()["id"], "fallbacks": ["@sim/sim-model"]},

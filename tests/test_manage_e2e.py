@@ -43,13 +43,12 @@ def test_gateway_lifecycle_takes_effect_within_a_second(admin: httpx.Client, cli
     )
     assert created.status_code == 201, created.text
     gw = created.json()
-    assert gw["slug"] == f"lifecycle:{gw['id'][-4:]}" and gw["version"] >= 1
+    assert gw["slug"] == f"lifecycle:{gw['id'][-4:]}" and gw["version"] == 1
     took = eventually(lambda: _works(client, gw["id"]), 1.0, "new gateway routable")
     assert took < 1.0
 
-    assert (
-        admin.patch(f"/gateways/{gw['slug']}", json={"instructions": "SECOND [sim echo]"}).status_code == 200
-    )
+    updated = admin.patch(f"/gateways/{gw['slug']}", json={"instructions": "SECOND [sim echo]"})
+    assert updated.status_code == 200 and updated.json()["version"] == 2
 
     def sees_second() -> bool:
         content = _chat(client, gw["id"], "what? [sim echo]").choices[0].message.content or ""
@@ -67,6 +66,16 @@ def test_gateway_lifecycle_takes_effect_within_a_second(admin: httpx.Client, cli
 
     assert admin.delete(f"/gateways/{gw['id']}").status_code == 200
     eventually(lambda: not _works(client, gw["id"]), 1.0, "deleted gateway gone")
+
+
+def test_gateway_names_are_unique_so_a_chat_by_name_finds_one(admin: httpx.Client, client: OpenAI) -> None:
+    first = admin.post("/gateways", json={"name": "only-one", "upstream": "@sim/sim-model"})
+    assert first.status_code == 201, first.text
+    second = admin.post("/gateways", json={"name": "only-one", "upstream": "@sim/sim-model"})
+    assert second.status_code == 409 and second.json()["error"]["code"] == "conflict"
+    assert first.json()["slug"] in second.json()["error"]["message"]
+    eventually(lambda: _works(client, "only-one"), 1.0, "the gateway routable by name")
+    assert admin.delete("/gateways/only-one").json()["id"] == first.json()["id"]
 
 
 @pytest.mark.parametrize(
@@ -231,7 +240,7 @@ def test_cli_manages_gateways_and_keys(stack: Stack) -> None:
     )
     assert routed["fallbacks"] == ["@openai/gpt-5-nano"] and routed["routing"]["high"] == "@openai/gpt-5"
     assert _cli(stack, "gateway", "update", gw["id"], "--routing", "null")["routing"] is None
-    assert _cli(stack, "gateway", "show", gw["id"])["version"] >= 2
+    assert _cli(stack, "gateway", "show", gw["id"])["version"] == 4  # created, then updated 3 times
     assert _cli(stack, "gateway", "delete", gw["id"])["deleted"] is True
     key = _cli(stack, "key", "create", "--name", "cli")
     assert _cli(stack, "key", "revoke", key["id"])["revoked"] is True

@@ -30,9 +30,10 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "tool_choice": ("none", "auto"),
     "parallel_tool_calls": (False, True),
     "logit_bias": ({"1": 1.0}, {"2": 2.0}),
-    "logprobs": (False, True),
+    "logprobs": (True, True),  # `top_logprobs` needs it true on both sides
     "top_logprobs": (1, 2),
     "verbosity": ("low", "high"),
+    "n": (1, 2),
 }
 
 

@@ -91,7 +91,10 @@ async def seed_store(nats_url: str, snapshot: ConfigSnapshot) -> None:
 
 
 @asynccontextmanager
-async def serve_edge(nats_url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
+async def serve_edge(
+    nats_url: str, tmp_path: Path, prepare: Callable[[EdgeApp], None] | None = None, **overrides: Any
+) -> AsyncIterator[Edge]:
+    """The edge on a free port; `prepare` may change the app before it serves (add a middleware)."""
     keys = Keys()
     await seed_store(nats_url, keys.snapshot())
     values: dict[str, Any] = {
@@ -105,6 +108,8 @@ async def serve_edge(nats_url: str, tmp_path: Path, **overrides: Any) -> AsyncIt
     }
     settings = EdgeSettings(**values)
     app = create_app(settings)
+    if prepare is not None:
+        prepare(app)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

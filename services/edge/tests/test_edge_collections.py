@@ -210,7 +210,7 @@ async def test_a_body_naming_another_tenant_changes_nothing(
         ({"text": "no docid"}, "docid"),
         ({"docid": "a", "text": "x", "content_type": "image/png"}, "content_type"),
         ({"documents": []}, "documents"),
-        ({"documents": [{"docid": "a", "text": "x", "__tags": "hr"}]}, "documents.0.__tags"),
+        ({"documents": [{"docid": "a", "text": "x", "__tags": "hr"}]}, "documents[0].__tags"),
     ],
 )
 async def test_bad_documents_are_400s_naming_the_field(

@@ -83,14 +83,77 @@ async def test_the_sdk_raises_authentication_error_for_a_wrong_key(edge: Edge) -
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}', "temperature"),
         (b'{"model": "m"}', "messages"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
-        (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+        (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 5}', "stop"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', "frobnicate"),
         (
             b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream_options": {}}',
             "stream_options",
         ),
+        # what OpenAI requires of each role, named as OpenAI names it
+        (
+            b'{"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user"}]}',
+            "messages[1].content",
+        ),
+        (b'{"model": "m", "messages": [{"role": "developer"}]}', "messages[0].content"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}',
+            "messages[1].content",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": '
+            b'[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, '
+            b'{"role": "tool", "content": "r"}]}',
+            "messages[2].tool_call_id",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r", '
+            b'"tool_call_id": "c9"}]}',
+            "messages[1].tool_call_id",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": '
+            b'[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, '
+            b'{"role": "user", "content": "again"}]}',
+            "messages[1].tool_calls",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": '
+            b'[{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}',
+            "messages[1].tool_calls[0].id",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "system", "content": [{"type": "image_url", "image_url": '
+            b'{"url": "https://x"}}]}]}',
+            "messages[0].content[0].type",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": []}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": "function", "content": "r"}]}', "messages[0].name"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
+            "tools[0].function",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+            b'"function": {"name": "f"}}, {"type": "function", "function": {"name": "has space"}}]}',
+            "tools[1].function.name",
+        ),
+        # parameters the gateway cannot honour faithfully are refused, never dropped
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "store": true}', "store"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "service_tier": "priority"}',
+            "service_tier",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "audio": {"voice": "alloy"}}',
+            "audio",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "web_search_options": {}}',
+            "web_search_options",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 129}', "n"),
     ],
 )
 async def test_bad_input_is_400_naming_the_param(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -391,3 +392,42 @@ async def test_the_edge_survives_a_nats_restart(fresh_nats: NatsServer, tmp_path
             assert (await http.get("/readyz")).status_code == 200
         finally:
             await nc.close()
+
+
+async def test_a_slow_reader_is_cut_off_instead_of_growing_the_edge(
+    nats_server: NatsServer, tmp_path: Path, router: FakeRouter
+) -> None:
+    """A client that stops reading a flooding stream: the edge holds at most its stream buffer
+    for it, tells the worker to stop at once, and ends the stream with a `slow_reader` error."""
+    limit = 64 * 1024
+    piece = "x" * 16_000
+
+    async def flood(env: ChatEnvelope, r: FakeRouter) -> None:
+        rid = env.request_id
+        for seq in range(400):  # 6.4 MB of deltas, far beyond the socket buffers and the limit
+            await r.emit(env, EventKind.DELTA, seq, chunk(rid, piece))
+            if r.cancels:
+                return
+
+    router.handler = flood
+    async with serve_edge(nats_server.url, tmp_path, stream_buffer_bytes=limit) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.settings.port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {edge.keys.good}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        await writer.drain()
+        # Nothing is read: the cancel comes while the client is still silent.
+        await eventually(lambda: bool(router.cancels), 20, "the worker told to stop")
+        assert router.cancels[0].reason == "slow_reader"
+        (inbox,) = edge.app.bus._inboxes.values()
+        assert inbox.queued == -1  # cut: nothing more is kept for this client
+        received = b""
+        while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk of the HTTP response
+            received += await asyncio.wait_for(reader.read(65536), 30)
+        writer.close()
+    assert received.count(b"data: ") < 400  # cut short
+    assert b'"code": "slow_reader"' in received or b'"code":"slow_reader"' in received

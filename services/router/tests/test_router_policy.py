@@ -82,6 +82,76 @@ def test_clamp_refuses_non_numbers() -> None:
 def test_public_keys_set_only_a_small_parameter_set() -> None:
     gw = _gateway(parameters={"seed": 1}, policy={"seed": ParameterRule(mode="default")})
     used = effective_parameters(
-        _request(temperature=0.4, seed=99, tools=[{"type": "function"}]), gw, "public"
+        _request(temperature=0.4, seed=99, tools=[{"type": "function", "function": {"name": "f"}}]),
+        gw,
+        "public",
     )
     assert used == {"temperature": 0.4, "seed": 1}
+
+
+def test_n_logprobs_and_logit_bias_are_overridable_by_private_keys_only() -> None:
+    gw = _gateway()
+    asked = {"n": 2, "logprobs": True, "top_logprobs": 3, "logit_bias": {"50256": -100.0}}
+    assert effective_parameters(_request(**asked), gw) == asked
+    assert effective_parameters(_request(**asked), gw, "public") == {}
+    locked = _gateway(parameters={"n": 1}, policy={"n": ParameterRule(mode="locked")})
+    assert effective_parameters(_request(n=4), locked)["n"] == 1
+    clamped = _gateway(policy={"n": ParameterRule(mode="clamped", max=2)})
+    assert effective_parameters(_request(n=4), clamped)["n"] == 2
+
+
+def test_honoured_parameters_reach_the_upstream_body() -> None:
+    req = _request(n=2, logprobs=True, top_logprobs=1, logit_bias={"7": 5.0}, prediction={"type": "content"})
+    body = upstream_body(req, _gateway(), effective_parameters(req, _gateway()))
+    assert (body["n"], body["logprobs"], body["top_logprobs"], body["logit_bias"]) == (2, True, 1, {"7": 5.0})
+    assert body["prediction"] == {"type": "content"}  # passed through as sent
+
+
+@pytest.mark.parametrize(
+    ("asked", "gateway", "param"),
+    [
+        (
+            {"logprobs": True, "top_logprobs": 2},
+            {"parameters": {"logprobs": False}, "policy": {"logprobs": ParameterRule(mode="locked")}},
+            "top_logprobs",
+        ),
+        (
+            {"logprobs": True, "top_logprobs": 2},
+            {"policy": {"logprobs": ParameterRule(mode="locked")}},
+            "top_logprobs",
+        ),
+        ({"tool_choice": "auto"}, {}, "tool_choice"),
+        ({"parallel_tool_calls": False}, {}, "parallel_tool_calls"),
+    ],
+)
+def test_a_request_half_that_cannot_work_without_the_other_is_a_400(
+    asked: dict[str, Any], gateway: dict[str, Any], param: str
+) -> None:
+    from aigw_contracts import errors
+
+    gw = _gateway(**gateway)
+    req = _request(**asked)
+    with pytest.raises(errors.InvalidRequest) as err:
+        upstream_body(req, gw, effective_parameters(req, gw))
+    assert err.value.param == param
+
+
+def test_the_gateway_may_supply_the_other_half() -> None:
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    gw = _gateway(parameters={"tools": tools})
+    req = _request(tool_choice="required", parallel_tool_calls=False)
+    body = upstream_body(req, gw, effective_parameters(req, gw))
+    assert (
+        body["tools"] == tools and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+    )
+
+
+def test_n_above_one_is_refused_on_a_gateway_whose_model_searches_itself() -> None:
+    from aigw_contracts import errors
+    from aigw_contracts.knowledge import GatewayKnowledge
+
+    gw = _gateway(knowledge=GatewayKnowledge(collection="c", strategy="QueryFunction"))
+    with pytest.raises(errors.InvalidRequest) as err:
+        upstream_body(_request(n=2), gw, effective_parameters(_request(n=2), gw))
+    assert err.value.param == "n"
+    assert upstream_body(_request(n=1), gw, {"n": 1})["n"] == 1

@@ -212,3 +212,16 @@ async def test_missing_retrieval_service_is_a_503_naming_it(seen: Seen) -> None:
     (err,) = seen["reply"]
     assert err.headers and err.headers[headers.STATUS] == "503"
     assert "retrieval" in json.loads(err.data)["error"]["message"]
+
+
+async def test_an_envelope_it_refuses_is_answered_on_its_reply_subject(seen: Seen) -> None:
+    """An edge of another version may accept a request this router's contracts refuse: the client
+    gets the 400 at once instead of waiting for its holder timeout."""
+    env = json.loads(_envelope("support"))
+    env["request"]["messages"] = [{"role": "tool", "content": "no call id"}]
+    await seen.publish(subjects.ROUTER_CHAT, json.dumps(env).encode())
+    await seen.settle()
+    assert not seen["worker"]
+    (err,) = seen["reply"]
+    assert err.headers and err.headers[headers.STATUS] == "400"
+    assert "tool_call_id" in json.loads(err.data)["error"]["param"]

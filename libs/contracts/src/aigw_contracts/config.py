@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .api import INFERENCE_PARAMETERS
+from .api import DEFAULT_OVERRIDABLE, INFERENCE_PARAMETERS
 from .knowledge import GatewayKnowledge
 
 
@@ -64,25 +64,6 @@ class ParameterRule(BaseModel):
     max: float | None = None
 
 
-# Parameters a request may override when a gateway says nothing about them (the reference product's
-# documented list); every other parameter is the gateway administrator's to set.
-DEFAULT_OVERRIDABLE: frozenset[str] = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "seed",
-        "reasoning_effort",
-        "max_completion_tokens",
-        "max_tokens",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-    }
-)
-
-
 Complexity = Literal["low", "medium", "high"]
 
 
@@ -125,6 +106,9 @@ class Gateway(BaseModel):
     # no answer in time): see `aigw_worker.call` for exactly when.
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
     routing: AutoRouting | None = None  # pick the upstream by the request's complexity
+    # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
+    # it). Entries written before it existed read as 1.
+    version: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

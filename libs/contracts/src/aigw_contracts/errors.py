@@ -86,6 +86,19 @@ class Conflict(GatewayError):
     status, type, code = 409, "invalid_request_error", "conflict"
 
 
+class IdempotencyConflict(Conflict):
+    """A request with this `idempotency_key` is still running (the SDKs retry 409s)."""
+
+    code = "idempotency_conflict"
+
+
+class IdempotencyKeyReused(GatewayError):
+    """The `idempotency_key` was used with a different request body: 422, as the IETF
+    Idempotency-Key draft answers it (the SDKs do not retry it)."""
+
+    status, type, code = 422, "invalid_request_error", "idempotency_key_reused"
+
+
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 

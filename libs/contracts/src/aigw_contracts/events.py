@@ -8,7 +8,10 @@ without parsing them:
 * `final`: for a stream, the closing chunks (the last one carries `usage` and
   `generation_context`), one JSON document per line; for a non-stream request, the whole
   `chat.completion` body;
-* `error`: an OpenAI error body; `Aigw-Status` holds the HTTP status.
+* `error`: an OpenAI error body; `Aigw-Status` holds the HTTP status;
+* `alive`: no payload and no sequence number: the process holding the request (router, retrieval,
+  worker) is still working on it (`aigw_runtime.heartbeat`). Never relayed to the client; an edge
+  that hears neither events nor heartbeats for its holder timeout ends the request.
 
 Every stream ends with exactly one `final` or `error`. Sequence numbers start at 0 with no gaps,
 so a lost event (core NATS is at-most-once) is detected, not silently skipped.
@@ -26,6 +29,7 @@ class EventKind(StrEnum):
     DELTA = "delta"
     FINAL = "final"
     ERROR = "error"
+    ALIVE = "alive"
 
 
 def event_headers(kind: EventKind, seq: int) -> dict[str, str]:

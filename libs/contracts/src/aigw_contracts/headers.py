@@ -25,3 +25,5 @@ HTTP_PARAMS_USED = "x-aigw-params"
 HTTP_FALLBACK = "x-aigw-fallback"
 HTTP_ROUTED_COMPLEXITY = "x-model-routed-complexity"  # as the reference product names it
 HTTP_SHOULD_RETRY = "x-should-retry"
+# "true" on an answer replayed for a repeated `idempotency_key` (nothing ran, nothing was billed).
+HTTP_IDEMPOTENT_REPLAY = "x-aigw-idempotent-replay"

@@ -28,3 +28,10 @@ USAGE_MAX_AGE_S: Final = 30 * 24 * 3600.0  # seconds; consumers have a month to 
 USAGE_DEAD_STREAM: Final = "AIGW_USAGE_DEAD"
 USAGE_DEAD_SUBJECTS: Final = (subjects.USAGE_DEAD_LETTER,)
 USAGE_DEAD_MAX_AGE_S: Final = 90 * 24 * 3600.0
+
+# Answers kept for repeated calls with one `idempotency_key` (a JetStream key-value bucket, written
+# by the edges: `aigw_edge.idempotency`). Entries expire after the edges' idempotency window (the
+# bucket's TTL); one version per key is enough, since each is replaced at most twice (pending, done).
+IDEMPOTENCY_BUCKET: Final = "aigw_idempotency"
+IDEMPOTENCY_STORAGE: Final = "file"  # JetStream StorageType: a kept answer survives a NATS restart
+IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' setting

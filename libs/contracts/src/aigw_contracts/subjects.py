@@ -100,3 +100,11 @@ def bounce_subject(service_id: str, reply: str) -> str:
 
 def reply_from_bounce(service_id: str, subject: str) -> str:
     return subject[len(BOUNCE_PREFIX) + len(service_id) + 2 :]
+
+
+def reply_in_bounce(subject: str) -> str:
+    """The edge's reply subject inside a bounce subject of any service ("" if it is none);
+    service ids hold no dots."""
+    if not subject.startswith(BOUNCE_PREFIX + "."):
+        return ""
+    return subject[len(BOUNCE_PREFIX) + 1 :].partition(".")[2]

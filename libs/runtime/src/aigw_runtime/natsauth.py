@@ -19,7 +19,8 @@ How the lists are built:
   `allow_responses`: a response permission is granted for whatever reply subject the asker names
   (`$KV.aigw_config.…` included), which would let any asker make a responder write there;
 * only the edge (the management API) and `admin` (`aigw bootstrap`, `make run`'s seeding) write the
-  config bucket; the router, retrieval and the edge read it;
+  config bucket; the router, retrieval and the edge read it. The idempotency bucket (kept answers)
+  is the edge's alone;
 * only the worker and retrieval publish usage events: metering stores what the usage stream holds,
   and the stream holds only what those two users published. Metering alone consumes it (its
   durable) and answers usage queries.
@@ -111,6 +112,13 @@ def kv_writer(bucket: str) -> Permissions:
     )
 
 
+def kv_owner(bucket: str) -> Permissions:
+    """A writer that also keeps the bucket's settings current (the idempotency bucket's TTL)."""
+    return kv_writer(bucket) + Permissions(
+        publish=(_api("STREAM", "UPDATE", kv_stream(bucket)),), subscribe=()
+    )
+
+
 def stream_keeper(stream: str) -> Permissions:
     """Look a stream up and create it when it is missing (never update, purge or delete it)."""
     return Permissions(
@@ -152,6 +160,7 @@ def _table() -> dict[str, Permissions]:
     return {
         EDGE: _own_inbox(EDGE)
         + kv_writer(BUCKET)
+        + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,

@@ -81,10 +81,27 @@ class UsageBus(Protocol):
 class _Pending:
     """One event until the stream acknowledged it (serialized once, for all its attempts)."""
 
-    __slots__ = ("attempts", "backoff", "deadline", "event", "give_up", "headers", "payload", "subject")
+    __slots__ = (
+        "attempts",
+        "backoff",
+        "deadline",
+        "event",
+        "give_up",
+        "headers",
+        "payload",
+        "subject",
+        "waiter",
+    )
 
-    def __init__(self, event: UsageEvent, retry_window: float, first_backoff: float) -> None:
+    def __init__(
+        self,
+        event: UsageEvent,
+        retry_window: float,
+        first_backoff: float,
+        waiter: asyncio.Future[bool] | None = None,
+    ) -> None:
         self.event = event
+        self.waiter = waiter  # resolved True when the stream stored it, False when it is given up
         self.subject = subjects.usage_subject(event.tenant)
         self.payload = event.model_dump_json().encode()
         self.headers = {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: streams.USAGE_STREAM}
@@ -118,6 +135,8 @@ class UsagePublisher:
         self._backing_off: dict[_Pending, asyncio.TimerHandle] = {}
         self._token = 0
         self._wake = asyncio.Event()  # something to send
+        self._urgent = asyncio.Event()  # someone waits for an ack: no linger
+        self._waited: deque[tuple[UsageEvent, asyncio.Future[bool]]] = deque()  # `durable` events
         self._room = asyncio.Event()  # an ack made room under max_in_flight
         self._settled = asyncio.Event()  # nothing left anywhere
         self._settled.set()
@@ -141,32 +160,74 @@ class UsagePublisher:
         self._settled.clear()
         self._wake.set()
 
+    async def durable(self, events: list[UsageEvent], within: float) -> bool:
+        """Publish `events` now and wait until the usage stream stored them all (True), or until
+        `within` seconds passed or one was given up (False; the publisher keeps trying the rest).
+
+        For callers that must not answer before their bill is safe: the worker awaits this before
+        a request's final event, so a worker killed after answering has lost no usage. These skip
+        the linger (a waiting request must not wait for a batch to gather); under load they still
+        share writes with whatever else is queued at that moment.
+        """
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[bool]] = []
+        for event in events:
+            waiter: asyncio.Future[bool] = loop.create_future()
+            waiters.append(waiter)
+            self._waited.append((event, waiter))
+        if not waiters:
+            return True
+        self._settled.clear()
+        self._urgent.set()
+        self._wake.set()
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*waiters), within)
+        except TimeoutError:
+            return False
+        return all(done)
+
     @property
     def pending(self) -> int:
         """Events not settled yet: queued, awaiting an ack, or waiting to be retried."""
-        return len(self._submitted) + len(self._retries) + len(self._in_flight) + len(self._backing_off)
+        return (
+            len(self._submitted)
+            + len(self._waited)
+            + len(self._retries)
+            + len(self._in_flight)
+            + len(self._backing_off)
+        )
 
     # ------------------------------------------------------------------ sending
     async def _send_loop(self) -> None:
         submitted, retries, in_flight = self._submitted, self._retries, self._in_flight
+        waited = self._waited
         while True:
             await self._wake.wait()
-            if self._linger > 0:
-                await asyncio.sleep(self._linger)  # let a batch gather (see the module docstring)
+            if self._linger > 0 and not self._urgent.is_set():
+                # Let a batch gather (see the module docstring); a `durable` caller cuts it short.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._linger)
             self._wake.clear()
-            while submitted or retries:
+            self._urgent.clear()
+            while submitted or retries or waited:
                 if len(in_flight) >= self._max_in_flight:
                     self._room.clear()
                     await self._room.wait()
                     continue
+                waiter: asyncio.Future[bool] | None = None
                 if retries:
                     item = retries.popleft()
                 else:
-                    event = submitted.popleft()
+                    if waited:
+                        event, waiter = waited.popleft()
+                    else:
+                        event = submitted.popleft()
                     try:
-                        item = _Pending(event, self._retry_window, self._first_backoff)
+                        item = _Pending(event, self._retry_window, self._first_backoff, waiter)
                     except Exception:
                         self._lose(event, "usage event lost: it could not be serialized", exc_info=True)
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(False)
                         continue
                 await self._send(item)
 
@@ -194,12 +255,16 @@ class UsagePublisher:
             self.published += 1
             if duplicate:
                 self.duplicates += 1
+            if item.waiter is not None and not item.waiter.done():
+                item.waiter.set_result(True)
         self._room.set()
         self._check_settled()
 
     def _failed(self, item: _Pending, error: str) -> None:
         if time.monotonic() + item.backoff > item.give_up:
             self.lost += 1
+            if item.waiter is not None and not item.waiter.done():
+                item.waiter.set_result(False)
             log.error(
                 "usage event lost: the usage stream did not accept it",
                 extra={"attempts": item.attempts, "error": error, "usage_event": _dump(item.event)},

@@ -61,6 +61,8 @@ async def ask_worker(nc: NatsClient, envelope: ChatEnvelope, within: float) -> t
     answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
     async def on_event(msg: Msg) -> None:
+        if (msg.headers or {}).get(hdr.EVENT) == EventKind.ALIVE:
+            return  # the worker's heartbeat, not its answer
         if not answer.done():
             answer.set_result(msg)
 

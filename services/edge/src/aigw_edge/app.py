@@ -1,10 +1,15 @@
 """The edge's ASGI application: `create_app(settings)` builds it; uvicorn serves it.
 
-FastAPI serves every route, error and the lifespan (NATS connect and drain). Chat completions are
-registered as a route too, but `EdgeApp.__call__` hands a `POST` to them straight to the endpoint
-(through the body limit): FastAPI's per-request layers (telemetry check, exception middlewares,
-route scan, a wrapper around every `send`) cost about 80 µs of CPU per request (≈200 → ≈120 µs
-measured with bench/edge.py's layout), and that endpoint answers every error itself.
+    EdgeApp = middleware₁(middleware₂(… dispatch))
+    dispatch: POST /v1/chat/completions → ChatEndpoint        (raw ASGI: the hot path)
+              everything else           → EdgeAPI (FastAPI)   (routes, errors, docs, lifespan)
+
+One list of pure-ASGI middlewares (body limit, access log, and whatever `add_middleware` adds:
+CORS, tracing…) wraps both branches, so no middleware can miss the main endpoint. Chat completions
+skip FastAPI itself: its per-request layers (telemetry check, exception middlewares, route scan, a
+wrapper around every `send`) cost about 80 µs of CPU per request (≈200 → ≈120 µs measured with
+bench/edge.py's layout), and that endpoint answers every error itself. FastAPI still knows the
+chat paths: other methods get its 405, and `/openapi.json` documents the endpoint.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aigw_contracts import ChatCompletionChunk
 from aigw_runtime.bus import redact_url
 from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
 from aigw_runtime.netguard import parse_allowlist
@@ -27,23 +36,64 @@ from .bus import Bus
 from .limits import BodyLimitMiddleware
 from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
+from .openapi import add_components
 from .routes import chat, health, models, usage
 from .settings import EdgeSettings
 
 log = logging.getLogger("aigw.edge")
 
+_CHAT_PATHS = frozenset(chat.PATHS)
 
-class EdgeApp(FastAPI):
-    chat_app: ASGIApp
-    bus: Bus
-    keys: KeyStore
-    settings: EdgeSettings
+
+class EdgeAPI(FastAPI):
+    """FastAPI with the chat endpoint in its OpenAPI document (see `routes.chat.documented`)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if not self.openapi_schema:
+            schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                openapi_version=self.openapi_version,
+                description=self.description,
+                routes=[*chat.documented.routes, *self.routes],
+                tags=self.openapi_tags,
+                servers=self.servers,
+                separate_input_output_schemas=self.separate_input_output_schemas,
+            )
+            add_components(schema, ChatCompletionChunk)
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+class EdgeApp:
+    """The app uvicorn serves: the middleware stack around the dispatch described in the module doc."""
+
+    def __init__(
+        self, api: EdgeAPI, chat_endpoint: ASGIApp, settings: EdgeSettings, bus: Bus, keys: KeyStore
+    ):
+        self.api = api
+        self.chat = chat_endpoint
+        self.settings, self.bus, self.keys = settings, bus, keys
+        self.middleware: list[Middleware] = []  # outermost first
+        self._stack: ASGIApp = self._dispatch
+
+    def add_middleware(self, cls: Any, *args: Any, **kwargs: Any) -> None:
+        """Wrap every request, chat completions included, in `cls(app, *args, **kwargs)` (a pure
+        ASGI middleware). As in Starlette, the last one added runs first."""
+        self.middleware.insert(0, Middleware(cls, *args, **kwargs))
+        app: ASGIApp = self._dispatch
+        for factory, margs, mkwargs in reversed(self.middleware):
+            app = factory(app, *margs, **mkwargs)
+        self._stack = app
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _CHAT_PATHS:
+            await self.chat(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in chat.PATHS:
-            await self.chat_app(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        await self._stack(scope, receive, send)
 
 
 def create_app(settings: EdgeSettings) -> EdgeApp:
@@ -52,7 +102,6 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     keys = KeyStore([], settings.key_pepper.get_secret_value())
     managed = ManagedConfig()
     bus = Bus(settings)
-    access = AccessLog(settings.access_log)
 
     def keys_changed(kind: str, *_: object) -> None:
         if kind == "key":
@@ -79,30 +128,27 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
             await watcher.stop()
             await bus.close()
 
-    app = EdgeApp(
+    api = EdgeAPI(
         title="aigw edge",
         lifespan=lifespan,
         description="OpenAI-compatible chat completions, plus the management API (admin keys).",
         docs_url="/docs",
         redoc_url=None,
     )
-    app.settings, app.bus, app.keys = settings, bus, keys
-    app.chat_app = BodyLimitMiddleware(
-        chat.ChatEndpoint(settings, bus, keys, access), settings.max_body_bytes
-    )
-    for path in chat.PATHS:
-        # Reached only for other methods (405 with Allow) or if the fast path above is removed.
-        app.router.routes.append(Route(path, app.chat_app, methods=["POST"]))
-    app.include_router(models.router(bus, keys))
-    app.include_router(health.router(bus))
-    app.include_router(usage.router(bus, keys))
-    rules = UpstreamRules(
+    api.state.settings, api.state.bus, api.state.keys, api.state.config = settings, bus, keys, managed
+    api.state.upstream_rules = UpstreamRules(
         parse_allowlist(settings.upstream_allowlist), settings.secrets_key.get_secret_value() or None
     )
-    app.include_router(manage.router(managed, keys, rules))
-    app.include_router(manage.knowledge_router(managed, keys, bus))
-    errors.install(app)
+    endpoint = chat.ChatEndpoint(settings, bus, keys)
+    for path in chat.PATHS:
+        # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
+        api.router.routes.append(Route(path, endpoint, methods=["POST"]))
+    for router in (models.router, health.router, usage.router, manage.router):
+        api.include_router(router)
+    errors.install(api)
+
+    app = EdgeApp(api, endpoint, settings, bus, keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.access_log:
-        app.add_middleware(AccessLogMiddleware, access=access)
+    if settings.access_log:  # outermost: its line has the status of every refusal too
+        app.add_middleware(AccessLogMiddleware, access=AccessLog(True))
     return app

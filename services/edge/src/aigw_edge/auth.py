@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from starlette.types import Scope
 
 from aigw_contracts import ApiKey
-from aigw_contracts.errors import Unauthorized
+from aigw_contracts.errors import InvalidRequest, Unauthorized
 
 log = logging.getLogger("aigw.edge.auth")
 
@@ -34,6 +34,26 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def duplicate_authorization() -> InvalidRequest:
+    """Two `Authorization` headers: which one counts would depend on the code reading them (and
+    on any proxy in between), so neither does."""
+    return InvalidRequest(
+        "The request has more than one Authorization header; send exactly one.",
+        code="duplicate_authorization",
+    )
+
+
+def authorization(scope: Scope) -> bytes | None:
+    """The request's one `Authorization` header value; `InvalidRequest` if there are several."""
+    found: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            if found is not None:
+                raise duplicate_authorization()
+            found = bytes(value)
+    return found
 
 
 class KeyStore:

@@ -10,9 +10,17 @@ nats-py's `_process_msg`, a private method: if it is missing or the subscription
 bus falls back to an ordinary callback, which gives the same events, only slower (the tests cover
 both). Payloads are never parsed here: they are the client's JSON, relayed as bytes.
 
+That hook runs inside nats-py's read loop, which ends at the first exception it sees: one bad
+message would leave the connection up but deaf, every request timing out. So the hook contains
+its failures per message (logged, counted in `Bus.dropped`, the message dropped), and readiness
+(`Bus.ready`) also checks that nats-py's reader is still running, so a balancer stops sending
+traffic to an edge that can no longer hear answers, whatever stopped it.
+
 Timeouts are not timers per request or per token: a sweeper wakes every `TICK` seconds and marks
 inboxes whose deadline passed while they were empty. So the per-token path schedules nothing, and
-a deadline fires at most `TICK` late.
+a deadline fires at most `TICK` late. The same sweep ends requests whose holder went quiet: every
+service holding a request sends an `alive` heartbeat each second (`aigw_runtime.heartbeat`), so a
+killed worker or router is noticed within `holder_timeout` seconds, not at the deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from nats.errors import Error as NatsError
 
 from aigw_contracts import CancelRequest, headers, subjects
 from aigw_contracts.errors import Unavailable
+from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import request, settle
 from aigw_runtime.natsauth import inbox_prefix_of
@@ -57,6 +66,9 @@ class Marker:
 TIMED_OUT: Final = Marker("timed_out")  # the inbox stayed empty past its deadline
 DISCONNECTED: Final = Marker("disconnected")  # the HTTP client went away
 SHUTDOWN: Final = Marker("shutdown")  # the edge is closing its NATS connection
+HOLDER_LOST: Final = Marker("holder_lost")  # no event nor heartbeat from the request's holder in time
+OVERFLOW: Final = Marker("overflow")  # the client reads slower than the answer comes: buffer full
+_ALIVE = EventKind.ALIVE.value
 
 
 class Event:
@@ -112,6 +124,7 @@ class _EdgeClient(NATS):
         super().__init__()
         self.fast_sid: int | None = None
         self.fast_sink: Callable[[bytes, bytes | None, bytes], None] | None = None
+        self.fast_failures = 0  # messages the sink raised on (and that were dropped)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         sink = self.fast_sink
@@ -119,20 +132,39 @@ class _EdgeClient(NATS):
             stats = self.stats
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
-            sink(subject, headers, data)
+            try:
+                sink(subject, headers, data)
+            except Exception:
+                # Raising here would end nats-py's read loop (see the module doc): drop this one.
+                self.fast_failures += 1
+                log.exception(
+                    "dropped a reply event the edge could not deliver",
+                    extra={"subject": subject.decode("utf-8", "replace"), "dropped": self.fast_failures},
+                )
             return
         await super()._process_msg(sid, subject, reply, data, headers)
+
+    @property
+    def reading(self) -> bool:
+        """Whether nats-py's read loop runs (`_reading_task`, private: if a later nats-py renames
+        it, this says True and readiness rests on `is_connected` alone, as before)."""
+        task = getattr(self, "_reading_task", None)
+        return not isinstance(task, asyncio.Task) or not task.done()
 
 
 class Inbox:
     """A request's events, in arrival order. Single consumer; cheaper than an asyncio.Queue."""
 
-    __slots__ = ("_items", "_waiter", "deadline")
+    __slots__ = ("_items", "_waiter", "alive_until", "deadline", "queued")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, alive_until: float = float("inf")) -> None:
         self._items: deque[Item] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.queued = 0  # payload bytes waiting for the reader (bounded: `Bus.max_buffered`)
         self.deadline = deadline  # loop time; the sweeper marks TIMED_OUT past it while empty
+        # Loop time by which the request's holder must be heard from (an event or a heartbeat);
+        # the sweeper marks HOLDER_LOST past it while empty.
+        self.alive_until = alive_until
 
     def put(self, item: Item) -> None:
         self._items.append(item)
@@ -148,7 +180,10 @@ class Inbox:
     async def get(self) -> Item:
         if not self._items:
             await self._wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, Event):
+            self.queued -= len(item.data)
+        return item
 
     async def get_all(self) -> list[Item]:
         """Everything queued, waiting for at least one item: lets a stream write a burst at once."""
@@ -156,6 +191,7 @@ class Inbox:
             await self._wait()
         items = list(self._items)
         self._items.clear()
+        self.queued = 0
         return items
 
     async def _wait(self) -> None:
@@ -176,6 +212,9 @@ class Bus:
         self._inboxes: dict[str, Inbox] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
+        self.holder_timeout = settings.holder_timeout
+        self.max_buffered = settings.stream_buffer_bytes
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -215,6 +254,22 @@ class Bus:
         return self.nc is not None and self.nc.is_connected
 
     @property
+    def ready(self) -> str | None:
+        """None when requests can be served; otherwise why not (for `/readyz`). Connected is not
+        enough: a connection whose reader stopped sends requests but never hears the answers."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return "The gateway is not connected to its message bus"
+        if not nc.reading:
+            return "The gateway's message bus reader has stopped"
+        return None
+
+    @property
+    def dropped(self) -> int:
+        """Reply events dropped because delivering them failed (each one logged)."""
+        return self.nc.fast_failures if self.nc is not None else 0
+
+    @property
     def max_payload(self) -> int:
         assert self.nc is not None
         return self.nc.max_payload
@@ -225,7 +280,7 @@ class Bus:
 
     # ------------------------------------------------------------------ chat requests
     def open(self, request_id: str, deadline: float) -> Inbox:
-        inbox = Inbox(deadline)
+        inbox = Inbox(deadline, asyncio.get_running_loop().time() + self.holder_timeout)
         self._inboxes[request_id] = inbox
         return inbox
 
@@ -234,15 +289,36 @@ class Bus:
 
     def _deliver(self, subject: bytes, raw_headers: bytes | None, data: bytes) -> None:
         # Events for a request no longer waiting (timed out, client gone) are late: drop them.
-        inbox = self._inboxes.get(subjects.request_id_from_reply(subject.decode()))
+        request_id = subjects.request_id_from_reply(subject.decode())
+        inbox = self._inboxes.get(request_id)
         if inbox is not None:
-            inbox.put(Event(parse_headers(raw_headers), data))
+            self._arrived(request_id, inbox, Event(parse_headers(raw_headers), data))
+
+    def _arrived(self, request_id: str, inbox: Inbox, event: Event) -> None:
+        """Any word from the holder keeps the request alive; heartbeats stop here."""
+        inbox.alive_until = asyncio.get_running_loop().time() + self.holder_timeout
+        if event.headers.get(headers.EVENT) == _ALIVE or inbox.queued < 0:
+            return  # a heartbeat, or the reader was already cut off (see below)
+        size = len(event.data)
+        if inbox.queued + size > self.max_buffered:
+            # The client reads slower than the answer arrives (its socket is full, so the relay
+            # waits in `send`): rather than hold the rest in memory, the stream is cut with an error.
+            inbox.queued = -1
+            inbox.put(OVERFLOW)
+            # The relay may be stuck in `send` until the client reads: stop the worker now.
+            task = asyncio.get_running_loop().create_task(self.cancel(request_id, "slow_reader"))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+            return
+        inbox.queued += size
+        inbox.put(event)
 
     async def _dispatch(self, msg: Msg) -> None:
         """The ordinary callback, used when the fast path is unavailable."""
-        inbox = self._inboxes.get(subjects.request_id_from_reply(msg.subject))
+        request_id = subjects.request_id_from_reply(msg.subject)
+        inbox = self._inboxes.get(request_id)
         if inbox is not None:
-            inbox.put(Event(msg.headers or {}, msg.data))
+            self._arrived(request_id, inbox, Event(msg.headers or {}, msg.data))
 
     async def publish_chat(self, envelope: bytes, reply: str) -> None:
         nc = self.nc
@@ -285,9 +361,14 @@ class Bus:
             now = loop.time()
             for inbox in self._inboxes.values():
                 # An inbox holding events is not idle: its reader is behind (a slow client).
-                if inbox.deadline <= now and not inbox:
-                    inbox.deadline = float("inf")
+                if inbox:
+                    continue
+                if inbox.deadline <= now:
+                    inbox.deadline = inbox.alive_until = float("inf")
                     inbox.put(TIMED_OUT)
+                elif inbox.alive_until <= now:
+                    inbox.deadline = inbox.alive_until = float("inf")
+                    inbox.put(HOLDER_LOST)
 
     # ------------------------------------------------------------------ connection events
     async def _on_error(self, err: Exception) -> None:

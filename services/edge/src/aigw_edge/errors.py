@@ -68,13 +68,17 @@ _QUOTED_FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
 
 
 def _param(loc: tuple[int | str, ...], message: str) -> str | None:
-    parts: list[str] = []
+    """The field a validation error is about, written as OpenAI writes it: `messages[1].content`."""
+    param = ""
     for item in loc:
-        if isinstance(item, str) and (item in _TYPE_TAGS or "[" in item or "-" in item):
+        if isinstance(item, int):
+            param += f"[{item}]"
+        elif item in _TYPE_TAGS or "[" in item or "-" in item:
             break
-        parts.append(str(item))
-    if parts:
-        return ".".join(parts)
+        else:
+            param += f".{item}" if param else item
+    if param:
+        return param
     # A whole-request rule ("'messages' must contain…") has no location: its message names the field.
     found = _QUOTED_FIELD.search(message)
     return found.group(1) if found else None

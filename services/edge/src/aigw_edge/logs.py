@@ -1,7 +1,9 @@
-"""The access log: one JSON line per request (via the contracts' JSON formatter), never a secret.
+"""The access log: one JSON line per request (via the runtime's JSON formatter), never a secret.
 
-Chat completions write their own line (they know the request id, tenant, model and how the
-request ended); every other route gets its line from `AccessLogMiddleware`. Off for benchmarks.
+`AccessLogMiddleware` writes every line, chat completions included; routes add what they learned
+(tenant, key, request id, model, how the request ended) to a dict it puts in the ASGI scope, and
+may set `status` there when the client got none (499: it left first). Off for benchmarks: then
+the middleware is not in the stack at all.
 """
 
 from __future__ import annotations
@@ -59,4 +61,5 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            status = fields.pop("status", status)
             self.access.write(scope["method"], scope["path"], status, started, **fields)

@@ -7,6 +7,8 @@ import uuid
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aigw_contracts.streams import IDEMPOTENCY_WINDOW_S
+
 
 class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIGW_")
@@ -28,6 +30,13 @@ class EdgeSettings(BaseSettings):
     # A stream silent for longer than this ends with a 504 error chunk. Keep it above the workers'
     # upstream idle timeout, so their more precise error reaches the client first.
     stream_idle_timeout: float = Field(default=120.0, gt=0)
+    # A request whose holder (router, retrieval or worker) sends neither events nor its once-a-second
+    # heartbeat for this long is ended at once (503, or an error chunk mid-stream): the process
+    # holding it died. Keep it a few of the services' AIGW_HEARTBEAT_INTERVAL.
+    holder_timeout: float = Field(default=3.5, gt=0)
+    # Answer bytes the edge holds for one client that reads slower than the answer comes; past this
+    # the stream is cut with an error chunk (code `slow_reader`) and the worker is told to stop.
+    stream_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     models_timeout: float = Field(default=5.0, gt=0)  # GET /v1/models waits this long for the router
     # Request bodies above this are refused (413) before they are read; the serialized envelope is
     # also checked against the NATS server's max_payload.
@@ -40,3 +49,5 @@ class EdgeSettings(BaseSettings):
     # Deliver reply events through the shortcut in bus.py (off: nats-py's ordinary callback path).
     nats_fast_path: bool = True
     shutdown_grace: float = Field(default=30.0, ge=0)  # in-flight requests may finish within this on SIGTERM
+    # Seconds a repeated `idempotency_key` gets the first call's answer (the answers' bucket TTL).
+    idempotency_window: float = Field(default=IDEMPOTENCY_WINDOW_S, gt=0)

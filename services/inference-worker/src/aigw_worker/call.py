@@ -2,7 +2,8 @@
 
 Every path ends with exactly one `final` or `error` event (a client must never wait for nothing):
 upstream faults, the deadline, a cancel from the edge, a shutdown and unexpected exceptions all
-end in an error event. The usage event follows, off the response path.
+end in an error event. A whole answer's usage is stored by the usage stream before its final event
+goes out (`_bill_first`); any other ending's usage follows, off the response path.
 
 This module holds the lifecycle; each part of the answer lives in a module of its own: the
 gateway's fallback chain (`fallback.py`), a streamed answer (`relay.py`), a whole answer
@@ -31,6 +32,7 @@ __all__ = ["SHUTDOWN", "Call", "ClientCancelled", "Events", "cancel_error", "fir
 log = logging.getLogger("aigw.worker.call")
 
 SHUTDOWN = "shutdown"
+USAGE_ACK_WAIT = 5.0  # seconds a final event waits at most for its usage to be stored
 
 
 class ClientCancelled(GatewayError):
@@ -54,6 +56,8 @@ class Call(CallState):
         super().__init__(worker, envelope, route)
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
+        self.accounted = False  # the usage events were handed over (or stored) already
+        self.events.before_final = self._bill_first
 
     def cancel(self, reason: str) -> None:
         if self.task is None or self.task.done() or self.events.ended:
@@ -117,10 +121,31 @@ class Call(CallState):
         except Exception:
             log.exception("could not publish an error event", extra={"request_id": self.request_id})
 
+    async def _bill_first(self) -> None:
+        """The answer is whole: its usage is stored by the usage stream before the client can get
+        its last byte, so a worker killed right after answering has lost no bill. If the stream
+        does not ack in time (NATS is down, so the final event could not go out either), the
+        publisher keeps retrying in the background and the answer goes on."""
+        self.completed = True
+        if not self.accepted or self.worker.usage is None:
+            return
+        self.accounted = True
+        try:
+            events = self.ledger.usage_events(self.envelope, "completed", self.arrived, self.ttft_ms)
+        except Exception:
+            log.exception("could not account a request's usage", extra={"request_id": self.request_id})
+            return
+        within = min(USAGE_ACK_WAIT, max(self.envelope.remaining(), 0.5))
+        if not await self.worker.usage.durable(events, within):
+            log.warning(
+                "usage not acknowledged before the answer; still being published",
+                extra={"request_id": self.request_id},
+            )
+
     def _account(self) -> None:
         """Hand the usage events to the background publisher (no I/O here)."""
-        if not self.accepted:
-            return  # the upstream never took the request: there is nothing to bill
+        if not self.accepted or self.accounted:
+            return  # the upstream never took the request (nothing to bill), or it is billed
         try:
             status: Status = (
                 "completed" if self.completed else ("cancelled" if self.cancel_reason else "failed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 from aigw_contracts import RoutedCall, headers
 from aigw_contracts.errors import GatewayError, PayloadTooLarge, UpstreamError
@@ -37,7 +38,7 @@ class Events:
     taking its sequence number would show up at the edge as a lost event instead of the real error.
     """
 
-    __slots__ = ("_first", "bus", "busy", "cancel_pending", "ended", "seq", "subject")
+    __slots__ = ("_first", "before_final", "bus", "busy", "cancel_pending", "ended", "seq", "subject")
 
     def __init__(self, worker: WorkerContext, subject: str, route: RoutedCall | None) -> None:
         assert worker.bus is not None
@@ -48,6 +49,8 @@ class Events:
         self.busy = False
         self.cancel_pending = False
         self._first = first_headers(route)
+        # Awaited before the final event goes out (the call stores its usage durably there).
+        self.before_final: Callable[[], Awaitable[None]] | None = None
 
     def _headers(self, kind: EventKind) -> dict[str, str]:
         hdrs = event_headers(kind, self.seq)
@@ -74,6 +77,8 @@ class Events:
             raise asyncio.CancelledError
 
     async def final(self, payload: bytes) -> None:
+        if self.before_final is not None:
+            await self.before_final()
         await self._send(payload, EventKind.FINAL)
         self.ended = True
 

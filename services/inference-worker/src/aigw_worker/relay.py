@@ -8,6 +8,7 @@ citation annotations of a grounded answer.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 
@@ -37,15 +38,20 @@ async def relay_answer(state: CallState, remaining: float) -> None:
     assembler, spoken = await streamed_rounds(
         state, first, lambda after: relay_round(state, after, state.envelope.remaining())
     )
-    finish = assembler.finish_reason or "stop"
-    if finish == "tool_calls" and not assembler.shown_tools:
-        finish = "stop"  # only knowledge calls the loop could not run: nothing for the client to call
+    finishes = assembler.finish_reasons()
+    if finishes.get(0) == "tool_calls" and not assembler.shown_tools:
+        # only knowledge calls the loop could not run: nothing for the client to call
+        finishes[0] = "stop"
     ledger = state.ledger
     usage = ledger.price(assembler.usage)
     grounding = state.grounding()  # no grounding (most requests): no answer text is joined
     context = ledger.context(grounding)
-    cited = citation_annotations((route.prefill or "") + "".join(spoken), grounding) if grounding else None
-    await state.events.final(writer.final(finish, usage, context, cited))
+    cited: dict[int, list[dict[str, Any]]] | None = None
+    if grounding:
+        texts = {**assembler.said_by(), 0: "".join(spoken)}
+        prefill = route.prefill or ""
+        cited = {i: citation_annotations(prefill + text, grounding) for i, text in texts.items()}
+    await state.events.final(writer.final(finishes, usage, context, cited))
     state.completed = True
 
 

@@ -52,6 +52,9 @@ class WorkerSettings(BaseSettings):
     # Opens tenants' upstream API keys, sealed by the edge (`aigw_runtime.secretbox`).
     secrets_key: SecretStr = SecretStr("")
     log_level: str = "INFO"
+    # Seconds between "alive" events for each request this worker holds (`aigw_runtime.heartbeat`);
+    # the edge's AIGW_HOLDER_TIMEOUT must be a few of these.
+    heartbeat_interval: float = Field(default=1.0, gt=0)
     # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.
     health_host: str = "127.0.0.1"
     health_port: int | None = None

@@ -15,6 +15,8 @@ from collections import OrderedDict
 
 from aigw_contracts import CancelRequest, ChatEnvelope
 from aigw_contracts.errors import GatewayError, InternalError, Unavailable
+from aigw_runtime.bus import Bus as RuntimeBus
+from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
 
 from .bus import Bus
@@ -32,6 +34,7 @@ class Worker:
         self.settings = settings
         self.upstream = upstream or Upstream(settings)
         self.bus: Bus | None = None
+        self.heartbeats: Heartbeats | None = None
         self.usage: UsagePublisher | None = None
         self.calls: dict[str, Call] = {}
         self.accepting = False
@@ -43,9 +46,10 @@ class Worker:
         self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._side_tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, bus: Bus, usage: UsageBus) -> None:
+    async def start(self, bus: RuntimeBus, usage: UsageBus) -> None:
         """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure)."""
         self.bus = bus
+        self.heartbeats = Heartbeats(bus, self.settings.heartbeat_interval)
         self.usage = UsagePublisher(
             usage,
             max_in_flight=self.settings.usage_in_flight,
@@ -84,7 +88,15 @@ class Worker:
         task = asyncio.create_task(call.run(self._slots), name=f"aigw-call-{request_id}")
         call.task = task
         self.calls[request_id] = call
-        task.add_done_callback(lambda _: self.calls.pop(request_id, None))
+        reply = envelope.reply
+        if self.heartbeats is not None:
+            self.heartbeats.hold(reply)  # queued or running, the edge hears that we hold it
+        task.add_done_callback(lambda _: self._ended(request_id, reply))
+
+    def _ended(self, request_id: str, reply: str) -> None:
+        self.calls.pop(request_id, None)
+        if self.heartbeats is not None:
+            self.heartbeats.release(reply)
 
     def cancel(self, raw: bytes) -> None:
         try:
@@ -124,4 +136,6 @@ class Worker:
             await asyncio.wait(list(self._side_tasks), timeout=2.0)
         if self.usage is not None:
             await self.usage.close(within=10.0)
+        if self.heartbeats is not None:
+            await self.heartbeats.close()
         await self.upstream.aclose()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from aigw_contracts import subjects
 from aigw_runtime.configstore import ConfigView, ConfigWatcher
+from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
 from aigw_runtime.usage_publisher import JetStreamUsageBus, UsagePublisher
 from aigw_runtime.workercall import ask_worker
@@ -73,6 +74,7 @@ def create_app(
     )
     retrieval = Retrieval(settings)
     bus = service.bus
+    heartbeats = Heartbeats(bus, settings.heartbeat_interval)
     watcher: ConfigWatcher | None = None
 
     async def start() -> None:
@@ -108,6 +110,7 @@ def create_app(
         service.ready_fields = {"store": settings.knowledge_store, "embedder": knowledge.embedder.name}
 
     async def stop() -> None:
+        await heartbeats.close()
         if watcher is not None:
             await watcher.stop()
         knowledge = retrieval.knowledge
@@ -117,7 +120,12 @@ def create_app(
             await knowledge.close()
 
     async def on_chat(msg: Msg) -> None:
-        await bus.send(await retrieval.parts()[1].chat(msg.data))
+        reply = subjects.reply_in_bounce(msg.reply)
+        heartbeats.hold(reply)  # an embedding and a search may take a while: the edge hears we hold it
+        try:
+            await bus.send(await retrieval.parts()[1].chat(msg.data))
+        finally:
+            heartbeats.release(reply)
 
     async def on_bounce(msg: Msg) -> None:
         await bus.send(retrieval.parts()[1].bounce(msg.subject, msg.headers))

@@ -53,6 +53,8 @@ class RetrievalSettings(BaseSettings):
     # Usage events: JetStream publish retries stay inside the usage stream's 120 s duplicate window.
     usage_retry_window: float = Field(default=100.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    # Seconds between "alive" events for requests held here (`aigw_runtime.heartbeat`).
+    heartbeat_interval: float = 1.0
     # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.
     health_host: str = "127.0.0.1"
     health_port: int | None = None

@@ -7,12 +7,14 @@ a 503 status there and the router turns it into an error event for the edge, wit
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from functools import partial
 
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from aigw_contracts import (
     ChatEnvelope,
@@ -29,6 +31,7 @@ from aigw_contracts.config import AutoRouting
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import Outgoing, error_outgoing
 from aigw_runtime.configstore import ConfigWatcher
+from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
 from aigw_runtime.workercall import ask_worker
 
@@ -82,6 +85,17 @@ class Router:
         )
 
 
+def _reply_of(data: bytes) -> str:
+    """The reply subject of an envelope that did not validate, if it names one of an edge."""
+    try:
+        reply = json.loads(data).get("reply")
+    except (ValueError, AttributeError):
+        return ""
+    if isinstance(reply, str) and reply.startswith(subjects.REPLY_PREFIX + "."):
+        return reply
+    return ""
+
+
 @dataclass(frozen=True)
 class Pending:
     """A routed request that waits for its gateway's complexity classification (`complexity.py`)."""
@@ -106,9 +120,14 @@ class Handlers:
     def chat(self, data: bytes) -> Outgoing | Pending | None:
         try:
             envelope = ChatEnvelope.model_validate_json(data)
-        except ValueError:
-            log.warning("dropped a malformed envelope")  # no reply subject we can trust
-            return None
+        except ValidationError as exc:
+            # An envelope whose reply subject is readable gets its error there (an edge of another
+            # version may accept what this router refuses); one without is dropped.
+            reply = _reply_of(data)
+            log.warning("refused a malformed envelope", extra={"answered": bool(reply)})
+            if not reply:
+                return None
+            return error_outgoing(reply, errors.invalid_message(exc, "request"))
         try:
             gateway = self.router.route(envelope)
         except errors.GatewayError as err:
@@ -173,6 +192,7 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         health_port=settings.health_port,
     )
     bus = service.bus
+    heartbeats = Heartbeats(bus, settings.heartbeat_interval)
     watcher: ConfigWatcher | None = None
 
     async def load_config() -> None:
@@ -189,11 +209,15 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         watcher.listeners.append(registry.on_config_change)
 
     async def finish(pending: Pending) -> None:
-        await bus.send(await handlers.finish(pending))
+        try:
+            await bus.send(await handlers.finish(pending))
+        finally:
+            heartbeats.release(pending.envelope.reply)
 
     async def on_chat(msg: Msg) -> None:
         out = handlers.chat(msg.data)
         if isinstance(out, Pending):  # a model call first: never hold up the next request
+            heartbeats.hold(out.envelope.reply)  # while the classifier runs, the edge hears we hold it
             service.spawn(finish(out), name=f"aigw-route-{out.envelope.request_id}")
         else:
             await bus.send(out)
@@ -205,6 +229,7 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         return router.models(ModelsQuery.model_validate_json(data)).model_dump_json().encode(), None
 
     async def stop_watching() -> None:
+        await heartbeats.close()
         if watcher is not None:
             await watcher.stop()
 

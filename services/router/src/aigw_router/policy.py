@@ -2,7 +2,9 @@
 
 Order of messages: the gateway's instructions first (never overridable), then the request's
 messages, then the prefill as a trailing assistant message (the worker puts it at the start of the
-answer, so the answer contains it). Parameters follow each one's `ParameterRule`.
+answer, so the answer contains it). Parameters follow each one's `ParameterRule`; which request
+fields are inference parameters, which a request may override by default, which public keys may set
+and which pass through is `aigw_contracts.api.PARAMETERS`, the one list of them.
 """
 
 from __future__ import annotations
@@ -10,15 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from aigw_contracts import ChatCompletionRequest, Gateway, errors
-from aigw_contracts.api import INFERENCE_PARAMETERS
+from aigw_contracts.api import INFERENCE_PARAMETERS, PASS_THROUGH, PUBLIC_KEY_PARAMETERS
 from aigw_contracts.config import ParameterRule
 
-# Request fields forwarded to the upstream as they are (not gateway policy, not ours).
-_PASS_THROUGH = ("user", "safety_identifier", "prompt_cache_key", "modalities")
 _TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
-
-# Public keys (embedded in web pages) may set only these; any other request value is ignored.
-PUBLIC_KEY_PARAMETERS = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop"})
 
 
 def _clamp(name: str, value: Any, rule: ParameterRule) -> Any:
@@ -78,8 +75,42 @@ def upstream_body(
     if gateway is not None and gateway.prefill:
         messages.append({"role": "assistant", "content": gateway.prefill})
     body: dict[str, Any] = {"messages": messages, **params}
-    for name in _PASS_THROUGH:
+    for name in PASS_THROUGH:
         value = getattr(request, name)
         if value is not None:
             body[name] = value
+    _check_combination(request, gateway, body)
     return body
+
+
+def _asked(request: ChatCompletionRequest, body: dict[str, Any], name: str) -> bool:
+    """Whether the body's value of `name` is the request's (not ignored by the policy)."""
+    asked = getattr(request, name)
+    return asked is not None and body.get(name) == asked
+
+
+def _check_combination(request: ChatCompletionRequest, gateway: Gateway | None, body: dict[str, Any]) -> None:
+    """Refuse (400) what the request asked for that cannot work with what the gateway made of it:
+    checked here, on the parameters actually sent, because a gateway may supply (or lock away)
+    the other half. Values the gateway itself set are its administrator's business."""
+    if _asked(request, body, "top_logprobs") and body.get("logprobs") is not True:
+        raise errors.InvalidRequest(  # the gateway keeps `logprobs` from being true
+            "'top_logprobs' needs 'logprobs' set to true, and this gateway's policy does not let it be.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    if not body.get("tools"):
+        for name in ("tool_choice", "parallel_tool_calls"):
+            if _asked(request, body, name):
+                raise errors.InvalidRequest(
+                    f"'{name}' is only allowed when 'tools' are specified.", param=name, code="invalid_value"
+                )
+    n = body.get("n")
+    knowledge = gateway.knowledge if gateway is not None else None
+    if isinstance(n, int) and n > 1 and knowledge is not None and knowledge.strategy == "QueryFunction":
+        raise errors.InvalidRequest(
+            "'n' above 1 is not available on a gateway whose model searches its knowledge itself "
+            "(QueryFunction): each choice would need searches of its own.",
+            param="n",
+            code="invalid_value",
+        )

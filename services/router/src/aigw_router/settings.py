@@ -12,6 +12,8 @@ class RouterSettings(BaseSettings):
     router_id: str = uuid.uuid4().hex[:12]
     max_output_tokens: int | None = None  # operator cap on max_(completion_)tokens (OWASP LLM10)
     log_level: str = "INFO"
+    # Seconds between "alive" events for requests held here (`aigw_runtime.heartbeat`).
+    heartbeat_interval: float = 1.0
     # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.
     health_host: str = "127.0.0.1"
     health_port: int | None = None

@@ -38,6 +38,16 @@ SIM_UPSTREAM = "@sim/sim-model"
 SIM_PRICES = Prices(input=Decimal("2.5E-7"), output=Decimal("0.000002"), cached_input=Decimal("2.5E-8"))
 
 
+# The bus user each service's console script connects as (`aigw_runtime.natsauth`).
+_SCRIPT_USERS = {
+    "aigw-edge": natsauth.EDGE,
+    "aigw-router": natsauth.ROUTER,
+    "aigw-worker": natsauth.WORKER,
+    "aigw-retrieval": natsauth.RETRIEVAL,
+    "aigw-metering": natsauth.METERING,
+}
+
+
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else name
@@ -149,16 +159,15 @@ class Stack:
                 hook(self)
             self.seed_store()
             for i in range(self.routers):
-                self.start_service(f"router-{i}", ["aigw-router"], user=natsauth.ROUTER)
+                self.start_service(f"router-{i}", ["aigw-router"])
             for i in range(self.workers):
-                self.start_service(f"worker-{i}", ["aigw-worker"], user=natsauth.WORKER)
+                self.start_service(f"worker-{i}", ["aigw-worker"])
             if self.with_metering:
-                self.start_service("metering", ["aigw-metering"], user=natsauth.METERING, timeout=60)
+                self.start_service("metering", ["aigw-metering"], timeout=60)
             # One process owns the embedded knowledge store (a directory under the state folder).
             self.start_service(
                 "retrieval",
                 ["aigw-retrieval"],
-                user=natsauth.RETRIEVAL,
                 timeout=60,
                 AIGW_KNOWLEDGE_PATH=str(self.state_dir / "knowledge"),
             )
@@ -179,9 +188,11 @@ class Stack:
         return proc
 
     def start_service(
-        self, name: str, argv: Sequence[str], user: str, timeout: float = 30.0, **env: str
+        self, name: str, argv: Sequence[str], timeout: float = 30.0, *, user: str | None = None, **env: str
     ) -> Process:
-        """Start a service process connecting to NATS as `user`, and wait for its ready line."""
+        """Start a service process, and wait for its ready line. It connects to NATS as `user`,
+        by default the bus user of the console script it runs (`aigw-router` → `router`, …)."""
+        user = user or _SCRIPT_USERS[argv[0]]
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.unlink(missing_ok=True)
         argv = self._pin(self.cpu_services, [_bin(argv[0]), *argv[1:]])
@@ -196,7 +207,9 @@ class Stack:
             env["AIGW_ACCESS_LOG"] = "false"
         log_path = self.state_dir / "logs" / "edge.log"
         argv = self._pin(self.cpu_services, [_bin("aigw-edge")])
-        proc = Process("edge", argv, log_path, env={**self._service_env(natsauth.EDGE), **env}).start()
+        proc = Process(
+            "edge", argv, log_path, env={**self._service_env(_SCRIPT_USERS["aigw-edge"]), **env}
+        ).start()
         self.procs["edge"] = proc
         proc.wait_ready(
             lambda: httpx.get(f"http://{HOST}:{self.edge_port}/readyz", timeout=1).status_code == 200

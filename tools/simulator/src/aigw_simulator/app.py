@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from aigw_simulator import responses
+from aigw_simulator import choices, responses
 from aigw_simulator.asgi import (
     ClientDisconnected,
     DisconnectWatch,
@@ -28,7 +28,7 @@ from aigw_simulator.asgi import (
 from aigw_simulator.config import Knobs, SimConfig
 from aigw_simulator.directives import strip_directives
 from aigw_simulator.errors import SimError, bad_request, error_body
-from aigw_simulator.generation import ToolCall, echo, fixed, tool_call_tokens, tool_calls, words
+from aigw_simulator.generation import Completion, ToolCall, echo, fixed, tool_call_tokens, tool_calls, words
 from aigw_simulator.history import (
     CLIENT_DISCONNECTED,
     COMPLETED,
@@ -210,12 +210,14 @@ async def _send_text(
 ) -> None:
     """The normal answer: words, or the echo of the messages."""
     knobs = request.knobs
-    if knobs.echo:
-        completion = echo(request.messages)
-    elif knobs.reply is not None:
-        completion = fixed(knobs.reply)
-    else:
-        completion = words(knobs.tokens, request.max_tokens)
+    if request.general:
+        answers = [
+            choices.SimChoice(i, text, tokens=text.completion_tokens)
+            for i, text in ((i, _text_for(request, i)) for i in range(request.n))
+        ]
+        await _send_general(record, request, answers, send, receive, watch, id_header, COMPLETED)
+        return
+    completion = _text_for(request, 0)
     tokens = completion.completion_tokens
     usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
     completion_id, created = record.id.encode(), int(record.received_at)
@@ -246,6 +248,13 @@ async def _send_tool_calls(
     """The `call` knob's answer: `calls` parallel calls of the function tool `name`."""
     knobs = request.knobs
     query = strip_directives(last_user_text(request.messages))
+    if request.general:
+        answers = []
+        for i in range(request.n):
+            made = tool_calls(name, query, knobs.calls)
+            answers.append(choices.SimChoice(i, calls=made, tokens=tool_call_tokens(made)))
+        await _send_general(record, request, answers, send, receive, watch, id_header, TOOL_CALLS)
+        return
     calls = tool_calls(name, query, knobs.calls)
     tokens = tool_call_tokens(calls)
     usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
@@ -259,6 +268,42 @@ async def _send_tool_calls(
         return
     answer = responses.tool_calls_completion(completion_id, created, model, calls, usage)
     record.outcome = await _send_whole(answer, tokens, knobs, send, watch, id_header, TOOL_CALLS)
+
+
+def _text_for(request: ChatRequest, choice: int) -> Completion:
+    """Choice `choice`'s text: the echo, the `reply`, or its own words."""
+    knobs = request.knobs
+    if knobs.echo:
+        return echo(request.messages)
+    if knobs.reply is not None:
+        return fixed(knobs.reply)
+    return words(knobs.tokens, request.max_tokens, choice)
+
+
+async def _send_general(
+    record: RequestRecord,
+    request: ChatRequest,
+    answers: list[choices.SimChoice],
+    send: Send,
+    receive: Receive,
+    watch: DisconnectWatch | None,
+    id_header: tuple[bytes, bytes],
+    outcome: str,
+) -> None:
+    """An answer with `n` choices or logprobs (`choices.py`); usage counts every choice."""
+    knobs = request.knobs
+    tokens = sum(a.tokens for a in answers)
+    usage = responses.usage(count_prompt_tokens(request.messages), tokens, knobs.cached_tokens)
+    created = int(record.received_at)
+    if request.stream:
+        frames = choices.StreamFrames(
+            record.id, created, request.model, request.include_usage, request.top_logprobs
+        )
+        first, body, end = frames.frames(answers, usage)
+        record.outcome = await _stream(first, body, end, knobs, send, receive, watch, id_header, outcome)
+        return
+    answer = choices.completion_body(record.id, created, request.model, answers, usage, request.top_logprobs)
+    record.outcome = await _send_whole(answer, tokens, knobs, send, watch, id_header, outcome)
 
 
 async def _send_whole(

@@ -1,7 +1,9 @@
 """The completion text: deterministic, so tests can assert it exactly.
 
 Default mode answers `tokens` words `sim0 sim1 sim2 ...`; each streamed piece is one word with its
-leading space (except the first), and `completion_tokens` is the number of words.
+leading space (except the first), and `completion_tokens` is the number of words. With `n` > 1,
+choice `i` > 0 answers the same number of words suffixed `.i` (`sim0.1 sim1.1 ...`), so every
+choice has its own text; echo, reply and tool-call modes give each choice the same kind of answer.
 
 Reply mode (`reply`) answers exactly the given text, in pieces like echo.
 
@@ -58,11 +60,15 @@ def _word_completion(count: int, finish_reason: bytes) -> Completion:
     return Completion(word_pieces(count), content, finish_reason, count)
 
 
-def words(tokens: int, max_tokens: int | None) -> Completion:
-    """`tokens` words, capped by the request's max_tokens (then finish_reason is "length")."""
-    if max_tokens is not None and max_tokens < tokens:
-        return _word_completion(max_tokens, LENGTH)
-    return _word_completion(tokens, STOP)
+def words(tokens: int, max_tokens: int | None, choice: int = 0) -> Completion:
+    """`tokens` words, capped by the request's max_tokens (then finish_reason is "length");
+    choice `choice` > 0 of an `n` > 1 answer gets words of its own (`sim0.<choice>` ...)."""
+    count, finish = (max_tokens, LENGTH) if max_tokens is not None and max_tokens < tokens else (tokens, STOP)
+    if choice == 0:
+        return _word_completion(count, finish)
+    texts = [f"sim{i}.{choice}" for i in range(count)]
+    pieces = tuple(json.dumps(t if i == 0 else " " + t).encode() for i, t in enumerate(texts))
+    return Completion(pieces, json.dumps(" ".join(texts)).encode(), finish, count)
 
 
 def echo(messages: list[dict[str, Any]]) -> Completion:

@@ -1,8 +1,9 @@
 """Validating a chat-completions request body, with OpenAI's error messages where it matters.
 
-Only what the simulator uses is checked; everything else in the body (temperature, n, ...) is
+Only what the simulator uses is checked; everything else in the body (temperature, seed, ...) is
 accepted and ignored, but recorded for tests in /sim/requests. `tools` is read only when the `call`
-knob asks for a tool call.
+knob asks for a tool call. `n`, `logprobs` and `top_logprobs` are honoured (`choices.py`);
+`logit_bias` is checked as OpenAI checks it and recorded, but biases nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ class ChatRequest:
     max_tokens: int | None
     knobs: Knobs
     call: str | None = None  # the function tool to call this turn; None answers with text
+    n: int = 1  # choices to answer with
+    top_logprobs: int | None = None  # None: no logprobs; else alternatives per token (0..20)
+
+    @property
+    def general(self) -> bool:
+        """Whether the answer needs the general path (`choices.py`) rather than byte templates."""
+        return self.n > 1 or self.top_logprobs is not None
 
 
 def _max_tokens(payload: dict[str, Any]) -> int | None:
@@ -37,6 +45,56 @@ def _max_tokens(payload: dict[str, Any]) -> int | None:
             raise bad_request(f"Invalid '{name}': expected a non-negative integer.", param=name)
         return value
     return None
+
+
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
+
+
+def _int_in(payload: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"Invalid type for '{name}': expected an integer.", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise bad_request(
+            f"Invalid '{name}': integer must be between {low} and {high}, got {value}.",
+            param=name,
+            code="invalid_value",
+        )
+    return value
+
+
+def _logprobs(payload: dict[str, Any]) -> int | None:
+    """How many alternatives per token to report: None when logprobs were not asked for."""
+    asked = payload.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):
+        raise bad_request("Invalid type for 'logprobs': expected a boolean.", param="logprobs")
+    top = _int_in(payload, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and asked is not True:
+        raise bad_request(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true.", param="top_logprobs"
+        )
+    return (top or 0) if asked else None
+
+
+def _check_logit_bias(payload: dict[str, Any]) -> None:
+    bias = payload.get("logit_bias")
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise bad_request("Invalid type for 'logit_bias': expected an object.", param="logit_bias")
+    for token, value in bias.items():
+        if not token.isdigit():
+            raise bad_request(
+                f"Invalid key in 'logit_bias': {token!r} is not a token id.", param="logit_bias"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+            raise bad_request(
+                f"Invalid value for 'logit_bias.{token}': expected a number between -100 and 100.",
+                param="logit_bias",
+            )
 
 
 def _offered_functions(tools: Any) -> list[str]:
@@ -86,6 +144,7 @@ def parse_chat_request(payload: Any, headers: Headers, defaults: Knobs) -> ChatR
     options = payload.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     knobs = resolve_knobs(defaults, headers, messages)
+    _check_logit_bias(payload)
     return ChatRequest(
         model=model,
         messages=messages,
@@ -94,4 +153,6 @@ def parse_chat_request(payload: Any, headers: Headers, defaults: Knobs) -> ChatR
         max_tokens=_max_tokens(payload),
         knobs=knobs,
         call=_call_now(payload, messages, knobs),
+        n=_int_in(payload, "n", 1, MAX_N) or 1,
+        top_logprobs=_logprobs(payload),
     )

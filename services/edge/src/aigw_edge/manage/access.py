@@ -1,39 +1,27 @@
 """Who may manage what. Admin keys manage their own tenant; operator keys manage every tenant.
 
-Something a key may not see answers 404, exactly like something that does not exist, so ids of
-other tenants never leak.
+Who is calling comes from the dependencies in `aigw_edge.deps` (`AdminKey`, `OperatorKey`, …);
+these helpers decide which tenant a request acts on. Something a key may not see answers 404,
+exactly like something that does not exist, so ids of other tenants never leak. A tenant an
+operator names is checked: a malformed id is 400, an unknown one 404.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
-
 from aigw_contracts import ApiKey, Gateway, errors
 
-from ..auth import KeyStore, header
+from ..tenancy import existing_tenant, tenant_ref
+from .store import ManagedConfig
 
 
-def admin_key(request: Request, keys: KeyStore) -> ApiKey:
-    key = keys.authenticate(header(request.scope, b"authorization"))
-    if not (key.admin or key.operator):
-        raise errors.Forbidden("This API key cannot use the management API; use an admin key.")
-    return key
-
-
-def operator_key(request: Request, keys: KeyStore) -> ApiKey:
-    key = admin_key(request, keys)
-    if not key.operator:
-        raise errors.Forbidden("Only operator keys can do this.")
-    return key
-
-
-def target_tenant(key: ApiKey, requested: str | None) -> str:
-    """The tenant a write applies to: the key's own, or (operators only) the one asked for."""
+def target_tenant(key: ApiKey, requested: str | None, config: ManagedConfig) -> str:
+    """The tenant a write applies to: the key's own, or (operators only) an existing one asked for."""
     if requested is None or requested == key.tenant:
         return key.tenant
+    tenant_ref(requested)
     if not key.operator:
         raise errors.Forbidden("Only operator keys can act for another tenant.", param="tenant")
-    return requested
+    return existing_tenant(requested, config.view.tenants)
 
 
 def can_see(key: ApiKey, tenant: str | None) -> bool:
@@ -46,11 +34,11 @@ def not_found(what: str, ref: str, param: str | None = None) -> errors.NotFound:
     return err
 
 
-def listed_tenant(key: ApiKey, requested: str | None) -> str | None:
+def listed_tenant(key: ApiKey, requested: str | None, config: ManagedConfig) -> str | None:
     """Whose entries a listing shows: the key's tenant, another one (operators), or None = every
     tenant (operators asking for no tenant in particular)."""
     if requested or not key.operator:
-        return target_tenant(key, requested)
+        return target_tenant(key, requested, config)
     return None
 
 

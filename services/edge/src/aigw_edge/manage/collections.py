@@ -9,9 +9,9 @@ collections; another tenant's collection answers 404, exactly like a missing one
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -20,12 +20,13 @@ from aigw_contracts.ids import is_uuid, uuid7
 from aigw_contracts.knowledge import Collection, KnowledgeDocument, KnowledgeRequest, KnowledgeSearch
 from aigw_runtime import bus as runtime_bus
 
-from ..auth import KeyStore, header
 from ..bus import Bus
+from ..deps import AdminKey, PrivateKey, TheBus
 from ..errors import invalid_request
-from .access import admin_key, can_see, in_use, listed_tenant, not_found, target_tenant
-from .schemas import CollectionIn, CollectionOut, DocumentsIn, ListOf
-from .store import ManagedConfig
+from ..openapi import errors as openapi_errors
+from .access import can_see, in_use, listed_tenant, not_found, target_tenant
+from .schemas import CollectionIn, CollectionOut, Deleted, DocumentsIn, ListOf
+from .store import Config, ManagedConfig
 
 # Reads and searches answer in milliseconds; writes embed every new chunk first (the bundled local
 # model reads a few thousand tokens per second per core), so a batch may take a while.
@@ -59,13 +60,6 @@ def _json(data: bytes, status: int = 200) -> Response:
     return Response(data, status_code=status, media_type="application/json")
 
 
-def reader_key(request: Request, keys: KeyStore) -> ApiKey:
-    key = keys.authenticate(header(request.scope, b"authorization"))
-    if key.kind == "public":
-        raise errors.Forbidden("Public keys cannot read knowledge collections; use a private key.")
-    return key
-
-
 def _documents(body: Any) -> list[KnowledgeDocument]:
     """One document, or `{"documents": [...]}`."""
     try:
@@ -76,125 +70,137 @@ def _documents(body: Any) -> list[KnowledgeDocument]:
         raise invalid_request(exc) from None
 
 
-def router(config: ManagedConfig, keys: KeyStore, bus: Bus) -> APIRouter:
-    api = APIRouter(prefix="/v1/collections", tags=["knowledge"])
-    retrieval = KnowledgeClient(bus)
+async def knowledge_client(bus: TheBus) -> KnowledgeClient:
+    return KnowledgeClient(bus)
 
-    def find(key: ApiKey, ref: str) -> Collection:
-        if is_uuid(ref):
-            found = config.view.collections.get(ref)
-        else:
-            found = next(
-                (c for c in config.view.collections.values() if c.tenant == key.tenant and c.name == ref),
-                None,
-            )
-        if found is None or not can_see(key, found.tenant):
-            raise not_found("collection", ref, "collection")
-        return found
 
-    def out(collection: Collection) -> CollectionOut:
-        return CollectionOut.of(
-            collection, sorted(g.slug for g in config.gateways_grounded_on(collection.id))
+Retrieval = Annotated[KnowledgeClient, Depends(knowledge_client)]
+
+router = APIRouter(
+    prefix="/v1/collections", tags=["knowledge"], responses=openapi_errors(400, 401, 403, 404, 409, 503, 504)
+)
+
+
+def find(config: ManagedConfig, key: ApiKey, ref: str) -> Collection:
+    if is_uuid(ref):
+        found = config.view.collections.get(ref)
+    else:
+        found = next(
+            (c for c in config.view.collections.values() if c.tenant == key.tenant and c.name == ref),
+            None,
         )
+    if found is None or not can_see(key, found.tenant):
+        raise not_found("collection", ref, "collection")
+    return found
 
-    def ask(key: ApiKey, collection: Collection, **fields: Any) -> KnowledgeRequest:
-        return KnowledgeRequest(tenant=collection.tenant, collection=collection.id, key_id=key.id, **fields)
 
-    # ------------------------------------------------------------------ collections
-    @api.post("", status_code=201, summary="Create a knowledge collection")
-    async def create(body: CollectionIn, request: Request) -> CollectionOut:
-        key = admin_key(request, keys)
-        tenant = target_tenant(key, body.tenant)
-        if any(c.tenant == tenant and c.name == body.name for c in config.view.collections.values()):
-            raise errors.Conflict(f"You already have a collection named '{body.name}'.", param="name")
-        collection = Collection(id=uuid7(), tenant=tenant, name=body.name, description=body.description)
-        await config.put("collection", collection, expect_revision=0)
-        return out(collection)
+def out(config: ManagedConfig, collection: Collection) -> CollectionOut:
+    return CollectionOut.of(collection, sorted(g.slug for g in config.gateways_grounded_on(collection.id)))
 
-    @api.get("", summary="List collections")
-    async def list_(request: Request, tenant: str | None = None) -> ListOf:
-        key = reader_key(request, keys)
-        wanted = listed_tenant(key, tenant)
-        rows = [out(c) for c in config.view.collections.values() if wanted is None or c.tenant == wanted]
-        return ListOf(data=sorted(rows, key=lambda c: c.id))
 
-    @api.get("/{ref}", summary="Show a collection (by id or name)")
-    async def show(ref: str, request: Request) -> CollectionOut:
-        return out(find(reader_key(request, keys), ref))
+def ask(key: ApiKey, collection: Collection, **fields: Any) -> KnowledgeRequest:
+    return KnowledgeRequest(tenant=collection.tenant, collection=collection.id, key_id=key.id, **fields)
 
-    @api.delete("/{ref}", summary="Delete a collection and its documents (no gateway may use it)")
-    async def delete(ref: str, request: Request) -> dict[str, Any]:
-        key = admin_key(request, keys)
-        collection = find(key, ref)
-        users = config.gateways_grounded_on(collection.id)
-        if users:
-            raise in_use(
-                f"collection '{collection.name}'", users, "remove their knowledge first", "collection"
-            )
-        # Documents first: if the retrieval service is down, the collection stays and can be retried.
-        await retrieval.ask(ask(key, collection, op="drop"), WRITE_TIMEOUT)
-        await config.delete("collection", collection.id)
-        return {"id": collection.id, "object": "collection", "deleted": True}
 
-    # ------------------------------------------------------------------ documents
-    @api.post("/{ref}/documents", summary='Add or update documents: one, or {"documents": [...]}')
-    async def add(ref: str, body: dict[str, Any], request: Request) -> Response:
-        key = admin_key(request, keys)
-        collection = find(key, ref)
-        documents = _documents(body)
-        return _json(
-            await retrieval.ask(ask(key, collection, op="upsert", documents=documents), WRITE_TIMEOUT)
-        )
+# ---------------------------------------------------------------------- collections
+@router.post("", status_code=201, summary="Create a knowledge collection")
+async def create(body: CollectionIn, key: AdminKey, config: Config) -> CollectionOut:
+    tenant = target_tenant(key, body.tenant, config)
+    if any(c.tenant == tenant and c.name == body.name for c in config.view.collections.values()):
+        raise errors.Conflict(f"You already have a collection named '{body.name}'.", param="name")
+    collection = Collection(id=uuid7(), tenant=tenant, name=body.name, description=body.description)
+    await config.put("collection", collection, expect_revision=0)
+    return out(config, collection)
 
-    @api.post(
-        "/{ref}/documents:import",
-        summary="Import JSON Lines (one document per line); unchanged documents cost nothing",
-        openapi_extra={
-            "requestBody": {
-                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-                "required": True,
-            }
-        },
-    )
-    async def import_(ref: str, request: Request) -> Response:
-        key = admin_key(request, keys)
-        collection = find(key, ref)
-        try:
-            text = (await request.body()).decode("utf-8")
-        except UnicodeDecodeError:
-            raise errors.InvalidRequest("JSON Lines must be UTF-8 text.") from None
-        if not text.strip():
-            raise errors.InvalidRequest("The import is empty: send one JSON document per line.")
-        return _json(await retrieval.ask(ask(key, collection, op="import", jsonl=text), WRITE_TIMEOUT))
 
-    @api.get("/{ref}/documents", summary="List a collection's documents")
-    async def documents(
-        ref: str,
-        request: Request,
-        offset: int = Query(default=0, ge=0),
-        limit: int = Query(default=100, ge=1, le=1000),
-    ) -> Response:
-        key = reader_key(request, keys)
-        collection = find(key, ref)
-        return _json(await retrieval.ask(ask(key, collection, op="list", offset=offset, limit=limit)))
+@router.get("", summary="List collections")
+async def list_(key: PrivateKey, config: Config, tenant: str | None = None) -> ListOf[CollectionOut]:
+    wanted = listed_tenant(key, tenant, config)
+    rows = [out(config, c) for c in config.view.collections.values() if wanted is None or c.tenant == wanted]
+    return ListOf[CollectionOut](data=sorted(rows, key=lambda c: c.id))
 
-    @api.get("/{ref}/documents/{docid:path}", summary="Show a document's metadata")
-    async def document(ref: str, docid: str, request: Request) -> Response:
-        key = reader_key(request, keys)
-        collection = find(key, ref)
-        return _json(await retrieval.ask(ask(key, collection, op="get", docid=docid)))
 
-    @api.delete("/{ref}/documents/{docid:path}", summary="Delete a document")
-    async def delete_document(ref: str, docid: str, request: Request) -> Response:
-        key = admin_key(request, keys)
-        collection = find(key, ref)
-        return _json(await retrieval.ask(ask(key, collection, op="delete", docid=docid), WRITE_TIMEOUT))
+@router.get("/{ref}", summary="Show a collection (by id or name)")
+async def show(ref: str, key: PrivateKey, config: Config) -> CollectionOut:
+    return out(config, find(config, key, ref))
 
-    # ------------------------------------------------------------------ search
-    @api.post("/{ref}/search", summary="Search a collection (top, minScore, reranker, includeReferences)")
-    async def search(ref: str, body: KnowledgeSearch, request: Request) -> Response:
-        key = reader_key(request, keys)
-        collection = find(key, ref)
-        return _json(await retrieval.ask(ask(key, collection, op="search", search=body)))
 
-    return api
+@router.delete("/{ref}", summary="Delete a collection and its documents (no gateway may use it)")
+async def delete(ref: str, key: AdminKey, config: Config, retrieval: Retrieval) -> Deleted:
+    collection = find(config, key, ref)
+    users = config.gateways_grounded_on(collection.id)
+    if users:
+        raise in_use(f"collection '{collection.name}'", users, "remove their knowledge first", "collection")
+    # Documents first: if the retrieval service is down, the collection stays and can be retried.
+    await retrieval.ask(ask(key, collection, op="drop"), WRITE_TIMEOUT)
+    await config.delete("collection", collection.id)
+    return Deleted(id=collection.id, object="collection")
+
+
+# ---------------------------------------------------------------------- documents
+@router.post("/{ref}/documents", summary='Add or update documents: one, or {"documents": [...]}')
+async def add(
+    ref: str, body: dict[str, Any], key: AdminKey, config: Config, retrieval: Retrieval
+) -> Response:
+    collection = find(config, key, ref)
+    documents = _documents(body)
+    return _json(await retrieval.ask(ask(key, collection, op="upsert", documents=documents), WRITE_TIMEOUT))
+
+
+@router.post(
+    "/{ref}/documents:import",
+    summary="Import JSON Lines (one document per line); unchanged documents cost nothing",
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "required": True,
+        }
+    },
+)
+async def import_(
+    ref: str, request: Request, key: AdminKey, config: Config, retrieval: Retrieval
+) -> Response:
+    collection = find(config, key, ref)
+    try:
+        text = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("JSON Lines must be UTF-8 text.") from None
+    if not text.strip():
+        raise errors.InvalidRequest("The import is empty: send one JSON document per line.")
+    return _json(await retrieval.ask(ask(key, collection, op="import", jsonl=text), WRITE_TIMEOUT))
+
+
+@router.get("/{ref}/documents", summary="List a collection's documents")
+async def documents(
+    ref: str,
+    key: PrivateKey,
+    config: Config,
+    retrieval: Retrieval,
+    offset: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Response:
+    collection = find(config, key, ref)
+    return _json(await retrieval.ask(ask(key, collection, op="list", offset=offset, limit=limit)))
+
+
+@router.get("/{ref}/documents/{docid:path}", summary="Show a document's metadata")
+async def document(ref: str, docid: str, key: PrivateKey, config: Config, retrieval: Retrieval) -> Response:
+    collection = find(config, key, ref)
+    return _json(await retrieval.ask(ask(key, collection, op="get", docid=docid)))
+
+
+@router.delete("/{ref}/documents/{docid:path}", summary="Delete a document")
+async def delete_document(
+    ref: str, docid: str, key: AdminKey, config: Config, retrieval: Retrieval
+) -> Response:
+    collection = find(config, key, ref)
+    return _json(await retrieval.ask(ask(key, collection, op="delete", docid=docid), WRITE_TIMEOUT))
+
+
+# ---------------------------------------------------------------------- search
+@router.post("/{ref}/search", summary="Search a collection (top, minScore, reranker, includeReferences)")
+async def search(
+    ref: str, body: KnowledgeSearch, key: PrivateKey, config: Config, retrieval: Retrieval
+) -> Response:
+    collection = find(config, key, ref)
+    return _json(await retrieval.ask(ask(key, collection, op="search", search=body)))

@@ -1,21 +1,25 @@
-"""`/v1/gateways`: create, list, show, update, delete, versions, export and import."""
+"""`/v1/gateways`: create, list, show, update, delete, versions, export and import.
+
+Names are unique per tenant and `version` counts a gateway's writes: `ManagedConfig.put_gateway`
+keeps both."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import ValidationError
 
 from aigw_contracts import ApiKey, ChatCompletionRequest, Gateway, errors
 from aigw_contracts.ids import is_uuid, uuid7
 from aigw_contracts.knowledge import AVAILABLE_RERANKERS, AVAILABLE_STRATEGIES, GatewayKnowledge
 
-from ..auth import KeyStore
+from ..deps import AdminKey
 from ..errors import invalid_request
-from .access import admin_key, can_see, listed_tenant, not_found, target_tenant
-from .schemas import GatewayIn, GatewayOut, GatewayPatch, ListOf
-from .store import ManagedConfig
+from ..openapi import errors as openapi_errors
+from .access import can_see, listed_tenant, not_found, target_tenant
+from .schemas import Deleted, GatewayIn, GatewayOut, GatewayPatch, ListOf
+from .store import Config, ManagedConfig
 
 EXPORT_FORMAT = "aigw.gateway.v1"
 
@@ -80,7 +84,7 @@ def _build(config: ManagedConfig, gateway_id: str, tenant: str, data: dict[str, 
             f"No upstream '{data['upstream']}' is available to you.", param="upstream"
         )
     data["fallbacks"] = data.get("fallbacks") or []  # null (in a PATCH) clears the chain
-    named = [(f"fallbacks.{i}", u) for i, u in enumerate(data["fallbacks"])]
+    named = [(f"fallbacks[{i}]", u) for i, u in enumerate(data["fallbacks"])]
     routing = data.get("routing")
     if routing is not None:
         named += [(f"routing.{field}", routing[field]) for field in ("classifier", "low", "medium", "high")]
@@ -97,87 +101,89 @@ def _build(config: ManagedConfig, gateway_id: str, tenant: str, data: dict[str, 
         raise invalid_request(exc) from None
 
 
-def router(config: ManagedConfig, keys: KeyStore) -> APIRouter:
-    api = APIRouter(prefix="/v1/gateways", tags=["gateways"])
+router = APIRouter(
+    prefix="/v1/gateways", tags=["gateways"], responses=openapi_errors(400, 401, 403, 404, 409)
+)
 
-    def find(key: ApiKey, ref: str) -> Gateway:
-        if is_uuid(ref):
-            gateway = config.view.gateways.get(ref)
-        else:
-            gateway = next(
-                (
-                    g
-                    for g in config.view.gateways.values()
-                    if g.tenant == key.tenant and ref in (g.slug, g.name)
-                ),
-                None,
+
+def find(config: ManagedConfig, key: ApiKey, ref: str) -> Gateway:
+    """A gateway by id, slug or name; 404 if the key may not see it, 409 for a name two gateways
+    share (possible only from before names were unique, or a race between two edges)."""
+    if is_uuid(ref):
+        gateway = config.view.gateways.get(ref)
+    else:
+        named = [
+            g for g in config.view.gateways.values() if g.tenant == key.tenant and ref in (g.slug, g.name)
+        ]
+        if len(named) > 1:
+            raise errors.Conflict(
+                f"{len(named)} gateways are named '{ref}': "
+                f"{', '.join(sorted(g.slug for g in named))}; name one by its slug or id.",
+                param="gateway",
             )
-        if gateway is None or not can_see(key, gateway.tenant):
-            raise not_found("gateway", ref, "gateway")
-        return gateway
+        gateway = named[0] if named else None
+    if gateway is None or not can_see(key, gateway.tenant):
+        raise not_found("gateway", ref, "gateway")
+    return gateway
 
-    def out(gateway: Gateway) -> GatewayOut:
-        return GatewayOut.of(gateway, config.revision("gateway", gateway.id))
 
-    @api.post("", status_code=201, summary="Create a gateway")
-    async def create(body: GatewayIn, request: Request) -> GatewayOut:
-        key = admin_key(request, keys)
-        tenant = target_tenant(key, body.tenant)
-        gateway = _build(config, uuid7(), tenant, body.model_dump(exclude={"tenant"}))
-        await config.put("gateway", gateway, expect_revision=0)
-        return out(gateway)
+@router.post("", status_code=201, summary="Create a gateway (names are unique per tenant)")
+async def create(body: GatewayIn, key: AdminKey, config: Config) -> GatewayOut:
+    tenant = target_tenant(key, body.tenant, config)
+    gateway = _build(config, uuid7(), tenant, body.model_dump(exclude={"tenant"}))
+    return GatewayOut.of(await config.put_gateway(gateway))
 
-    @api.get("", summary="List gateways")
-    async def list_(request: Request, tenant: str | None = None) -> ListOf:
-        key = admin_key(request, keys)
-        wanted = listed_tenant(key, tenant)
-        rows = [out(g) for g in config.view.gateways.values() if wanted is None or g.tenant == wanted]
-        return ListOf(data=sorted(rows, key=lambda g: g.id))
 
-    @api.get("/{ref}", summary="Show a gateway (by id, slug or name)")
-    async def show(ref: str, request: Request) -> GatewayOut:
-        return out(find(admin_key(request, keys), ref))
+@router.get("", summary="List gateways")
+async def list_(key: AdminKey, config: Config, tenant: str | None = None) -> ListOf[GatewayOut]:
+    wanted = listed_tenant(key, tenant, config)
+    rows = [GatewayOut.of(g) for g in config.view.gateways.values() if wanted is None or g.tenant == wanted]
+    return ListOf[GatewayOut](data=sorted(rows, key=lambda g: g.id))
 
-    @api.patch("/{ref}", summary="Change some fields of a gateway")
-    async def update(ref: str, body: GatewayPatch, request: Request) -> GatewayOut:
-        key = admin_key(request, keys)
-        current = find(key, ref)
-        revision = config.revision("gateway", current.id)
-        data = current.model_dump(exclude={"id", "tenant"})
-        data.update(body.model_dump(exclude_unset=True))
-        gateway = _build(config, current.id, current.tenant, data)
-        await config.put("gateway", gateway, expect_revision=revision or None)
-        return out(gateway)
 
-    @api.delete("/{ref}", summary="Delete a gateway")
-    async def delete(ref: str, request: Request) -> dict[str, Any]:
-        gateway = find(admin_key(request, keys), ref)
-        await config.delete("gateway", gateway.id)
-        return {"id": gateway.id, "object": "gateway", "deleted": True}
+@router.get("/{ref}", summary="Show a gateway (by id, slug or name)")
+async def show(ref: str, key: AdminKey, config: Config) -> GatewayOut:
+    return GatewayOut.of(find(config, key, ref))
 
-    @api.get("/{ref}/versions", summary="Earlier versions of a gateway, oldest first")
-    async def versions(ref: str, request: Request) -> ListOf:
-        gateway = find(admin_key(request, keys), ref)
-        history = await config.writer.history("gateway", gateway.id)
-        return ListOf(
-            data=[GatewayOut.of(g, rev) for rev, g in history if isinstance(g, Gateway)],
+
+@router.patch("/{ref}", summary="Change some fields of a gateway (its version goes up by one)")
+async def update(ref: str, body: GatewayPatch, key: AdminKey, config: Config) -> GatewayOut:
+    current = find(config, key, ref)
+    revision = config.revision("gateway", current.id)
+    data = current.model_dump(exclude={"id", "tenant", "version"})
+    data.update(body.model_dump(exclude_unset=True))
+    gateway = _build(config, current.id, current.tenant, data)
+    return GatewayOut.of(await config.put_gateway(gateway, replaces=current, revision=revision))
+
+
+@router.delete("/{ref}", summary="Delete a gateway")
+async def delete(ref: str, key: AdminKey, config: Config) -> Deleted:
+    gateway = find(config, key, ref)
+    await config.delete("gateway", gateway.id)
+    return Deleted(id=gateway.id, object="gateway")
+
+
+@router.get("/{ref}/versions", summary="Earlier versions of a gateway, oldest first")
+async def versions(ref: str, key: AdminKey, config: Config) -> ListOf[GatewayOut]:
+    gateway = find(config, key, ref)
+    history = await config.writer.history("gateway", gateway.id)
+    return ListOf[GatewayOut](data=[GatewayOut.of(g) for _, g in history if isinstance(g, Gateway)])
+
+
+@router.get("/{ref}/export", summary="Export a gateway as portable JSON")
+async def export(ref: str, key: AdminKey, config: Config) -> dict[str, Any]:
+    gateway = find(config, key, ref)
+    return {"format": EXPORT_FORMAT, **gateway.model_dump(exclude={"id", "tenant", "version"})}
+
+
+@router.post("/import", status_code=201, summary="Create a gateway from exported JSON")
+async def import_(body: dict[str, Any], key: AdminKey, config: Config) -> GatewayOut:
+    if body.pop("format", None) != EXPORT_FORMAT:
+        raise errors.InvalidRequest(
+            f"not an aigw gateway export (format must be {EXPORT_FORMAT})", param="format"
         )
-
-    @api.get("/{ref}/export", summary="Export a gateway as portable JSON")
-    async def export(ref: str, request: Request) -> dict[str, Any]:
-        gateway = find(admin_key(request, keys), ref)
-        return {"format": EXPORT_FORMAT, **gateway.model_dump(exclude={"id", "tenant"})}
-
-    @api.post("/import", status_code=201, summary="Create a gateway from exported JSON")
-    async def import_(body: dict[str, Any], request: Request) -> GatewayOut:
-        if body.pop("format", None) != EXPORT_FORMAT:
-            raise errors.InvalidRequest(
-                f"not an aigw gateway export (format must be {EXPORT_FORMAT})", param="format"
-            )
-        try:
-            parsed = GatewayIn.model_validate(body)
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
-        return await create(parsed, request)
-
-    return api
+    try:
+        parsed = GatewayIn.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    return await create(parsed, key, config)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
 from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
+
+from ..tenancy import TENANT_ID_PATTERN
 
 
 class _In(BaseModel):
@@ -67,11 +69,11 @@ class GatewayOut(BaseModel):
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
-    version: int = 0
+    version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod
-    def of(cls, gateway: Gateway, version: int = 0) -> GatewayOut:
-        return cls(slug=gateway.slug, version=version, **gateway.model_dump())
+    def of(cls, gateway: Gateway) -> GatewayOut:
+        return cls(slug=gateway.slug, **gateway.model_dump())
 
 
 class UpstreamIn(_In):
@@ -161,13 +163,24 @@ class KeyCreated(KeyOut):
 
 
 class TenantIn(_In):
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    id: str = Field(
+        pattern=TENANT_ID_PATTERN, description="lower-case; 'all' and a few other words are reserved"
+    )
     name: str = ""
 
 
-class ListOf(BaseModel):
+T = TypeVar("T")
+
+
+class ListOf(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
-    data: list[Any]
+    data: list[T]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: Literal[True] = True
 
 
 class CollectionIn(_In):

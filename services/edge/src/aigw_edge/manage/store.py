@@ -2,12 +2,27 @@
 
 A write goes to the KV bucket and is applied to the local view at once, so the next request to this
 replica sees it; other replicas see it through their watchers within milliseconds.
+
+Gateways have two rules the bucket cannot enforce by itself, kept by `put_gateway`:
+
+* A name is unique per tenant (chats and the management API find gateways by name). The check and
+  the write happen under one lock, so concurrent writes through one edge cannot both pass it. Two
+  edges can still race: each checks its own view, and a write made on the other edge in the few
+  milliseconds before its watcher delivers it is not seen. Closing that would need a claim per
+  name in the bucket; until then, `gateways.find` answers 409 for a name two gateways share,
+  rather than picking one.
+* `version` counts a gateway's writes: 1 when created, +1 per update. The KV revision (global to
+  the bucket) stays what updates are checked against: an update names the revision it read, and
+  fails with 409 if the entry was written since, so no version number is ever given twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
+from typing import Annotated
 
+from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from aigw_contracts import Gateway, Upstream, errors
@@ -23,6 +38,7 @@ class ManagedConfig:
         self.view = view if view is not None else ConfigView()
         self._writer = writer
         self.listeners: list[Callable[[str], None]] = []  # called with the kind after a local write
+        self._gateway_writes = asyncio.Lock()  # a gateway name's check and write, as one step
 
     @property
     def writer(self) -> ConfigWriter:
@@ -69,6 +85,9 @@ class ManagedConfig:
     def revision(self, kind: Kind, entry_id: str) -> int:
         return self.view.revisions.get((kind, entry_id), 0)
 
+    def gateways_named(self, tenant: str, name: str) -> list[Gateway]:
+        return [g for g in self.view.gateways.values() if g.tenant == tenant and g.name == name]
+
     # ------------------------------------------------------------------ writes
     async def put(self, kind: Kind, entry: BaseModel, expect_revision: int | None = None) -> int:
         try:
@@ -85,6 +104,27 @@ class ManagedConfig:
         self._changed(kind)
         return revision
 
+    async def put_gateway(
+        self, gateway: Gateway, replaces: Gateway | None = None, revision: int = 0
+    ) -> Gateway:
+        """Write a new gateway (`replaces` None) or the next version of `replaces`, which was read
+        at KV `revision`; 409 if its name is taken in its tenant, or the entry moved since."""
+        async with self._gateway_writes:
+            taken = [g for g in self.gateways_named(gateway.tenant, gateway.name) if g.id != gateway.id]
+            if taken:
+                other = taken[0]
+                raise errors.Conflict(
+                    f"A gateway named '{gateway.name}' already exists in tenant '{gateway.tenant}': "
+                    f"{other.slug} (id {other.id}). Gateway names are unique per tenant.",
+                    param="name",
+                )
+            version = 1 if replaces is None else replaces.version + 1
+            stored = gateway.model_copy(update={"version": version})
+            # An update read without a revision (never seen by the watcher) is written unconditionally.
+            expect = 0 if replaces is None else (revision or None)
+            await self.put("gateway", stored, expect_revision=expect)
+            return stored
+
     async def delete(self, kind: Kind, entry_id: str) -> None:
         await self.writer.delete(kind, entry_id)
         self.view.table(kind).pop(entry_id, None)
@@ -94,3 +134,12 @@ class ManagedConfig:
     def _changed(self, kind: str) -> None:
         for listener in self.listeners:
             listener(kind)
+
+
+async def managed_config(request: Request) -> ManagedConfig:
+    """The app's `ManagedConfig` (`create_app` puts it on `app.state`)."""
+    config: ManagedConfig = request.app.state.config
+    return config
+
+
+Config = Annotated[ManagedConfig, Depends(managed_config)]

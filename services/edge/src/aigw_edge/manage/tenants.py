@@ -2,60 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from aigw_contracts import Tenant, errors
 
-from ..auth import KeyStore
-from .access import admin_key, can_see, not_found, operator_key
-from .schemas import ListOf, TenantIn
-from .store import ManagedConfig
+from ..deps import AdminKey, OperatorKey
+from ..openapi import errors as openapi_errors
+from ..tenancy import check_new_tenant_id
+from .access import can_see, not_found
+from .schemas import Deleted, ListOf, TenantIn
+from .store import Config
+
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=openapi_errors(400, 401, 403, 404, 409))
 
 
-def router(config: ManagedConfig, keys: KeyStore) -> APIRouter:
-    api = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+@router.post("", status_code=201, summary="Create a tenant (operators)")
+async def create(body: TenantIn, _: OperatorKey, config: Config) -> Tenant:
+    check_new_tenant_id(body.id)
+    if body.id in config.view.tenants:
+        raise errors.Conflict(f"tenant '{body.id}' already exists", param="id")
+    tenant = Tenant(id=body.id, name=body.name)
+    await config.put("tenant", tenant, expect_revision=0)
+    return tenant
 
-    @api.post("", status_code=201, summary="Create a tenant (operators)")
-    async def create(body: TenantIn, request: Request) -> Tenant:
-        operator_key(request, keys)
-        if body.id in config.view.tenants:
-            raise errors.Conflict(f"tenant '{body.id}' already exists", param="id")
-        tenant = Tenant(id=body.id, name=body.name)
-        await config.put("tenant", tenant, expect_revision=0)
-        return tenant
 
-    @api.get("", summary="List tenants (operators see all; admins their own)")
-    async def list_(request: Request) -> ListOf:
-        key = admin_key(request, keys)
-        return ListOf(
-            data=sorted((t for t in config.view.tenants.values() if can_see(key, t.id)), key=lambda t: t.id)
-        )
+@router.get("", summary="List tenants (operators see all; admins their own)")
+async def list_(key: AdminKey, config: Config) -> ListOf[Tenant]:
+    return ListOf[Tenant](
+        data=sorted((t for t in config.view.tenants.values() if can_see(key, t.id)), key=lambda t: t.id)
+    )
 
-    @api.get("/{tenant_id}", summary="Show a tenant")
-    async def show(tenant_id: str, request: Request) -> Tenant:
-        key = admin_key(request, keys)
-        tenant = config.view.tenants.get(tenant_id)
-        if tenant is None or not can_see(key, tenant_id):
-            raise not_found("tenant", tenant_id, "tenant")
-        return tenant
 
-    @api.delete("/{tenant_id}", summary="Delete a tenant that has no gateways, keys or own upstreams")
-    async def delete(tenant_id: str, request: Request) -> dict[str, Any]:
-        operator_key(request, keys)
-        if tenant_id not in config.view.tenants:
-            raise not_found("tenant", tenant_id, "tenant")
-        owned = (
-            sum(g.tenant == tenant_id for g in config.view.gateways.values())
-            + sum(k.tenant == tenant_id for k in config.view.keys.values())
-            + sum(u.tenant == tenant_id for u in config.view.upstreams.values())
-        )
-        if owned:
-            raise errors.Conflict(
-                f"tenant '{tenant_id}' still owns {owned} gateway(s), key(s) or upstream(s)"
-            )
-        await config.delete("tenant", tenant_id)
-        return {"id": tenant_id, "object": "tenant", "deleted": True}
+@router.get("/{tenant_id}", summary="Show a tenant")
+async def show(tenant_id: str, key: AdminKey, config: Config) -> Tenant:
+    tenant = config.view.tenants.get(tenant_id)
+    if tenant is None or not can_see(key, tenant_id):
+        raise not_found("tenant", tenant_id, "tenant")
+    return tenant
 
-    return api
+
+@router.delete("/{tenant_id}", summary="Delete a tenant that has no gateways, keys or own upstreams")
+async def delete(tenant_id: str, _: OperatorKey, config: Config) -> Deleted:
+    if tenant_id not in config.view.tenants:
+        raise not_found("tenant", tenant_id, "tenant")
+    owned = (
+        sum(g.tenant == tenant_id for g in config.view.gateways.values())
+        + sum(k.tenant == tenant_id for k in config.view.keys.values())
+        + sum(u.tenant == tenant_id for u in config.view.upstreams.values())
+    )
+    if owned:
+        raise errors.Conflict(f"tenant '{tenant_id}' still owns {owned} gateway(s), key(s) or upstream(s)")
+    await config.delete("tenant", tenant_id)
+    return Deleted(id=tenant_id, object="tenant")

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from aigw_contracts import ApiKey, Upstream, errors
 from aigw_contracts.ids import uuid7
 from aigw_runtime.netguard import Network, check_url
 from aigw_runtime.secretbox import seal
 
-from ..auth import KeyStore
-from .access import admin_key, can_see, in_use, not_found, target_tenant
-from .schemas import ListOf, UpstreamIn, UpstreamOut, UpstreamPatch
-from .store import ManagedConfig
+from ..deps import AdminKey
+from ..openapi import errors as openapi_errors
+from .access import can_see, in_use, not_found, target_tenant
+from .schemas import Deleted, ListOf, UpstreamIn, UpstreamOut, UpstreamPatch
+from .store import Config, ManagedConfig
 
 
 class UpstreamRules:
@@ -36,83 +37,92 @@ class UpstreamRules:
         return seal(api_key, self.secrets_key)
 
 
-def router(config: ManagedConfig, keys: KeyStore, rules: UpstreamRules) -> APIRouter:
-    api = APIRouter(prefix="/v1/upstreams", tags=["upstreams"])
+async def upstream_rules(request: Request) -> UpstreamRules:
+    """The app's `UpstreamRules` (`create_app` puts them on `app.state`)."""
+    rules: UpstreamRules = request.app.state.upstream_rules
+    return rules
 
-    def find(key: ApiKey, upstream_id: str) -> Upstream:
-        upstream = config.upstream(upstream_id)
-        if upstream is None or (upstream.kind == "own" and not can_see(key, upstream.tenant)):
-            raise not_found("upstream", upstream_id, "upstream")
-        return upstream
 
-    def must_manage(key: ApiKey, upstream: Upstream) -> None:
-        if upstream.kind == "catalog" and not key.operator:
-            raise errors.Forbidden("Only operator keys can change catalog models.")
+Rules = Annotated[UpstreamRules, Depends(upstream_rules)]
 
-    async def build(data: dict[str, Any], upstream_id: str, tenant: str | None) -> Upstream:
-        if data["kind"] == "own":
-            await rules.check_base_url(data["base_url"])
-            data["prices"] = {}  # own endpoints bill tokens at 0; the tenant pays their provider
-        secret = data.pop("api_key", None)
-        if secret:
-            data["api_key"] = rules.seal(secret)
-        return Upstream(id=upstream_id, tenant=tenant if data["kind"] == "own" else None, **data)
+router = APIRouter(
+    prefix="/v1/upstreams", tags=["upstreams"], responses=openapi_errors(400, 401, 403, 404, 409)
+)
 
-    @api.post("", status_code=201, summary="Add an upstream (own endpoint, or a catalog model for operators)")
-    async def create(body: UpstreamIn, request: Request) -> UpstreamOut:
-        key = admin_key(request, keys)
-        data = body.model_dump(exclude={"id", "tenant"})
-        if body.kind == "catalog":
-            if not key.operator:
-                raise errors.Forbidden("Only operator keys can add catalog models.", param="kind")
-            if not body.id or not body.id.startswith("@"):
-                raise errors.InvalidRequest("catalog ids look like '@provider/model'", param="id")
-            upstream_id, tenant = body.id, None
-        else:
-            upstream_id, tenant = uuid7(), target_tenant(key, body.tenant)
-        upstream = await build(data, upstream_id, tenant)
-        await config.put("upstream", upstream, expect_revision=0)
-        return UpstreamOut.of(upstream)
 
-    @api.get("", summary="List upstreams: the catalog and your own endpoints")
-    async def list_(request: Request) -> ListOf:
-        key = admin_key(request, keys)
-        rows = [
-            UpstreamOut.of(u) for u in config.upstreams() if u.kind == "catalog" or can_see(key, u.tenant)
-        ]
-        return ListOf(data=sorted(rows, key=lambda u: (u.kind, u.id)))
+def find(config: ManagedConfig, key: ApiKey, upstream_id: str) -> Upstream:
+    upstream = config.upstream(upstream_id)
+    if upstream is None or (upstream.kind == "own" and not can_see(key, upstream.tenant)):
+        raise not_found("upstream", upstream_id, "upstream")
+    return upstream
 
-    @api.get("/{upstream_id:path}", summary="Show an upstream")
-    async def show(upstream_id: str, request: Request) -> UpstreamOut:
-        return UpstreamOut.of(find(admin_key(request, keys), upstream_id))
 
-    @api.patch("/{upstream_id:path}", summary="Change an upstream")
-    async def update(upstream_id: str, body: UpstreamPatch, request: Request) -> UpstreamOut:
-        key = admin_key(request, keys)
-        current = find(key, upstream_id)
-        must_manage(key, current)
-        data = current.model_dump(exclude={"id", "tenant", "api_key"})
-        changes = body.model_dump(exclude_unset=True)
-        data.update(changes)
-        upstream = await build(data, current.id, current.tenant)
-        if "api_key" not in changes and current.api_key:
-            upstream = upstream.model_copy(update={"api_key": current.api_key})  # keep the sealed key
-        await config.put("upstream", upstream)
-        return UpstreamOut.of(upstream)
+def must_manage(key: ApiKey, upstream: Upstream) -> None:
+    if upstream.kind == "catalog" and not key.operator:
+        raise errors.Forbidden("Only operator keys can change catalog models.")
 
-    @api.delete("/{upstream_id:path}", summary="Delete an upstream no gateway uses")
-    async def delete(upstream_id: str, request: Request) -> dict[str, Any]:
-        key = admin_key(request, keys)
-        upstream = find(key, upstream_id)
-        must_manage(key, upstream)
-        users = config.gateways_using(upstream.id)
-        if users:
-            raise in_use(
-                f"upstream '{upstream.id}'", users, "point them at another upstream first", "upstream"
-            )
-        if upstream.id not in config.view.upstreams:
-            raise errors.InvalidRequest("built-in catalog models cannot be deleted", param="upstream")
-        await config.delete("upstream", upstream.id)
-        return {"id": upstream.id, "object": "upstream", "deleted": True}
 
-    return api
+async def build(rules: UpstreamRules, data: dict[str, Any], upstream_id: str, tenant: str | None) -> Upstream:
+    if data["kind"] == "own":
+        await rules.check_base_url(data["base_url"])
+        data["prices"] = {}  # own endpoints bill tokens at 0; the tenant pays their provider
+    secret = data.pop("api_key", None)
+    if secret:
+        data["api_key"] = rules.seal(secret)
+    return Upstream(id=upstream_id, tenant=tenant if data["kind"] == "own" else None, **data)
+
+
+@router.post("", status_code=201, summary="Add an upstream (own endpoint, or a catalog model for operators)")
+async def create(body: UpstreamIn, key: AdminKey, config: Config, rules: Rules) -> UpstreamOut:
+    data = body.model_dump(exclude={"id", "tenant"})
+    if body.kind == "catalog":
+        if not key.operator:
+            raise errors.Forbidden("Only operator keys can add catalog models.", param="kind")
+        if not body.id or not body.id.startswith("@"):
+            raise errors.InvalidRequest("catalog ids look like '@provider/model'", param="id")
+        upstream_id, tenant = body.id, None
+    else:
+        upstream_id, tenant = uuid7(), target_tenant(key, body.tenant, config)
+    upstream = await build(rules, data, upstream_id, tenant)
+    await config.put("upstream", upstream, expect_revision=0)
+    return UpstreamOut.of(upstream)
+
+
+@router.get("", summary="List upstreams: the catalog and your own endpoints")
+async def list_(key: AdminKey, config: Config) -> ListOf[UpstreamOut]:
+    rows = [UpstreamOut.of(u) for u in config.upstreams() if u.kind == "catalog" or can_see(key, u.tenant)]
+    return ListOf[UpstreamOut](data=sorted(rows, key=lambda u: (u.kind, u.id)))
+
+
+@router.get("/{upstream_id:path}", summary="Show an upstream")
+async def show(upstream_id: str, key: AdminKey, config: Config) -> UpstreamOut:
+    return UpstreamOut.of(find(config, key, upstream_id))
+
+
+@router.patch("/{upstream_id:path}", summary="Change an upstream")
+async def update(
+    upstream_id: str, body: UpstreamPatch, key: AdminKey, config: Config, rules: Rules
+) -> UpstreamOut:
+    current = find(config, key, upstream_id)
+    must_manage(key, current)
+    data = current.model_dump(exclude={"id", "tenant", "api_key"})
+    changes = body.model_dump(exclude_unset=True)
+    data.update(changes)
+    upstream = await build(rules, data, current.id, current.tenant)
+    if "api_key" not in changes and current.api_key:
+        upstream = upstream.model_copy(update={"api_key": current.api_key})  # keep the sealed key
+    await config.put("upstream", upstream)
+    return UpstreamOut.of(upstream)
+
+
+@router.delete("/{upstream_id:path}", summary="Delete an upstream no gateway uses")
+async def delete(upstream_id: str, key: AdminKey, config: Config) -> Deleted:
+    upstream = find(config, key, upstream_id)
+    must_manage(key, upstream)
+    users = config.gateways_using(upstream.id)
+    if users:
+        raise in_use(f"upstream '{upstream.id}'", users, "point them at another upstream first", "upstream")
+    if upstream.id not in config.view.upstreams:
+        raise errors.InvalidRequest("built-in catalog models cannot be deleted", param="upstream")
+    await config.delete("upstream", upstream.id)
+    return Deleted(id=upstream.id, object="upstream")

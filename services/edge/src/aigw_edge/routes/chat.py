@@ -19,10 +19,18 @@ import logging
 import time
 from functools import lru_cache
 
+from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from aigw_contracts import ApiKey, ChatCompletionRequest, headers, subjects
+from aigw_contracts import (
+    ApiKey,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    headers,
+    subjects,
+)
 from aigw_contracts.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -35,10 +43,14 @@ from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 
 from .. import sse
-from ..auth import KeyStore
-from ..bus import DISCONNECTED, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..auth import KeyStore, duplicate_authorization
+from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
-from ..logs import CLIENT_CLOSED, AccessLog
+from ..idempotency import Claim, Idempotency, Replay
+from ..logs import CLIENT_CLOSED, SCOPE_KEY
+from ..openapi import errors as openapi_errors
+from ..openapi import sse_of
 from ..ratelimit import RateLimiter
 from ..settings import EdgeSettings
 from ..trace import trace_json
@@ -58,6 +70,16 @@ _SURFACED = (
     (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
 )
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
+
+
+def _holder_lost() -> Unavailable:
+    # Nothing was billed for a request whose holder died before its final event (the worker meters
+    # at the end), so a retry is safe: 503 is what the SDKs retry on their own.
+    return Unavailable(
+        "The gateway process handling this request stopped responding; retry the request",
+        retry_after=1,
+        code="holder_lost",
+    )
 
 
 class _ClientGone(Exception):
@@ -151,17 +173,19 @@ def _status(hdrs: dict[str, str]) -> int:
 
 
 class ChatEndpoint:
-    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore, access: AccessLog) -> None:
+    """The endpoint, as a raw ASGI app. It reports what it learned (request id, tenant, model, how
+    the request ended) to the access log middleware through the scope, when that middleware runs."""
+
+    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore) -> None:
         self.bus = bus
         self.keys = keys
-        self.access = access
         self.edge_id = settings.edge_id
         self.request_timeout = settings.request_timeout
         self.idle_timeout = settings.stream_idle_timeout
         self.limiter = RateLimiter()
+        self.idempotency = Idempotency(bus, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        arrived = time.perf_counter()
         call = _Call()
         try:
             await self._handle(scope, receive, send, call)
@@ -178,13 +202,12 @@ class ChatEndpoint:
                 internal = InternalError("The gateway had an internal error; it has been logged.")
                 await send_error(send, internal, call.headers)
         finally:
-            if self.access.enabled:
+            fields = scope.get(SCOPE_KEY)
+            if fields is not None:
                 key = call.key
-                self.access.write(
-                    scope["method"],
-                    scope["path"],
-                    call.status,
-                    arrived,
+                fields.update(
+                    # The status the client got, or 499 when it left before any answer.
+                    status=call.status,
                     request_id=call.request_id,
                     tenant=key.tenant if key else None,
                     key_id=key.id if key else None,
@@ -200,6 +223,8 @@ class ChatEndpoint:
         authorization = traceparent = tracestate = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    raise duplicate_authorization()
                 authorization = value
             elif name == b"traceparent":
                 traceparent = value
@@ -232,6 +257,16 @@ class ChatEndpoint:
                 f"The request is larger than the message bus allows ({self.bus.max_payload} bytes)."
             )
 
+        claim: Claim | None = None
+        if request.idempotency_key is not None:
+            held = await self.idempotency.begin(key, request.idempotency_key, body)
+            if isinstance(held, Replay):
+                call.status, call.outcome, call.started = held.status, "idempotent_replay", True
+                await held.send(send, call.headers)
+                return
+            claim = held
+            send = claim.recorder(send, lambda: call.outcome == "final")
+
         loop = asyncio.get_running_loop()
         bus = self.bus
         inbox = bus.open(request_id, loop.time() + self.request_timeout)
@@ -252,6 +287,8 @@ class ChatEndpoint:
             bus.drop(request_id)
             if watcher is not None:
                 watcher.cancel()
+            if claim is not None:
+                await claim.release()  # no completed answer was kept: a retry may run again
 
     # ------------------------------------------------------------------ before the response starts
     async def _first(self, item: Event | Marker, call: _Call) -> tuple[dict[str, str], str]:
@@ -291,6 +328,12 @@ class ChatEndpoint:
             )
         if marker is SHUTDOWN:
             raise Unavailable("The gateway is shutting down; retry the request")
+        if marker is HOLDER_LOST:
+            await self.bus.cancel(call.request_id, "holder_lost")
+            raise _holder_lost()
+        if marker is OVERFLOW:  # a whole answer larger than the buffer: the bus could not carry it
+            await self.bus.cancel(call.request_id, "slow_reader")
+            raise UpstreamError("The answer was larger than the gateway buffers for one request")
         raise InternalError(f"unexpected marker {marker!r}")
 
     async def _send_error_event(self, msg: Event, hdrs: dict[str, str], send: Send, call: _Call) -> None:
@@ -390,6 +433,13 @@ class ChatEndpoint:
             )
         if marker is SHUTDOWN:
             return Unavailable("The gateway is shutting down; the stream was cut short")
+        if marker is HOLDER_LOST:
+            return _holder_lost()
+        if marker is OVERFLOW:
+            return UpstreamError(
+                "The client read the stream too slowly: the gateway stopped it rather than buffer more",
+                code="slow_reader",
+            )
         return None  # DISCONNECTED: nobody to tell
 
     async def _end_stream(
@@ -409,9 +459,38 @@ class ChatEndpoint:
             return
         if marker is TIMED_OUT:
             cancel = "stream_idle"
+        elif marker is HOLDER_LOST:
+            cancel = "holder_lost"
+        elif marker is OVERFLOW:
+            cancel = "slow_reader"
         if cancel:
             await self.bus.cancel(call.request_id, cancel)
         if err is not None:
             out.append(sse.error(err.to_json()))
             call.outcome = f"error_{err.status}"
         await send({"type": "http.response.body", "body": b"".join(out)})
+
+
+# ---------------------------------------------------------------------------------------- OpenAPI
+# Documented, never routed: `EdgeApp` hands every POST to these paths to `ChatEndpoint` before
+# FastAPI sees it, and `EdgeAPI.openapi` adds this router's operation to `/openapi.json`.
+documented = APIRouter(tags=["chat"])
+
+
+@documented.post(
+    PATHS[0],
+    summary="Create a chat completion",
+    response_model=ChatCompletion,
+    response_description="The completion as JSON or, with `stream: true`, server-sent events: one "
+    "`data: <chunk>` per chunk; the last chunk carries `usage` and `generation_context`, then "
+    "`data: [DONE]`",
+    responses={
+        200: {"content": {"text/event-stream": sse_of(ChatCompletionChunk)}},
+        **openapi_errors(400, 401, 404, 413, 429, 502, 503, 504),
+    },
+)
+async def create_chat_completion(body: ChatCompletionRequest, key: AnyKey) -> ChatCompletion:
+    """OpenAI's chat completions. `model` is a gateway (id, slug or name) or a catalog model tag;
+    the answer adds `generation_context.generated_usage`, one priced line per SKU. Also served at
+    `/api/v1/chat/completions`."""
+    raise InternalError("This operation is served by the chat endpoint, not by FastAPI.")

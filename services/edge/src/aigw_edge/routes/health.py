@@ -7,24 +7,25 @@ from starlette.responses import Response
 
 from aigw_contracts.errors import Unavailable
 
-from ..bus import Bus
+from ..deps import TheBus
+from ..openapi import errors
+
+router = APIRouter(tags=["health"])
 
 _OK = b'{"status":"ok"}'
 
 
-def router(bus: Bus) -> APIRouter:
-    api = APIRouter()
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> Response:
+    """The process is up and serving HTTP."""
+    return Response(_OK, media_type="application/json")
 
-    @api.get("/healthz")
-    async def healthz() -> Response:
-        """The process is up and serving HTTP."""
-        return Response(_OK, media_type="application/json")
 
-    @api.get("/readyz")
-    async def readyz() -> Response:
-        """Ready for traffic: connected to NATS (so requests can reach a router)."""
-        if not bus.connected:
-            raise Unavailable("The gateway is not connected to its message bus")
-        return Response(_OK, media_type="application/json")
-
-    return api
+@router.get("/readyz", summary="Readiness", responses=errors(503))
+async def readyz(bus: TheBus) -> Response:
+    """Ready for traffic: connected to NATS with its reader running (so requests can reach a
+    router and their answers come back)."""
+    why = bus.ready
+    if why is not None:
+        raise Unavailable(why)
+    return Response(_OK, media_type="application/json")

@@ -6,27 +6,25 @@ relays its `ModelList` JSON as is.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
+from aigw_contracts.api import ModelList
 from aigw_contracts.messages import ModelsQuery
 
-from ..auth import KeyStore, header
-from ..bus import Bus
-from ..logs import SCOPE_KEY
+from ..deps import AnyKey, TheBus
+from ..openapi import errors
+
+router = APIRouter(tags=["models"])
 
 
-def router(bus: Bus, keys: KeyStore) -> APIRouter:
-    api = APIRouter()
-
-    @api.get("/v1/models")
-    @api.get("/api/v1/models")
-    async def list_models(request: Request) -> Response:
-        key = keys.authenticate(header(request.scope, b"authorization"))
-        fields = request.scope.get(SCOPE_KEY)
-        if fields is not None:
-            fields.update(tenant=key.tenant, key_id=key.id)
-        body = await bus.models(ModelsQuery(tenant=key.tenant, key_kind=key.kind))
-        return Response(body, media_type="application/json")
-
-    return api
+@router.get(
+    "/v1/models",
+    summary="List the gateways and models this key may use",
+    response_model=ModelList,
+    responses=errors(401, 503, 504),
+)
+@router.get("/api/v1/models", include_in_schema=False)
+async def list_models(key: AnyKey, bus: TheBus) -> Response:
+    body = await bus.models(ModelsQuery(tenant=key.tenant, key_kind=key.kind))
+    return Response(body, media_type="application/json")
