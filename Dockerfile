@@ -9,7 +9,7 @@ COPY tools tools
 RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 aigw
+RUN useradd --system --uid 10001 aigw && mkdir /knowledge && chown aigw /knowledge  # retrieval's embedded store
 COPY --from=build /app/.venv /app/.venv
 ENV PATH="/app/.venv/bin:$PATH" PYTHONUNBUFFERED=1
 USER aigw

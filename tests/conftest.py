@@ -46,6 +46,10 @@ TEST_ENV = {
 }
 
 
+# Stacks started by `start_stack`: after every test, none may have had a bus refusal (below).
+_STACKS: list[Stack] = []
+
+
 def start_stack(
     state: Path, with_metering: bool = False, env: dict[str, str] | None = None, **kw: object
 ) -> Stack:
@@ -55,7 +59,21 @@ def start_stack(
     stack.sim_port = 0
     # The config file must hold the test gateways before the router starts.
     stack.start_hooks.append(lambda s: s.add_to_config(ConfigSnapshot(gateways=[PREFILLED, POLICY])))
-    return stack.start()
+    stack.start()
+    _STACKS.append(stack)
+    return stack
+
+
+@pytest.fixture(autouse=True)
+def _services_stay_within_their_bus_permissions() -> Iterator[None]:
+    """Every service runs as its own NATS user (`aigw_runtime.natsauth`): a test that makes one do
+    something its user may not (a subject missing from the permission table) fails here, naming
+    what nats-server refused, instead of surfacing later as a timeout."""
+    before = {id(s): len(s.bus_violations()) for s in _STACKS}
+    yield
+    for s in _STACKS:
+        new = s.bus_violations()[before.get(id(s), 0) :]
+        assert not new, "nats-server refused a service:\n" + "\n".join(new)
 
 
 @pytest.fixture(scope="session")

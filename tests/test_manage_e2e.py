@@ -19,6 +19,7 @@ from openai import OpenAI
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
+from aigw_runtime import natsauth
 from aigw_runtime.configstore import BUCKET
 from tests.conftest import eventually
 
@@ -144,8 +145,8 @@ def test_keys_are_hashed_shown_once_and_revocable(admin: httpx.Client, stack: St
 
 
 async def _bucket_dump(stack: Stack) -> str:
-    assert stack.nats is not None
-    nc = await nats.connect(stack.nats.url)
+    url = stack.nats_url(natsauth.ADMIN)
+    nc = await nats.connect(url, inbox_prefix=natsauth.inbox_prefix_of(url))
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         values = [await kv.get(k) for k in await kv.keys()]

@@ -57,6 +57,10 @@ def usage_subject(tenant: str) -> str:
 USAGE_WILDCARD = f"{USAGE_SUBJECT_PREFIX}.>"
 
 
+REPLY_WILDCARD = f"{REPLY_PREFIX}.>"
+BOUNCE_WILDCARD = f"{BOUNCE_PREFIX}.>"
+
+
 def reply_wildcard(edge_id: str) -> str:
     return f"{REPLY_PREFIX}.{edge_id}.*"
 
@@ -67,6 +71,22 @@ def reply_subject(edge_id: str, request_id: str) -> str:
 
 def request_id_from_reply(subject: str) -> str:
     return subject.rsplit(".", 1)[-1]
+
+
+# Reply inboxes: where nats-py's request-reply answers and JetStream's API answers arrive
+# (`<prefix>.<random>`). On an authenticated bus each user has a prefix of its own, so its
+# permissions let it read the answers to its own requests and no one else's, and let only the
+# services that answer it write there (`aigw_runtime.natsauth`).
+INBOX_PREFIX = "_INBOX"
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a connection made as `user` (nats-py's default without one)."""
+    return f"{INBOX_PREFIX}.{user}" if user else INBOX_PREFIX
+
+
+def inbox_wildcard(user: str) -> str:
+    return f"{inbox_prefix(user)}.>"
 
 
 def bounce_wildcard(service_id: str) -> str:

@@ -45,6 +45,8 @@ from aigw_contracts.errors import (
     error_reply,
 )
 
+from .natsauth import inbox_prefix_of
+
 log = logging.getLogger("aigw.bus")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default, used before the server said its own
@@ -155,6 +157,8 @@ class Bus:
                 await self.nc.connect(
                     servers=[self.url],
                     name=self.name,
+                    # The user's own inbox prefix: its permissions allow it no other (`natsauth`).
+                    inbox_prefix=inbox_prefix_of(self.url),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as seconds
                     connect_timeout=2,

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -58,16 +59,34 @@ def kv_key(kind: Kind, entry_id: str) -> str:
     return f"{kind}.{encode_id(entry_id)}"
 
 
-async def open_bucket(js: JetStreamContext) -> KeyValue:
-    """The config bucket, created on first use (services start fine on an empty store)."""
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        with contextlib.suppress(Exception):  # another replica may create it at the same moment
+async def open_bucket(js: JetStreamContext, wait: float = 60.0) -> KeyValue:
+    """The config bucket, created on first use (services start fine on an empty store).
+
+    Only the edge and `admin` may create it on an authenticated bus (`natsauth`): a router or
+    retrieval replica that starts first waits up to `wait` seconds for the bucket to appear
+    instead of failing its start (in compose or Kubernetes every service starts at once)."""
+    deadline = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(BucketNotFoundError):
+            return await js.key_value(BUCKET)
+        # Refused (not ours to create: the server refuses, the request times out) or created by
+        # another replica at the same moment: either way, look again.
+        with contextlib.suppress(Exception):
             return await js.create_key_value(
                 KeyValueConfig(bucket=BUCKET, history=HISTORY, storage=StorageType.FILE)
             )
-        return await js.key_value(BUCKET)
+        with contextlib.suppress(BucketNotFoundError):
+            return await js.key_value(BUCKET)
+        if time.monotonic() >= deadline:
+            raise BucketNotFoundError(
+                description=f"the config bucket {BUCKET} does not exist and this NATS user may not create "
+                "it: start an edge or run `aigw bootstrap` first"
+            )
+        log.warning(
+            "waiting for the config bucket (the edge or `aigw bootstrap` creates it)",
+            extra={"bucket": BUCKET},
+        )
+        await asyncio.sleep(1.0)
 
 
 @dataclass

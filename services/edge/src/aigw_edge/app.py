@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aigw_contracts import ChatCompletionChunk
+from aigw_runtime.bus import redact_url
 from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
 from aigw_runtime.netguard import parse_allowlist
 
@@ -120,7 +121,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         managed.attach(await ConfigWriter.open(js))
         log.info(
             "connected to nats",
-            extra={"edge_id": settings.edge_id, "nats_url": settings.nats_url, "keys": len(keys)},
+            extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
         )
         try:
             yield

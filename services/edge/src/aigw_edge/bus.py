@@ -42,6 +42,7 @@ from aigw_contracts.errors import Unavailable
 from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import request, settle
+from aigw_runtime.natsauth import inbox_prefix_of
 
 from .settings import EdgeSettings
 
@@ -223,6 +224,7 @@ class Bus:
         await self.nc.connect(
             servers=[self.settings.nats_url],
             name=f"aigw-edge-{self.edge_id}",
+            inbox_prefix=inbox_prefix_of(self.settings.nats_url),  # the one its permissions allow
             max_reconnect_attempts=-1,  # an edge outlives NATS restarts; /readyz tells the balancer
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as seconds
             error_cb=self._on_error,

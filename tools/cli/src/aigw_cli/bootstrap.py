@@ -1,7 +1,9 @@
 """`aigw bootstrap`: the first operator key of a fresh deployment, written straight into the config store.
 
 Every other change goes through the management API, which needs a key; this is how the first one
-comes to exist. It needs the same pepper as the edges (AIGW_KEY_PEPPER) and access to NATS.
+comes to exist. It needs the same pepper as the edges (AIGW_KEY_PEPPER) and access to NATS as a user
+that may write the config bucket (`admin` or `edge`, `aigw_runtime.natsauth`): `--nats-url
+nats://admin:<password>@host:4222`, or AIGW_NATS_URL.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aigw_contracts import ApiKey, Tenant
 from aigw_contracts.ids import uuid7
 from aigw_contracts.keys import hash_secret, new_secret
 from aigw_runtime.configstore import ConfigWriter
+from aigw_runtime.natsauth import inbox_prefix_of
 
 from .client import CliError
 
@@ -34,7 +37,7 @@ def register(commands: Any) -> None:
 
 
 async def _write(url: str, tenant: str, key: ApiKey) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=inbox_prefix_of(url))  # the prefix its NATS user may read
     try:
         writer = await ConfigWriter.open(nc.jetstream())
         await writer.put("tenant", Tenant(id=tenant, name="Operator"))

@@ -4,6 +4,9 @@ it on Ctrl-C or SIGTERM.
 While it runs, a process that exits unexpectedly (a crash, `kill -9 <pid>`) is restarted with
 backoff and the others are left alone (`supervise.Supervisor`); the terminal gets one line per event
 and `<state>/logs/launcher.log` the same as JSON lines. Stopping stops every child by its pid.
+
+`aigw-dev nats-config`: render a deployment's nats-server config (bus users and permissions,
+`aigw_runtime.natsauth`) and one env file per service holding its own `AIGW_NATS_URL`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from aigw_runtime.logs import JsonFormatter
 
+from .natsconf import deploy_files
 from .stack import Stack
 from .supervise import Supervisor
 
@@ -28,6 +32,7 @@ aigw is running.
   API key:  written to {keyfile}
   state:    {state} (logs in {state}/logs)
   pids:     {pids}
+  NATS:     {nats} (authenticated: one user per service, passwords in {state}/nats-passwords.json)
 
 Try it:
 
@@ -56,7 +61,24 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--state", type=Path, default=Path(os.environ.get("AIGW_STATE_DIR", ".aigw")))
     run.add_argument("--port", type=int, default=int(os.environ.get("AIGW_PORT", "8080")))
     run.add_argument("--workers", type=int, default=1)
+    conf = sub.add_parser(
+        "nats-config",
+        help="render nats-server's config and each service's NATS credentials (compose, Kubernetes)",
+        description="Writes <out>/nats.conf (bcrypt-hashed passwords), <out>/passwords.json and "
+        "<out>/<user>.env (AIGW_NATS_URL=…), all 0600. Passwords already in passwords.json are kept, "
+        "so re-rendering (new permissions, TLS) does not change any service's credentials.",
+    )
+    conf.add_argument("--out", type=Path, required=True, help="directory to write into")
+    conf.add_argument("--host", default="nats", help="the NATS host name the services connect to")
+    conf.add_argument("--port", type=int, default=4222)
+    conf.add_argument("--listen", default="0.0.0.0:4222", help="where nats-server listens")
+    conf.add_argument("--store-dir", default="/data", help="nats-server's JetStream directory")
+    conf.add_argument("--tls-cert", help="server certificate (PEM): clients then connect with tls://")
+    conf.add_argument("--tls-key", help="server certificate's key (PEM)")
     args = parser.parse_args(argv)
+    if args.command == "nats-config":
+        nats_config(args)
+        return
 
     stack = Stack(
         state_dir=args.state.resolve(),
@@ -81,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 keyfile=stack.state_dir / "demo-key",
                 state=stack.state_dir,
                 pids=", ".join(f"{name} {proc.pid}" for name, proc in stack.processes().items()),
+                nats=stack.nats.url if stack.nats else "",
             ),
             flush=True,
         )
@@ -109,6 +132,23 @@ def _log_to(path: Path) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def nats_config(args: argparse.Namespace) -> None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    written = deploy_files(
+        args.out,
+        host=args.host,
+        port=args.port,
+        listen=args.listen,
+        store_dir=args.store_dir,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    print(f"wrote {written.config} and, per user, {args.out}/<user>.env (0600):", file=sys.stderr)
+    for user, path in written.env_files.items():
+        print(f"  {user:<10} {path}  {written.urls[user]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 `make run`, the integration tests and the benchmarks all start the system through `Stack`, so what
 a newcomer runs is what the tests prove. Each process logs to `<state>/logs/<name>.log`.
+
+NATS runs with authentication (`aigw_runtime.natsauth`): each service connects as its own user with
+its own `AIGW_NATS_URL`, and the config store is seeded as `admin`; `nats_url(user)` gives tests a
+user's URL, `bus_violations()` what nats-server refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import nats
 from aigw_contracts import ApiKey, ConfigSnapshot, Gateway, Prices, Tenant, Upstream
 from aigw_contracts.ids import uuid7
 from aigw_contracts.keys import hash_secret, new_secret
+from aigw_runtime import natsauth
 from aigw_runtime.configstore import ConfigWriter
 from aigw_runtime.secretbox import new_key
 
@@ -32,6 +37,16 @@ HOST = "127.0.0.1"
 SIM_UPSTREAM = "@sim/sim-model"
 # The simulator is priced like gpt-5-mini so the demo shows real-looking, exact amounts.
 SIM_PRICES = Prices(input=Decimal("2.5E-7"), output=Decimal("0.000002"), cached_input=Decimal("2.5E-8"))
+
+
+# The bus user each service's console script connects as (`aigw_runtime.natsauth`).
+_SCRIPT_USERS = {
+    "aigw-edge": natsauth.EDGE,
+    "aigw-router": natsauth.ROUTER,
+    "aigw-worker": natsauth.WORKER,
+    "aigw-retrieval": natsauth.RETRIEVAL,
+    "aigw-metering": natsauth.METERING,
+}
 
 
 def _bin(name: str) -> str:
@@ -91,10 +106,23 @@ class Stack:
     def _pin(self, cpus: str | None, argv: Sequence[str]) -> list[str]:
         return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
 
-    def _service_env(self) -> dict[str, str]:
+    def nats_url(self, user: str) -> str:
+        """The NATS URL of `user` (`aigw_runtime.natsauth`): the bus runs with authentication."""
         assert self.nats is not None
+        return self.nats.url_for(user)
+
+    def bus_violations(self) -> list[str]:
+        """What nats-server refused so far (logged permission violations and failed logins): a
+        service doing something its bus user may not shows up here (`natsauth.PERMISSIONS`)."""
+        try:
+            text = (self.state_dir / "logs" / "nats-server.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if "Violation" in line or "authentication error" in line]
+
+    def _service_env(self, user: str) -> dict[str, str]:
         env = {
-            "AIGW_NATS_URL": self.nats.url,
+            "AIGW_NATS_URL": self.nats_url(user),
             "AIGW_KEY_PEPPER": self._pepper(),
             "AIGW_SECRETS_KEY": self._state_secret("secrets-key", new_key),
             "AIGW_METERING_DSN": f"chdb://{self.state_dir / 'usage.chdb'}",
@@ -120,7 +148,7 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.edge_port = self.edge_port or free_port()
         try:
-            self.nats = NatsServer(self.state_dir, host=HOST, cpus=self.cpu_services).start()
+            self.nats = NatsServer(self.state_dir, host=HOST, cpus=self.cpu_services, auth=True).start()
             if not self.openai_api_key:
                 self.start_simulator()
             self.demo = self.write_config()
@@ -156,11 +184,16 @@ class Stack:
         proc.wait_ready(lambda: httpx.get(f"{self.sim_url}/healthz", timeout=1).status_code == 200)
         return proc
 
-    def start_service(self, name: str, argv: Sequence[str], timeout: float = 30.0, **env: str) -> Process:
+    def start_service(
+        self, name: str, argv: Sequence[str], timeout: float = 30.0, *, user: str | None = None, **env: str
+    ) -> Process:
+        """Start a service process, and wait for its ready line. It connects to NATS as `user`,
+        by default the bus user of the console script it runs (`aigw-router` → `router`, …)."""
+        user = user or _SCRIPT_USERS[argv[0]]
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.unlink(missing_ok=True)
         argv = self._pin(self.cpu_services, [_bin(argv[0]), *argv[1:]])
-        proc = Process(name, argv, log_path, env={**self._service_env(), **env}).start()
+        proc = Process(name, argv, log_path, env={**self._service_env(user), **env}).start()
         self.procs[name] = proc
         proc.wait_ready(lambda: _log_says_ready(proc), timeout)
         return proc
@@ -171,7 +204,9 @@ class Stack:
             env["AIGW_ACCESS_LOG"] = "false"
         log_path = self.state_dir / "logs" / "edge.log"
         argv = self._pin(self.cpu_services, [_bin("aigw-edge")])
-        proc = Process("edge", argv, log_path, env={**self._service_env(), **env}).start()
+        proc = Process(
+            "edge", argv, log_path, env={**self._service_env(_SCRIPT_USERS["aigw-edge"]), **env}
+        ).start()
         self.procs["edge"] = proc
         proc.wait_ready(
             lambda: httpx.get(f"http://{HOST}:{self.edge_port}/readyz", timeout=1).status_code == 200
@@ -295,16 +330,15 @@ class Stack:
 
     def seed_store(self) -> None:
         """Write the config file's entries into the config store (the KV bucket every service watches)."""
-        assert self.nats is not None
         snapshot = ConfigSnapshot.model_validate_json(self.config_path.read_bytes())
-        asyncio.run(_load_store(self.nats.url, snapshot))
+        asyncio.run(_load_store(self.nats_url(natsauth.ADMIN), snapshot))
 
     def pepper(self) -> str:
         return self._pepper()
 
 
 async def _load_store(url: str, snapshot: ConfigSnapshot) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=natsauth.inbox_prefix_of(url))
     try:
         await (await ConfigWriter.open(nc.jetstream())).load(snapshot)
     finally:

@@ -24,3 +24,12 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def authed_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own with the bus users and permissions (`aigw_runtime.natsauth`):
+    connect with `server.url_for(user)`."""
+    server = NatsServer(tmp_path / "nats", auth=True).start()
+    yield server
+    server.stop()
