@@ -15,6 +15,7 @@ from openai import OpenAI
 from aigw_contracts import Gateway
 from aigw_contracts.ids import uuid7
 from aigw_devstack.stack import SIM_UPSTREAM
+from aigw_runtime import natsauth
 from aigw_runtime.configstore import ConfigWriter
 from tests.conftest import TEST_ENV, eventually, start_stack
 
@@ -79,7 +80,7 @@ def test_config_written_elsewhere_after_a_nats_restart_takes_effect_within_two_s
         eventually(lambda: _answers(client, "demo") == "ok", 10.0, "the stack answers again")
 
         gateway = Gateway(id=uuid7(), name="after-restart", tenant="demo", upstream=SIM_UPSTREAM)
-        written = asyncio.run(_write_elsewhere(stack.nats.url, gateway, created["id"]))
+        written = asyncio.run(_write_elsewhere(stack.nats_url("admin"), gateway, created["id"]))
         eventually(lambda: _answers(client, "after-restart") == "ok", 2.0, "the new gateway routable")
         gateway_seen = time.monotonic() - written
         eventually(lambda: _answers(victim, "demo") == "401", 2.0, "the revoked key refused")
@@ -104,7 +105,7 @@ def _answers(client: OpenAI, model: str) -> str:
 async def _write_elsewhere(nats_url: str, gateway: Gateway, key_id: str) -> float:
     """Create `gateway` and revoke key `key_id` in the config store, as another edge would; returns
     when the writes were done (time.monotonic())."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, inbox_prefix=natsauth.inbox_prefix_of(nats_url))
     try:
         writer = await ConfigWriter.open(nc.jetstream())
         found = await writer.get("key", key_id)
