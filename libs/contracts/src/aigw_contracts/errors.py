@@ -25,7 +25,9 @@ class ErrorBody(BaseModel):
 
 
 # Error codes of faults in the gateway's configuration, not in the request or the moment.
-NOT_RETRYABLE = frozenset({"upstream_auth_failed", "upstream_not_configured"})
+# Retrying cannot help (the configuration is at fault), or would be billed again for an answer
+# already generated (`answer_undelivered`).
+NOT_RETRYABLE = frozenset({"upstream_auth_failed", "upstream_not_configured", "answer_undelivered"})
 
 
 class GatewayError(Exception):

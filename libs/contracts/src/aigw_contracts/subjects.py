@@ -47,6 +47,9 @@ USAGE_SUBJECT_PREFIX = f"{PREFIX}.usage"
 USAGE_DEAD_LETTER = f"{PREFIX}.usage-dead"
 METERING_DURABLE = "aigw-metering"
 METERING_QUERY = f"{PREFIX}.metering.query"
+# "Was this request billed?" (`usage.BilledQuery`): the edge asks before it tells a client whose
+# answer was lost on the way that nothing was charged.
+METERING_BILLED = f"{PREFIX}.metering.billed"
 
 
 def usage_subject(tenant: str) -> str:

@@ -128,6 +128,18 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class BilledQuery(BaseModel):
+    """Whether any usage of `request_id` (of `tenant`) reached the usage stream: request-reply on
+    `subjects.METERING_BILLED`, answered with `BilledAnswer`."""
+
+    tenant: str
+    request_id: str
+
+
+class BilledAnswer(BaseModel):
+    billed: bool
+
+
 class UsageQuery(BaseModel):
     """A usage report request: NATS request-reply on `subjects.METERING_QUERY`.
 

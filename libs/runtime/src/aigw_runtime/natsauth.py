@@ -168,6 +168,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
                 subjects.METERING_QUERY,
+                subjects.METERING_BILLED,
             ),
             subscribe=(subjects.REPLY_WILDCARD,),
         ),
@@ -208,7 +209,7 @@ def _table() -> dict[str, Permissions]:
         + durable_puller(streams.USAGE_STREAM, subjects.METERING_DURABLE)
         + Permissions(
             publish=(*streams.USAGE_DEAD_SUBJECTS,),
-            subscribe=(subjects.METERING_QUERY,),
+            subscribe=(subjects.METERING_QUERY, subjects.METERING_BILLED),
         ),
         ADMIN: _own_inbox(ADMIN) + kv_writer(BUCKET),
     }

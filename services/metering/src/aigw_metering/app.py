@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from aigw_contracts import streams, subjects
 from aigw_runtime.service import Service
 
-from . import jetstream
+from . import billed, jetstream
 from .consumer import Consumer
 from .health import Health
 from .pull import Puller
@@ -54,6 +54,12 @@ class MeteringService:
             subjects.METERING_QUERY,
             lambda data: answer(self.store, data),
             "usage query",
+            queue=subjects.METERING_DURABLE,
+        )
+        self.service.reply_route(
+            subjects.METERING_BILLED,
+            lambda data: billed.answer(self.consumer, self.store, data),
+            "billed query",
             queue=subjects.METERING_DURABLE,
         )
         self.consumer: Consumer | None = None

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -49,6 +50,8 @@ from .store import Store, StoreRefused, StoreUnavailable
 log = logging.getLogger("aigw.metering")
 
 _IDLE_FETCH_S = 1.0
+_TENANT_AT = len(subjects.USAGE_SUBJECT_PREFIX) + 1
+RECENT_REQUESTS = 200_000  # requests "was it billed?" answers from memory (minutes of traffic)
 
 
 def delivery(msg: Msg) -> tuple[int, int]:
@@ -83,6 +86,9 @@ class Consumer:
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._stopping = asyncio.Event()
         self._store_lock = asyncio.Lock()
+        # (tenant, request id) of the events received lately, stored or not yet: "was it billed?"
+        # is answered from here first (`billed.py`), the store holds the rest.
+        self.recent: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._collector: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # the inserter holds no batch
@@ -173,6 +179,7 @@ class Consumer:
         if fast is not None:
             request_id = fast[0]
             added = batch.add_raw(msg, seq, *fast)
+            self._seen(msg.subject[_TENANT_AT:], request_id)  # usage subjects end in the tenant
         else:
             self.health.noncanonical_events += 1
             try:
@@ -182,11 +189,18 @@ class Consumer:
                 return
             request_id = event.request_id
             added = batch.add(event, seq)
+            self._seen(event.tenant, request_id)
         if not added:
             self.health.duplicates_skipped += 1
         elif delivered > 1:
             batch.redelivered.add(request_id)
         batch.msgs.append(msg)
+
+    def _seen(self, tenant: str | None, request_id: str) -> None:
+        recent = self.recent
+        recent[(tenant or "", request_id)] = None
+        if len(recent) > RECENT_REQUESTS:
+            recent.popitem(last=False)
 
     # ------------------------------------------------------------------ inserting
     async def _insert_loop(self) -> None:

@@ -41,6 +41,7 @@ from aigw_contracts.errors import (
 )
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
+from aigw_contracts.usage import BilledAnswer, BilledQuery
 
 from .. import sse
 from ..auth import KeyStore, duplicate_authorization
@@ -323,14 +324,17 @@ class ChatEndpoint:
             raise _ClientGone
         if marker is TIMED_OUT:
             await self.bus.cancel(call.request_id, "deadline_exceeded")
-            raise DeadlineExceeded(
-                f"The request did not complete within the gateway's timeout of {self.request_timeout:g} s"
+            raise await self._unless_billed(
+                call,
+                DeadlineExceeded(
+                    f"The request did not complete within the gateway's timeout of {self.request_timeout:g} s"
+                ),
             )
         if marker is SHUTDOWN:
             raise Unavailable("The gateway is shutting down; retry the request")
         if marker is HOLDER_LOST:
             await self.bus.cancel(call.request_id, "holder_lost")
-            raise _holder_lost()
+            raise await self._unless_billed(call, _holder_lost())
         if marker is OVERFLOW:  # a whole answer larger than the buffer: the bus could not carry it
             await self.bus.cancel(call.request_id, "slow_reader")
             raise UpstreamError("The answer was larger than the gateway buffers for one request")
@@ -397,7 +401,10 @@ class ChatEndpoint:
             out: list[bytes] = []
             for item in items:
                 if isinstance(item, Marker):
-                    await self._end_stream(send, out, self._marker_error(item), call, item)
+                    err = self._marker_error(item)
+                    if err is not None and item in (HOLDER_LOST, TIMED_OUT):
+                        err = await self._unless_billed(call, err)
+                    await self._end_stream(send, out, err, call, item)
                     return
                 hdrs = item.headers
                 if hdrs.get(_SEQ) != str(expected):
@@ -425,6 +432,35 @@ class ChatEndpoint:
             await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             inbox.deadline = loop.time() + idle
             items = await inbox.get_all()
+
+    async def _unless_billed(self, call: _Call, err: GatewayError) -> GatewayError:
+        """`err`, unless the request was billed although its answer never arrived here.
+
+        The worker stores a whole answer's usage before it sends the final event, so a request can
+        be billed and its answer lost on the way (the worker died in between, the bus broke). The
+        client is then told exactly that, and told not to retry (a retry is billed again); what the
+        client hears and what is billed agree. Metering knows (`BilledQuery`); if it cannot say,
+        the error says the request may have been billed.
+        """
+        key, request_id = call.key, call.request_id
+        assert key is not None and request_id is not None
+        query = BilledQuery(tenant=key.tenant, request_id=request_id).model_dump_json().encode()
+        try:
+            answer = await self.bus.ask(
+                subjects.METERING_BILLED, query, "metering service", "say whether this request was billed"
+            )
+            billed = BilledAnswer.model_validate_json(answer).billed
+        except Exception:
+            err.message += f" (it may have been billed: see GET /v1/usage?request={request_id})"
+            return err
+        if not billed:
+            return err
+        return UpstreamError(  # its code says x-should-retry: false
+            "The answer was generated and billed, but it could not be delivered "
+            f"({err.message}); its lines are listed by GET /v1/usage?request={request_id}. "
+            "A retry would be billed again.",
+            code="answer_undelivered",
+        )
 
     def _marker_error(self, marker: Marker) -> GatewayError | None:
         if marker is TIMED_OUT:
