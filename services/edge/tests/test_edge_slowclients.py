@@ -213,6 +213,16 @@ async def test_a_body_that_stops_arriving_is_408_and_closed_while_others_are_ser
     assert [(line["path"], line["status"]) for line in logged] == [(CHAT, 200), (path, 408)]
 
 
+async def test_a_chunked_body_that_stops_arriving_is_408_too(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with serve_edge(nats_server.url, tmp_path, body_timeout=1.0) as edge:
+        head = f"POST {CHAT} HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {edge.keys.good}\r\n"
+        slow = await Conn.open(edge, f"{head}Transfer-Encoding: chunked\r\n\r\na\r\n".encode() + BODY[:10])
+        resp = await slow.response(within=2.0)
+        assert resp.status == 408 and resp.error()["code"] == "request_timeout"
+        assert await slow.closed(within=1.0) == b""
+        slow.close()
+
+
 @pytest.mark.parametrize("path", [CHAT, "/v1/gateways", "/v1/keys"])
 async def test_a_request_with_a_body_and_no_key_is_refused_at_once_and_cannot_linger(
     nats_server: NatsServer, tmp_path: Path, router: FakeRouter, path: str

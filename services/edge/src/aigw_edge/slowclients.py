@@ -17,7 +17,8 @@ the header deadline of `server.EdgeHttpProtocol`, which also holds the connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,15 +66,68 @@ class KeyBeforeBodyMiddleware:
         await self.app(scope, receive, send)
 
 
-class _Reading:
-    """One request whose body is still being read."""
+class _Body:
+    """One request's body on its way in: `receive` and `send` as its app sees them.
 
-    __slots__ = ("deadline", "expired", "waiter")
+    Both are plain functions returning the server's own awaitable on the common path (body
+    complete, no timeout), so the hot path pays no extra coroutine per call."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.waiter: asyncio.Task[object] | None = None  # the task awaiting `receive`, while it does
-        self.expired = False
+    __slots__ = (
+        "_receive",
+        "_send",
+        "answered",
+        "complete",
+        "deadline",
+        "expired",
+        "timed_out",
+        "timeout",
+        "waiter",
+    )
+
+    def __init__(self, receive: Receive, send: Send, timeout: float, now: float) -> None:
+        self._receive, self._send = receive, send
+        self.timeout, self.deadline = timeout, now + timeout
+        self.waiter: asyncio.Task[Any] | None = None  # the task awaiting `receive`, while it does
+        self.expired = False  # past the deadline (set by the sweeper)
+        self.complete = False  # the whole body was received: from here on, `receive` is the server's
+        self.answered = False  # the app started its response
+        self.timed_out = False  # we answered 408
+
+    def receive(self) -> Awaitable[Message]:
+        return self._receive() if self.complete else self._receive_within()
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if self.timed_out:
+            return _dropped()  # the client had its 408; the connection closes
+        self.answered = True
+        return self._send(message)
+
+    async def _receive_within(self) -> Message:
+        if self.timed_out:
+            return {"type": "http.disconnect"}
+        if not self.expired:
+            task = self.waiter = asyncio.current_task()
+            try:
+                message = await self._receive()
+            except asyncio.CancelledError:
+                # Ours (the sweeper's) unless someone else cancelled the task as well.
+                if not self.expired or task is None or task.uncancel() > 0:
+                    raise
+            else:
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    self.complete = True
+                return message
+            finally:
+                self.waiter = None
+        self.timed_out = True
+        err = RequestTimeout(f"The request body did not arrive within {self.timeout:g} s.")
+        if not self.answered:
+            await send_error(self._send, err, [_CONNECTION_CLOSE])
+        raise err
+
+
+async def _dropped() -> None:
+    pass
 
 
 class BodyTimeoutMiddleware:
@@ -81,18 +135,17 @@ class BodyTimeoutMiddleware:
 
     One sweeper task per middleware checks the bodies being read every `tick` seconds, instead of a
     timer per request: chat completions are the hot path, and their body is nearly always there
-    with the headers, so a request costs a set insert and removal rather than a timer (≈3 µs). An
-    overdue request is answered 408 with `connection: close` at once; its app then sees
-    `RequestTimeout` raised from `receive`, and whatever it still sends is dropped. Once the body
-    is complete, `receive` is passed through untouched (the chat endpoint keeps calling it to notice
-    a client that leaves).
+    with the headers, so a request costs a set insert and removal rather than a timer. An overdue
+    request is answered 408 with `connection: close` at once; its app then sees `RequestTimeout`
+    raised from `receive`, and whatever it still sends is dropped. Once the body is complete,
+    `receive` is the server's own (the chat endpoint keeps calling it to notice a client leaving).
     """
 
     def __init__(self, app: ASGIApp, timeout: float) -> None:
         self.app = app
         self.timeout = timeout
         self.tick = min(1.0, timeout / 4)
-        self.reading: set[_Reading] = set()
+        self.reading: set[_Body] = set()  # bodies not complete yet
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,54 +153,17 @@ class BodyTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        reading = _Reading(loop.time() + self.timeout)
-        self.reading.add(reading)
+        body = _Body(receive, send, self.timeout, loop.time())
+        self.reading.add(body)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
-        complete = answered = timed_out = False
-
-        async def receive_within() -> Message:
-            nonlocal complete, timed_out
-            if complete:
-                return await receive()
-            if timed_out:
-                return {"type": "http.disconnect"}
-            if not reading.expired:
-                task = reading.waiter = asyncio.current_task()
-                try:
-                    message = await receive()
-                except asyncio.CancelledError:
-                    # Ours (the sweeper's) unless someone else cancelled the task as well.
-                    if not reading.expired or task is None or task.uncancel() > 0:
-                        raise
-                else:
-                    if message["type"] != "http.request" or not message.get("more_body", False):
-                        complete = True
-                        self.reading.discard(reading)
-                    return message
-                finally:
-                    reading.waiter = None
-            timed_out = True
-            self.reading.discard(reading)
-            err = RequestTimeout(f"The request body did not arrive within {self.timeout:g} s.")
-            if not answered:
-                await send_error(send, err, [_CONNECTION_CLOSE])
-            raise err
-
-        async def send_unless_timed_out(message: Message) -> None:
-            nonlocal answered
-            if timed_out:
-                return  # the client had its 408; the connection closes
-            answered = True
-            await send(message)
-
         try:
-            await self.app(scope, receive_within, send_unless_timed_out)
+            await self.app(scope, body.receive, body.send)
         except RequestTimeout:
-            if not timed_out:
+            if not body.timed_out:
                 raise
         finally:
-            self.reading.discard(reading)
+            self.reading.discard(body)
 
     async def _sweep(self) -> None:
         """Expire overdue bodies until none is being read (the next request starts it again)."""
@@ -156,10 +172,12 @@ class BodyTimeoutMiddleware:
             while self.reading:
                 await asyncio.sleep(self.tick)
                 now = loop.time()
-                for reading in [r for r in self.reading if r.deadline <= now]:
-                    self.reading.discard(reading)
-                    reading.expired = True
-                    if reading.waiter is not None:
-                        reading.waiter.cancel()
+                for body in [b for b in self.reading if b.deadline <= now]:
+                    self.reading.discard(body)
+                    if body.complete or body.timed_out:
+                        continue
+                    body.expired = True
+                    if body.waiter is not None:
+                        body.waiter.cancel()
         finally:
             self._sweeper = None
