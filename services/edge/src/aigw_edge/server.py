@@ -62,10 +62,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     is being answered: the start of the next request on a keep-alive connection, a stray CRLF
     (which httptools skips without starting a message), or the rest of a body the app answered
     without reading (a 401). Any of these cancels uvicorn's keep-alive timer and would otherwise
-    leave no timer at all. `on_headers_complete` disarms it. When it fires, the
-    connection is closed without an answer, as nginx does (`client_header_timeout`). Bytes that
-    bring the headers complete in the same read (the usual case) never arm a timer, so a keep-alive
-    request costs nothing extra.
+    leave no timer at all. `on_headers_complete` disarms it. When it fires, the connection is
+    closed without an answer, as nginx does (`client_header_timeout`). Bytes that bring the headers
+    complete in the same read (the usual case) never arm a timer, so a keep-alive request costs
+    nothing extra.
 
     Connection limit: uvicorn's own check answers a plain-text 503 and refuses the limit-th
     connection already; this one answers OpenAI's error body and serves up to `limit_concurrency`
