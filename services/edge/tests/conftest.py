@@ -26,6 +26,7 @@ from aigw_contracts.keys import hash_secret, new_secret
 from aigw_devstack.nats import NatsServer
 from aigw_devstack.procs import free_port
 from aigw_edge import EdgeApp, EdgeSettings, create_app
+from aigw_edge.server import server_config
 from aigw_runtime.configstore import ConfigWriter
 
 PEPPER = "test-pepper-not-secret"
@@ -71,6 +72,7 @@ class Edge:
     app: EdgeApp
     settings: EdgeSettings
     keys: Keys
+    server: uvicorn.Server
 
     @property
     def url(self) -> str:
@@ -110,24 +112,13 @@ async def serve_edge(
     app = create_app(settings)
     if prepare is not None:
         prepare(app)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=settings.port,
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
+    # The production config (`aigw-edge` uses the same), on the test's own event loop.
+    server = uvicorn.Server(server_config(app, settings, loop="none", timeout_graceful_shutdown=2))
     task = asyncio.create_task(server.serve())
     try:
         await eventually(lambda: server.started or task.done(), 15, "edge startup")
         assert server.started, "the edge failed to start"
-        yield Edge(app, settings, keys)
+        yield Edge(app, settings, keys, server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)

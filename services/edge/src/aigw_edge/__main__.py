@@ -1,9 +1,9 @@
-"""`aigw-edge`: serve the edge with uvicorn (uvloop, httptools), settings from the environment."""
+"""`aigw-edge`: serve the edge with uvicorn (uvloop, httptools; see `server.server_config`),
+settings from the environment."""
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import sys
 
@@ -12,6 +12,7 @@ import uvicorn
 from aigw_runtime.logs import log_ready, setup_logging
 
 from .app import create_app
+from .server import server_config
 from .settings import EdgeSettings
 
 log = logging.getLogger("aigw.edge")
@@ -44,23 +45,7 @@ def main() -> None:
     setup_logging("edge", settings.log_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_plain)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,  # ours is structured and knows tenant and model
-        log_config=None,  # keep the JSON handler set up above
-        log_level=settings.log_level.lower(),
-        server_header=False,
-        # Only per-IP key limits read the client address; without trusted proxies, skip the rewrite.
-        proxy_headers=settings.forwarded_allow_ips is not None,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) or None,
-    )
+    config = server_config(create_app(settings), settings)
     server = _Server(config, settings)
     server.run()
     if not server.started:

@@ -39,6 +39,7 @@ from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
 from .routes import chat, health, models, usage
 from .settings import EdgeSettings
+from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
 log = logging.getLogger("aigw.edge")
 
@@ -150,6 +151,10 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
 
     app = EdgeApp(api, endpoint, settings, bus, keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Slow and keyless clients (see slowclients.py); outside the body limit, so its refusals close
+    # the connection too, and inside the access log, so their 401s and 408s are logged.
+    app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS)
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout)
     if settings.access_log:  # outermost: its line has the status of every refusal too
         app.add_middleware(AccessLogMiddleware, access=AccessLog(True))
     return app

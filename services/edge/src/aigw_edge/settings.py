@@ -41,6 +41,16 @@ class EdgeSettings(BaseSettings):
     # Request bodies above this are refused (413) before they are read; the serialized envelope is
     # also checked against the NATS server's max_payload.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Slow clients (slowloris): a connection must complete its request headers within
+    # `header_timeout` of opening (or of its next request starting), else it is closed unanswered;
+    # a request body must arrive whole within `body_timeout` of its headers, else 408 and closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
+    # Open connections (idle keep-alive ones included) and requests in flight served at once; past
+    # this a request is answered 503 (`overloaded`) and its connection closed.
+    max_connections: int = Field(default=2048, ge=1)
+    backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before the edge accepts them
     log_level: str = "INFO"
     access_log: bool = True  # one JSON line per request; off for benchmarks
     # Reverse proxies trusted to say the client's address in X-Forwarded-For (comma-separated IPs or
