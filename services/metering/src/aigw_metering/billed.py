@@ -1,4 +1,4 @@
-""""Was this request billed?": the edge asks before it tells a client whose answer was lost.
+"""Whether a request was billed: the edge asks before it tells a client whose answer was lost.
 
 A request whose holder died, or whose answer never reached the edge, was billed if (and only if)
 its usage reached the usage stream: the worker stores a whole answer's usage before its final
