@@ -66,6 +66,9 @@ log = logging.getLogger("aigw.usage")
 NATS_MSG_ID = "Nats-Msg-Id"
 NATS_EXPECTED_STREAM = "Nats-Expected-Stream"
 
+# Longest a `durable` event waits for the acks of events already in flight (group commit).
+GROUP_COMMIT_WAIT = 0.002
+
 # (token, duplicate, error): the stream's answer to the publish sent under `token`.
 OnAck = Callable[[int, bool, str | None], None]
 
@@ -138,6 +141,7 @@ class UsagePublisher:
         self._urgent = asyncio.Event()  # someone waits for an ack: no linger
         self._waited: deque[tuple[UsageEvent, asyncio.Future[bool]]] = deque()  # `durable` events
         self._room = asyncio.Event()  # an ack made room under max_in_flight
+        self._acked = asyncio.Event()  # an ack came back (group commit, see `_send_loop`)
         self._settled = asyncio.Event()  # nothing left anywhere
         self._settled.set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -207,6 +211,13 @@ class UsagePublisher:
                 # Let a batch gather (see the module docstring); a `durable` caller cuts it short.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), self._linger)
+            elif in_flight:
+                # Group commit for `durable` callers: while earlier events' acks are on their way,
+                # what queues up until the next ack goes out in one write (under load, one write
+                # and one server read for many answers); alone, an event goes at once.
+                self._acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acked.wait(), GROUP_COMMIT_WAIT)
             self._wake.clear()
             self._urgent.clear()
             while submitted or retries or waited:
@@ -258,6 +269,7 @@ class UsagePublisher:
             if item.waiter is not None and not item.waiter.done():
                 item.waiter.set_result(True)
         self._room.set()
+        self._acked.set()
         self._check_settled()
 
     def _failed(self, item: _Pending, error: str) -> None:
