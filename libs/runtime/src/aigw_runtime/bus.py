@@ -134,10 +134,11 @@ async def request(
 class Bus:
     """A service's NATS connection: connect (retrying while NATS starts), publish, send, request."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, client: type[NatsClient] = NatsClient) -> None:
         self.url = url
         self.name = name
-        self.nc = NatsClient()
+        self._client = client  # a subclass, for a connection that handles some messages itself
+        self.nc = client()
         self.closing = False
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
 
@@ -174,7 +175,7 @@ class Bus:
                     "nats not reachable yet",
                     extra={"nats_url": redact_url(self.url), "error": repr(err), "attempt": attempt},
                 )
-                self.nc = NatsClient()
+                self.nc = self._client()
                 await asyncio.sleep(min(0.1 * attempt, 2.0))
 
     async def publish(

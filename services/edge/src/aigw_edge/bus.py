@@ -30,7 +30,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 from nats.aio.client import Client as NATS
@@ -41,8 +41,8 @@ from aigw_contracts import CancelRequest, headers, subjects
 from aigw_contracts.errors import Unavailable
 from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ModelsQuery
+from aigw_runtime.bus import Bus as RuntimeBus
 from aigw_runtime.bus import request, settle
-from aigw_runtime.natsauth import inbox_prefix_of
 
 from .settings import EdgeSettings
 
@@ -207,30 +207,25 @@ class Bus:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         self.edge_id = settings.edge_id
+        self.conn = RuntimeBus(settings.nats_url, f"aigw-edge-{self.edge_id}", client=_EdgeClient)
         self.nc: _EdgeClient | None = None
         self.fast_path = False  # whether replies take `_EdgeClient`'s shortcut (see the module doc)
         self._inboxes: dict[str, Inbox] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._closing = False
         self.holder_timeout = settings.holder_timeout
         self.max_buffered = settings.stream_buffer_bytes
         self._side_tasks: set[asyncio.Task[None]] = set()
         # Called after each reconnect (the config watch re-opens itself there), in order.
-        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self.on_reconnect = self.conn.on_reconnect
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.nc = _EdgeClient()
-        await self.nc.connect(
-            servers=[self.settings.nats_url],
-            name=f"aigw-edge-{self.edge_id}",
-            inbox_prefix=inbox_prefix_of(self.settings.nats_url),  # the one its permissions allow
-            max_reconnect_attempts=-1,  # an edge outlives NATS restarts; /readyz tells the balancer
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as seconds
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
+        # The runtime's connection (retries while NATS starts, reconnects forever: an edge outlives
+        # NATS restarts and /readyz tells the balancer), with the client class of the fast path.
+        await self.conn.connect()
+        nc = self.conn.nc
+        assert isinstance(nc, _EdgeClient)
+        self.nc = nc
         sub = await self.nc.subscribe(subjects.reply_wildcard(self.edge_id), cb=self._dispatch)
         sid = getattr(sub, "_id", None)
         if isinstance(sid, int) and _can_hook() and self.settings.nats_fast_path:
@@ -240,7 +235,7 @@ class Bus:
         self._sweeper = asyncio.create_task(self._sweep(), name="aigw-edge-deadlines")
 
     async def close(self) -> None:
-        self._closing = True
+        self.conn.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -371,19 +366,3 @@ class Bus:
                 elif inbox.alive_until <= now:
                     inbox.deadline = inbox.alive_until = float("inf")
                     inbox.put(HOLDER_LOST)
-
-    # ------------------------------------------------------------------ connection events
-    async def _on_error(self, err: Exception) -> None:
-        log.warning("nats error", extra={"error": repr(err)})
-
-    async def _on_disconnected(self) -> None:
-        if not self._closing:
-            log.warning("disconnected from nats")
-
-    async def _on_reconnected(self) -> None:
-        log.info("reconnected to nats")
-        for hook in self.on_reconnect:
-            try:
-                await hook()
-            except Exception:
-                log.exception("a reconnect hook failed")
