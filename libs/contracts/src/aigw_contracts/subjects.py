@@ -12,7 +12,8 @@ explicit final or error event):
   `bounce_subject(router_id, envelope.reply)`: if no worker listens, the server bounces a
   503 status there and the router turns it into an error event on `envelope.reply`;
 * the worker publishes stream events to `envelope.reply`;
-* the edge broadcasts `CHAT_CANCEL` when a client goes away; the worker running it stops.
+* the edge broadcasts `CHAT_CANCEL` when a client goes away; whoever holds the request stops: the
+  worker running it, the router classifying it, retrieval grounding it (`aigw_runtime.cancels`).
 """
 
 from __future__ import annotations

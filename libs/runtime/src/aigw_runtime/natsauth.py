@@ -178,7 +178,12 @@ def _table() -> dict[str, Permissions]:
         + _answers(EDGE)  # the model list
         + Permissions(
             publish=(subjects.WORKER_CHAT, subjects.RETRIEVAL_CHAT),
-            subscribe=(subjects.ROUTER_CHAT, subjects.ROUTER_MODELS, subjects.BOUNCE_WILDCARD),
+            subscribe=(
+                subjects.ROUTER_CHAT,
+                subjects.ROUTER_MODELS,
+                subjects.BOUNCE_WILDCARD,
+                subjects.CHAT_CANCEL,  # stops a classification whose client left
+            ),
         ),
         WORKER: _own_inbox(WORKER)
         + events_to_edges
@@ -200,6 +205,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.RETRIEVAL_MANAGE,
                 subjects.RETRIEVAL_TOOL,
                 subjects.BOUNCE_WILDCARD,
+                subjects.CHAT_CANCEL,  # stops a grounding whose client left
             ),
         ),
         METERING: _own_inbox(METERING)

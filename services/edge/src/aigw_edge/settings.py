@@ -37,6 +37,9 @@ class EdgeSettings(BaseSettings):
     # Answer bytes the edge holds for one client that reads slower than the answer comes; past this
     # the stream is cut with an error chunk (code `slow_reader`) and the worker is told to stop.
     stream_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # Chat completions this edge serves at once; one more is refused at once with a 503 `overloaded`
+    # and `Retry-After: 1` (`admission.py`), instead of making every request slower.
+    max_inflight_requests: int = Field(default=1024, ge=1)
     models_timeout: float = Field(default=5.0, gt=0)  # GET /v1/models waits this long for the router
     # Request bodies above this are refused (413) before they are read; the serialized envelope is
     # also checked against the NATS server's max_payload.

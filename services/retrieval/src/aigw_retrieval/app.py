@@ -4,7 +4,9 @@
   knowledge (`grounding.py`); each runs as its own task, so a slow embedding never holds up the next;
 * `bounce_wildcard(retrieval_id)`: no-responders bounces of envelopes forwarded to the workers;
 * `RETRIEVAL_MANAGE` in the same queue group: management requests from the edge (`manage.py`);
-* `RETRIEVAL_TOOL` in the same queue group: knowledge-tool searches from workers (`tool.py`).
+* `RETRIEVAL_TOOL` in the same queue group: knowledge-tool searches from workers (`tool.py`);
+* `CHAT_CANCEL`, without a queue group: a grounding whose client went away is stopped, its model
+  calls included, and never forwarded (`aigw_runtime.cancels`).
 
 Startup connects, loads the collections from the config store (and keeps watching it: a deleted
 collection's documents are dropped), makes sure the usage stream exists, then subscribes.
@@ -20,6 +22,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from aigw_contracts import subjects
+from aigw_runtime.cancels import Cancels
 from aigw_runtime.configstore import ConfigView, ConfigWatcher
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
@@ -75,6 +78,8 @@ def create_app(
     retrieval = Retrieval(settings)
     bus = service.bus
     heartbeats = Heartbeats(bus, settings.heartbeat_interval)
+    cancels = Cancels()  # groundings in progress, by request id
+    service.details = lambda: {"grounding": len(cancels), "cancelled": cancels.stopped}
     watcher: ConfigWatcher | None = None
 
     async def start() -> None:
@@ -95,7 +100,7 @@ def create_app(
             bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         usage_bus = JetStreamUsageBus(bus.nc)
         await usage_bus.ensure_usage_stream()
-        calls = ResolverCalls(collections.upstreams, partial(ask_worker, bus.nc))
+        calls = ResolverCalls(collections.upstreams, partial(ask_worker, bus.nc), settings.resolver_timeout)
         knowledge.usage = UsagePublisher(usage_bus, retry_window=settings.usage_retry_window)
         await knowledge.usage.start()
         retrieval.knowledge = knowledge
@@ -122,11 +127,20 @@ def create_app(
 
     async def on_chat(msg: Msg) -> None:
         reply = subjects.reply_in_bounce(msg.reply)
+        request_id = subjects.request_id_from_reply(reply) if reply else ""
+        task = asyncio.current_task()
+        if request_id and task is not None:  # a spawned route: this task holds the request
+            if cancels.cancelled_before(request_id) is not None:
+                return  # its client left before it got here: no search, no model call, no bill
+            cancels.track(request_id, task)
         heartbeats.hold(reply)  # an embedding and a search may take a while: the edge hears we hold it
         try:
             await bus.send(await retrieval.parts()[1].chat(msg.data))
         finally:
             heartbeats.release(reply)
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.on_cancel(msg.data)
 
     async def on_bounce(msg: Msg) -> None:
         await bus.send(retrieval.parts()[1].bounce(msg.subject, msg.headers))
@@ -147,6 +161,8 @@ def create_app(
         subjects.RETRIEVAL_MANAGE, on_manage, "knowledge request", queue=subjects.RETRIEVAL_QUEUE
     )
     service.reply_route(subjects.RETRIEVAL_TOOL, on_tool, "knowledge search", queue=subjects.RETRIEVAL_QUEUE)
+    # Every replica hears every cancel, until the very end (a grounding may still be running).
+    service.route(subjects.CHAT_CANCEL, on_cancel, takes_work=False)
     return service, retrieval
 
 

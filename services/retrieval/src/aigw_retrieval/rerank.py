@@ -4,7 +4,8 @@ The search first takes `candidates(top)` passages by reciprocal-rank fusion (`rr
 resolver model (`resolver.py`: priced under `inference.resolving.rerank.*`, metered as source
 "rerank") which of them help answer the query, most relevant first. The answer is read as the
 passage numbers it names, in order; passages it leaves out are dropped, the first `top` kept. An
-answer naming no passage number at all is not a ranking: the fused order is kept (and logged).
+answer naming no passage number at all is not a ranking: the fused order is kept (and logged), as
+it is when the model is slower than `AIGW_RESOLVER_TIMEOUT` (then nothing of the call is billed).
 
 Passages go to the model as numbered, quoted data after the instruction, their text cut to
 `PASSAGE_CHARS` and fence-like runs defused (`inject.neutralize`): a document cannot instruct the
@@ -21,7 +22,7 @@ from aigw_contracts import ChatEnvelope, GeneratedUsage
 from aigw_contracts.knowledge import GatewayKnowledge, Passage
 
 from .inject import neutralize
-from .resolver import ResolverCalls
+from .resolver import ResolverCalls, ResolverTimeout
 
 log = logging.getLogger("aigw.retrieval.rerank")
 
@@ -75,9 +76,16 @@ class ModelReranker:
             {"role": "system", "content": INSTRUCTIONS},
             {"role": "user", "content": rerank_prompt(terms, passages)},
         ]
-        content, lines = await self.calls.complete(
-            envelope, knowledge, messages, "rerank", ("Reranking failed", "knowledge.reranker")
-        )
+        try:
+            content, lines = await self.calls.complete(
+                envelope, knowledge, messages, "rerank", ("Reranking failed", "knowledge.reranker")
+            )
+        except ResolverTimeout as err:
+            log.warning(
+                "reranking timed out; keeping the fused order",
+                extra={"request_id": envelope.request_id, "error": err.message},
+            )
+            return passages[: knowledge.top], []
         order = parse_ranking(content, len(passages))
         if not order:
             log.info(

@@ -3,6 +3,9 @@
 The resolver call (`resolver.py`) is priced under `inference.resolving.query_rewrite.*` and metered
 as source "rewrite"; its lines are listed in the final response ahead of the knowledge lines.
 
+A resolver slower than `AIGW_RESOLVER_TIMEOUT` is not waited for: the search uses the last user
+message (`Plain`), and nothing of the call is billed or listed (`resolver.py`).
+
 The conversation goes to the resolver as quoted data with the instruction first, so a user message
 cannot turn the rewrite into something else; at worst it yields odd search terms, which only search
 the tenant's own collection.
@@ -10,6 +13,7 @@ the tenant's own collection.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -18,7 +22,9 @@ from aigw_contracts.api import ChatMessage
 from aigw_contracts.knowledge import GatewayKnowledge
 
 from .query import user_texts
-from .resolver import ResolverCalls
+from .resolver import ResolverCalls, ResolverTimeout
+
+log = logging.getLogger("aigw.retrieval.rewrite")
 
 REWRITE_STRATEGIES = frozenset({"UserRewrite", "FullRewrite"})
 MAX_QUERIES = 3
@@ -56,12 +62,24 @@ class Rewriter:
     async def queries(
         self, envelope: ChatEnvelope, knowledge: GatewayKnowledge
     ) -> tuple[list[str], list[GeneratedUsage]]:
-        """Search queries for the conversation, and the priced lines of the resolver call."""
+        """Search queries for the conversation, and the priced lines of the resolver call; none of
+        either when the resolver was too slow (the caller then searches the last user message)."""
         text = conversation_text(envelope.client_messages(), knowledge.strategy, knowledge.last_messages)
         if not text:
             return [], []
         messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": text}]
-        content, lines = await self.calls.complete(
-            envelope, knowledge, messages, "query_rewrite", ("Query rewriting failed", "knowledge.strategy")
-        )
+        try:
+            content, lines = await self.calls.complete(
+                envelope,
+                knowledge,
+                messages,
+                "query_rewrite",
+                ("Query rewriting failed", "knowledge.strategy"),
+            )
+        except ResolverTimeout as err:
+            log.warning(
+                "query rewriting timed out; searching the last user message",
+                extra={"request_id": envelope.request_id, "error": err.message},
+            )
+            return [], []
         return parse_queries(content, self.max_chars), lines

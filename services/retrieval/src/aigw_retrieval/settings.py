@@ -50,6 +50,9 @@ class RetrievalSettings(BaseSettings):
     # Query embeddings kept in memory (LRU; 384 floats each with the local model): a repeated
     # question skips the ~10 ms embedding. 0 turns the cache off.
     query_cache_size: int = Field(default=4096, ge=0)
+    # Seconds a resolver model call (query rewriting, model reranking) may take; past that the
+    # request goes on without it: the plain query, the fused order (`resolver.py`).
+    resolver_timeout: float = Field(default=3.0, gt=0)
     # Usage events: JetStream publish retries stay inside the usage stream's 120 s duplicate window.
     usage_retry_window: float = Field(default=100.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)

@@ -3,6 +3,10 @@
 One message in, one message out per request. Publishing to the worker pool sets the NATS reply to
 a "bounce" subject that embeds the edge's reply subject: if no worker listens, nats-server answers
 a 503 status there and the router turns it into an error event for the edge, with no state kept.
+
+Auto-routing gateways are the exception: their requests wait here for the complexity classifier,
+each in a task of its own, which a cancel from the edge (`CHAT_CANCEL`: the client went away)
+stops, classifier call included (`aigw_runtime.cancels`): such a request never reaches an upstream.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from aigw_contracts.api import Model, ModelList
 from aigw_contracts.config import AutoRouting
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime.bus import Outgoing, error_outgoing
+from aigw_runtime.cancels import Cancels
 from aigw_runtime.configstore import ConfigWatcher
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
@@ -142,7 +147,8 @@ class Handlers:
         return self._forward(envelope)
 
     async def finish(self, pending: Pending) -> Outgoing:
-        """A `Pending` request, routed by its level (or by its gateway's upstream if that fails)."""
+        """A `Pending` request, routed by its level (or by its gateway's upstream if that fails).
+        Raises `CancelledError` when the request was cancelled meanwhile: nothing is forwarded."""
         try:
             await self.complexity.route(pending.envelope, pending.routing, pending.tenant)
         except Exception:
@@ -183,7 +189,9 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     watch_store = registry is None
     registry = registry or Registry.from_snapshot(ConfigSnapshot())
     router = Router(settings, registry)
-    handlers = Handlers(router, settings.router_id)
+    handlers = Handlers(
+        router, settings.router_id, ComplexityRouter(registry, None, settings.classifier_timeout)
+    )
     service = Service(
         "router",
         settings.router_id,
@@ -193,6 +201,8 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     )
     bus = service.bus
     heartbeats = Heartbeats(bus, settings.heartbeat_interval)
+    cancels = Cancels()  # requests waiting for their classification, by request id
+    service.details = lambda: {"classifying": len(cancels), "cancelled": cancels.stopped}
     watcher: ConfigWatcher | None = None
 
     async def load_config() -> None:
@@ -218,10 +228,16 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     async def on_chat(msg: Msg) -> None:
         out = handlers.chat(msg.data)
         if isinstance(out, Pending):  # a model call first: never hold up the next request
+            request_id = out.envelope.request_id
+            if cancels.cancelled_before(request_id) is not None:
+                return  # its client left already: not even the classifier is asked
             heartbeats.hold(out.envelope.reply)  # while the classifier runs, the edge hears we hold it
-            service.spawn(finish(out), name=f"aigw-route-{out.envelope.request_id}")
+            cancels.track(request_id, service.spawn(finish(out), name=f"aigw-route-{request_id}"))
         else:
             await bus.send(out)
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.on_cancel(msg.data)
 
     async def on_bounce(msg: Msg) -> None:
         await bus.send(handlers.bounce(msg.subject, msg.headers))
@@ -237,6 +253,9 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     service.on_start.append(load_config)
     service.on_stop.append(stop_watching)
     service.route(subjects.ROUTER_CHAT, on_chat, queue=subjects.ROUTER_QUEUE)
+    # Every router hears every cancel; one for a request classifying here stops it. They flow until
+    # the very end: a request must not go on to an upstream while its cancel cannot reach us.
+    service.route(subjects.CHAT_CANCEL, on_cancel, takes_work=False)
     for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
         # Bounces answer requests this router already forwarded: they flow until the very end.
         service.route(subjects.bounce_wildcard(prefix), on_bounce, takes_work=False)

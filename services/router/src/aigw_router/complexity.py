@@ -9,6 +9,10 @@ still applies) and the level in the `X-Model-Routed-Complexity` response header.
 
 If the classifier cannot answer (down, slow, or an answer naming no level), the request is not
 failed: the gateway's own `upstream` answers it, without the header, and a warning is logged.
+"Slow" has a bound of its own, `AIGW_CLASSIFIER_TIMEOUT` (3 s by default), far below a request's
+deadline: a hanging classifier costs a request that much, not its whole deadline. The worker stops
+the classifier call at that bound (`workercall.model_call`'s `limit`), so a late answer is neither
+used nor billed.
 
 The user's text goes to the classifier as quoted data after the instruction, cut to its last
 `MAX_CHARS` characters: at worst a prompt can pick its own tier among those the gateway's owner
@@ -17,6 +21,7 @@ configured, never an upstream outside them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -24,7 +29,7 @@ from typing import cast
 
 from aigw_contracts import ChatEnvelope, UpstreamTarget, errors
 from aigw_contracts.config import AutoRouting, Complexity
-from aigw_runtime.workercall import completion_of, model_call
+from aigw_runtime.workercall import CANCELLED, answer_wait, completion_of, model_call
 
 from .registry import Registry
 
@@ -33,6 +38,7 @@ log = logging.getLogger("aigw.router.complexity")
 AskWorker = Callable[[ChatEnvelope, float], Awaitable[tuple[dict[str, str], bytes]]]
 
 MAX_CHARS = 2000
+TIMEOUT = 3.0  # seconds the classifier may take (`AIGW_CLASSIFIER_TIMEOUT`)
 INSTRUCTIONS = (
     "You rate how complex a request to an AI assistant is. low: greetings, simple facts, short "
     "rewrites or translations. medium: explanations, ordinary writing, everyday code. high: multi-step "
@@ -56,9 +62,10 @@ def request_text(envelope: ChatEnvelope) -> str:
 
 
 class ComplexityRouter:
-    def __init__(self, registry: Registry, ask: AskWorker | None) -> None:
+    def __init__(self, registry: Registry, ask: AskWorker | None, timeout: float = TIMEOUT) -> None:
         self.registry = registry
         self.ask = ask
+        self.timeout = timeout
 
     async def route(self, envelope: ChatEnvelope, routing: AutoRouting, tenant: str) -> None:
         """Point `envelope.route` at the upstream for the request's level (in place)."""
@@ -70,11 +77,15 @@ class ComplexityRouter:
             log.warning("auto routing skipped", extra={"request_id": envelope.request_id})
             return
         messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": text}]
-        call = model_call(envelope, classifier, messages, "routing", max_tokens=5)
+        call = model_call(envelope, classifier, messages, "routing", limit=self.timeout, max_tokens=5)
         try:
-            event, payload = await self.ask(call, envelope.remaining())
+            event, payload = await self.ask(call, answer_wait(call))
             answer, lines = completion_of(event, payload, ("Routing failed", "model"))
         except errors.GatewayError as err:
+            if err.status == CANCELLED:
+                # The worker stopped the call on the edge's cancel, which it may have heard before
+                # we did: the request is over, it must not go on to an upstream.
+                raise asyncio.CancelledError from None
             log.warning(
                 "complexity classification failed; using the gateway's upstream",
                 extra={"request_id": envelope.request_id, "status": err.status, "error": err.message},

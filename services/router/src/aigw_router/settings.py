@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +13,9 @@ class RouterSettings(BaseSettings):
     router_id: str = uuid.uuid4().hex[:12]
     max_output_tokens: int | None = None  # operator cap on max_(completion_)tokens (OWASP LLM10)
     log_level: str = "INFO"
+    # Seconds an auto-routing gateway's complexity classifier may take; past that the gateway's own
+    # upstream answers (`complexity.py`).
+    classifier_timeout: float = Field(default=3.0, gt=0)
     # Seconds between "alive" events for requests held here (`aigw_runtime.heartbeat`).
     heartbeat_interval: float = 1.0
     # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.

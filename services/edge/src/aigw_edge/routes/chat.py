@@ -44,6 +44,7 @@ from aigw_contracts.ids import uuid7
 from aigw_contracts.usage import BilledAnswer, BilledQuery
 
 from .. import sse
+from ..admission import Admission
 from ..auth import KeyStore, duplicate_authorization
 from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
 from ..deps import AnyKey
@@ -185,11 +186,13 @@ class ChatEndpoint:
         self.idle_timeout = settings.stream_idle_timeout
         self.limiter = RateLimiter()
         self.idempotency = Idempotency(bus, settings)
+        self.admission = Admission(settings.max_inflight_requests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = _Call()
         try:
-            await self._handle(scope, receive, send, call)
+            with self.admission.admit():  # past the edge's limit: a 503 at once (`admission.py`)
+                await self._handle(scope, receive, send, call)
         except GatewayError as err:
             call.status, call.outcome = err.status, err.code or "error"
             if not call.started:
