@@ -43,11 +43,12 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
         if not clock.expired():
             raise
         raise clock.error() from None
-    state.accepted = True
     try:
-        return loads(content)
-    except ValueError:
+        data = loads(content)
+    except ValueError:  # not an answer (a proxy's page?): nothing billed, worth another attempt
         raise UpstreamError("The upstream model sent an answer that is not JSON") from None
+    state.accepted = True
+    return data
 
 
 def to_completion(state: CallState, data: Any) -> ChatCompletion:
