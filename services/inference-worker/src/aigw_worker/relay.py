@@ -66,6 +66,8 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
     parser = SSEParser(state.worker.settings.upstream_max_sse_line_bytes)
     events = state.events
     ledger = state.ledger
+    watch_idle = limits.idle_on_clock  # else the transport keeps the idle gap: nothing per read
+    started = False
     try:
         async with clock.scope:
             body = state.upstream_body(True)
@@ -76,9 +78,11 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
                     async for raw in body_chunks(response):
                         parsed = parser.feed(raw)
                         payloads = assembler.feed(parsed)
-                        if clock.started:
-                            clock.read()
+                        if started:
+                            if watch_idle:
+                                clock.read()
                         elif parsed:
+                            started = True
                             clock.first_token()
                             state.accepted = True
                         for payload in payloads:
@@ -89,9 +93,11 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
                 except httpx.HTTPError as exc:
                     raise transport_error(exc) from None
                 tail = parser.close()
-                if not clock.started and not tail:
+                if not started and not tail:  # nothing billed, nothing out: worth another attempt
                     raise UpstreamError("The upstream model ended the stream without answering")
-                for payload in assembler.feed(tail) + assembler.close():
+                payloads = assembler.feed(tail) + assembler.close()
+                state.accepted = True
+                for payload in payloads:
                     await events.delta(payload)
                 ledger.completion_chars = assembler.completion_chars
                 if not assembler.done and assembler.finish_reason is None:

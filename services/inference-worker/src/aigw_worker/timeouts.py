@@ -90,8 +90,8 @@ class AttemptClock:
         self._move()
 
     def read(self) -> None:
-        if self.limits.idle_on_clock:
-            self._move()
+        """A later read of a stream came (call it only when `limits.idle_on_clock`)."""
+        self._move()
 
     def _move(self) -> None:
         when = self._end
