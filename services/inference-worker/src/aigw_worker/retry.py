@@ -61,8 +61,8 @@ def verdict(err: GatewayError) -> Verdict:
 
 
 def backoff(retry: int, settings: WorkerSettings, rng: Callable[[], float] = random.random) -> float:
-    """Seconds before retry number `retry` (0 for the first): exponential, with jitter (half of
-    it random, so retries of many requests spread out without any waiting nothing)."""
+    """Seconds before retry number `retry` (0 for the first): exponential, with jitter (the upper
+    half random, so the retries of many requests failing at once spread out, and none is at once)."""
     ceiling = min(settings.upstream_retry_backoff_max, settings.upstream_retry_backoff * 2**retry)
     return ceiling * (0.5 + rng() / 2)
 
