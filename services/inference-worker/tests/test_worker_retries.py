@@ -144,10 +144,10 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_with_an_error_eve
 
 @pytest.mark.chaos
 async def test_a_hang_with_no_fallback_is_retried_then_504_within_the_deadline(sim: Sim) -> None:
-    env, marker = _envelope(
-        sim, "[sim fault=hang]", stream=True, fallback=False, timeouts=Timeouts(ttft=0.5), deadline_in=1.6
-    )
     async with running(worker_settings()) as h:
+        env, marker = _envelope(
+            sim, "[sim fault=hang]", stream=True, fallback=False, timeouts=Timeouts(ttft=0.5), deadline_in=1.6
+        )
         started = time.monotonic()
         (event,) = await h.run(env)
         assert event.kind == "error" and event.headers[headers.STATUS] == "504"
