@@ -35,7 +35,9 @@ def test_an_upstreams_timeouts_and_retries_travel_with_its_call_target() -> None
     assert target.timeouts == Timeouts(total=30) and target.max_retries == 3
     with pytest.raises(ValidationError):
         Upstream(id="@sim/x", model="x", base_url="http://sim/v1", max_retries=6)
-    gateway = Gateway(id=uuid7(), name="g", tenant="t", upstream="@sim/x", timeouts={"ttft": 1})  # type: ignore[arg-type]
+    gateway = Gateway.model_validate(
+        {"id": uuid7(), "name": "g", "tenant": "t", "upstream": "@sim/x", "timeouts": {"ttft": 1}}
+    )
     assert gateway.timeouts == Timeouts(ttft=1)
     # entries stored before these fields existed still load
     assert (
