@@ -74,6 +74,11 @@ def _answer_text(events: list[Event], stream: bool) -> str:
     return text
 
 
+async def _run(h: Harness, env: ChatEnvelope) -> list[Event]:
+    """The request's events without the `alive` heartbeats the worker sends while it holds it."""
+    return [e for e in await h.run(env) if e.kind != "alive"]
+
+
 async def _billed(h: Harness, request_id: str) -> list[UsageEvent]:
     """The request's usage events, once the first arrived (a second would come with it)."""
     await h.usage_for(request_id)
@@ -90,7 +95,7 @@ async def test_an_upstream_that_hangs_before_answering_falls_back_within_its_ttf
     )
     async with running(worker_settings()) as h:
         started = time.monotonic()
-        events = await h.run(env)
+        events = await _run(h, env)
         elapsed = time.monotonic() - started
         assert events[-1].kind == "final", events[-1].body
         assert 1.0 <= elapsed < 3.0  # the TTFT timeout, not the 30 s deadline
@@ -113,7 +118,7 @@ async def test_a_whole_answer_whose_body_stalls_falls_back_after_the_total_timeo
     )
     async with running(worker_settings()) as h:
         started = time.monotonic()
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "final" and time.monotonic() - started < 3.0
         assert event.headers[headers.FALLBACK] == "@sim/backup"
         assert _models(sim, marker) == [FLAKY, "sim-model"]
@@ -130,7 +135,7 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_with_an_error_eve
     )
     async with running(worker_settings()) as h:
         started = time.monotonic()
-        events = await h.run(env)
+        events = await _run(h, env)
         assert time.monotonic() - started < 2.5  # the idle timeout, not the 30 s deadline
         assert events[0].kind == "delta" and events[-1].kind == "error"
         assert events[-1].headers[headers.STATUS] == "504"
@@ -149,7 +154,7 @@ async def test_a_hang_with_no_fallback_is_retried_then_504_within_the_deadline(s
             sim, "[sim fault=hang]", stream=True, fallback=False, timeouts=Timeouts(ttft=0.5), deadline_in=1.6
         )
         started = time.monotonic()
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "error" and event.headers[headers.STATUS] == "504"
         assert time.monotonic() - started < 1.6 + 0.5
         assert "time to first token" in json.loads(event.body)["error"]["message"]
@@ -164,7 +169,7 @@ async def test_a_429_is_retried_after_its_retry_after_and_billed_once(sim: Sim, 
     )
     async with running(worker_settings()) as h:
         started = time.monotonic()
-        events = await h.run(env)
+        events = await _run(h, env)
         assert events[-1].kind == "final" and time.monotonic() - started >= 1.0  # Retry-After honoured
         assert _answer_text(events, stream) == "sim0 sim1"
         assert _outcomes(sim, marker) == ["429", "completed"]
@@ -176,7 +181,7 @@ async def test_a_retry_after_beyond_the_cap_moves_to_the_fallback_at_once(sim: S
     env, marker = _envelope(sim, "[sim fault=429 retry_after=30 fault_model=flaky tokens=2]")
     async with running(worker_settings(upstream_retry_after_max=5)) as h:
         started = time.monotonic()
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "final" and time.monotonic() - started < 2.0
         assert _models(sim, marker) == [FLAKY, "sim-model"]
 
@@ -196,7 +201,7 @@ async def test_a_fault_before_the_first_token_is_retried_on_the_same_upstream(
 ) -> None:
     env, marker = _envelope(sim, directive, stream=stream)
     async with running(worker_settings()) as h:
-        events = await h.run(env)
+        events = await _run(h, env)
         assert events[-1].kind == "final", events[-1].body
         assert headers.FALLBACK not in events[0].headers
         assert _answer_text(events, stream) == "sim0 sim1"
@@ -208,7 +213,7 @@ async def test_a_fault_before_the_first_token_is_retried_on_the_same_upstream(
 async def test_a_reset_mid_stream_is_not_retried(sim: Sim) -> None:
     env, marker = _envelope(sim, "[sim fault=drop drop_after=2 tokens=9]", stream=True)
     async with running(worker_settings()) as h:
-        events = await h.run(env)
+        events = await _run(h, env)
         assert events[0].kind == "delta" and events[-1].kind == "error"
         assert events[-1].headers[headers.STATUS] == "502"
         assert json.loads(events[-1].body)["error"]["type"] == "upstream_error"
@@ -220,7 +225,7 @@ async def test_a_reset_mid_stream_is_not_retried(sim: Sim) -> None:
 async def test_retries_stop_at_the_upstreams_max_retries_then_the_fallback_answers(sim: Sim) -> None:
     env, marker = _envelope(sim, "[sim fault=500 fault_model=flaky tokens=2]", max_retries=2)
     async with running(worker_settings()) as h:
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "final" and event.headers[headers.FALLBACK] == "@sim/backup"
         assert _models(sim, marker) == [FLAKY, FLAKY, FLAKY, "sim-model"]
 
@@ -228,7 +233,7 @@ async def test_retries_stop_at_the_upstreams_max_retries_then_the_fallback_answe
 async def test_the_requests_retry_budget_caps_retries_across_the_chain(sim: Sim) -> None:
     env, marker = _envelope(sim, "[sim fault=500 tokens=2]", max_retries=2)  # both upstreams fail
     async with running(worker_settings(upstream_retry_budget=1)) as h:
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "error" and event.headers[headers.STATUS] == "502"
         assert _models(sim, marker) == [FLAKY, FLAKY, "sim-model"]
 
@@ -236,7 +241,7 @@ async def test_the_requests_retry_budget_caps_retries_across_the_chain(sim: Sim)
 async def test_a_request_the_upstream_refused_is_neither_retried_nor_sent_down_the_chain(sim: Sim) -> None:
     env, marker = _envelope(sim, "[sim tokens=-1]")  # the simulator answers 400
     async with running(worker_settings()) as h:
-        (event,) = await h.run(env)
+        (event,) = await _run(h, env)
         assert event.kind == "error" and event.headers[headers.STATUS] == "400"
         assert _models(sim, marker) == [FLAKY]
 
