@@ -43,3 +43,15 @@ def test_an_upstreams_timeouts_and_retries_travel_with_its_call_target() -> None
     assert (
         Gateway.model_validate({"id": uuid7(), "name": "g", "tenant": "t", "upstream": "u"}).timeouts is None
     )
+
+
+def test_entries_without_timeouts_serialize_as_before_the_fields_existed() -> None:
+    """A previous version's services forbid unknown fields: unset ones are left out of the entry."""
+    gateway = Gateway(id=uuid7(), name="g", tenant="t", upstream="u")
+    assert "timeouts" not in gateway.model_dump() and "timeouts" not in gateway.model_dump_json()
+    upstream = Upstream(id="@sim/x", model="x", base_url="http://sim/v1")
+    assert not {"timeouts", "max_retries"} & set(upstream.model_dump())
+    timed = gateway.model_copy(update={"timeouts": Timeouts(ttft=2)})
+    assert Gateway.model_validate_json(timed.model_dump_json()).timeouts == Timeouts(ttft=2)
+    kept = Upstream(id="@sim/x", model="x", base_url="http://sim/v1", max_retries=0)
+    assert Upstream.model_validate(kept.model_dump()).max_retries == 0

@@ -9,7 +9,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from .api import DEFAULT_OVERRIDABLE, INFERENCE_PARAMETERS
 from .knowledge import GatewayKnowledge
@@ -62,6 +69,18 @@ class Timeouts(BaseModel):
 MAX_RETRIES = 5  # the most `Upstream.max_retries` may ask for
 
 
+def _without_unset(data: Any, names: tuple[str, ...]) -> Any:
+    """`data` (a model's dump) without the fields of `names` that are None: an entry that sets none
+    of them serializes as it did before they existed, so a service of the previous version (whose
+    models forbid unknown fields) still reads it during a rolling upgrade, and so does an import
+    that does not know them."""
+    if isinstance(data, dict):
+        for name in names:
+            if data.get(name, 0) is None:
+                del data[name]
+    return data
+
+
 class Upstream(BaseModel):
     """A model the gateway can call: a catalog model (operator's credentials) or a tenant's own endpoint.
 
@@ -87,6 +106,10 @@ class Upstream(BaseModel):
     # failures, timeouts; never once part of an answer reached the client). None: the worker's
     # `AIGW_UPSTREAM_MAX_RETRIES` (1).
     max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("timeouts", "max_retries"))
 
     def billed_prices(self) -> Prices:
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
@@ -156,6 +179,10 @@ class Gateway(BaseModel):
     # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
     # it). Entries written before it existed read as 1.
     version: int = Field(default=1, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("timeouts",))
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:
