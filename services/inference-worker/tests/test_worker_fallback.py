@@ -38,8 +38,9 @@ def _with_fallbacks(env: ChatEnvelope, *targets: UpstreamTarget) -> ChatEnvelope
 
 @pytest.fixture(scope="module")
 def busy_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    """A simulator answering every request 429 (its process default)."""
-    sim, proc = start_sim(tmp_path_factory.mktemp("busy-sim"), "--fault", "429")
+    """A simulator answering every request 429 (its process default), asking for a wait longer
+    than the worker waits to retry (`upstream_retry_after_max`): the chain moves on at once."""
+    sim, proc = start_sim(tmp_path_factory.mktemp("busy-sim"), "--fault", "429", "--retry-after", "30")
     yield sim
     proc.stop()
 

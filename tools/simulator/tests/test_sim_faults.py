@@ -136,3 +136,66 @@ def test_require_key_rejects_other_keys(start_sim: Callable[..., SimProcess]) ->
     completion = sim.client(api_key="sk-upstream-key").chat.completions.create(model="m", messages=ask("hi"))
     assert completion.choices[0].finish_reason == "stop"
     assert [r["outcome"] for r in sim.requests()] == ["401", "completed"]
+
+
+def test_stall_streams_the_first_tokens_then_nothing_until_the_client_leaves(sim: SimProcess) -> None:
+    lines: list[str] = []
+    body = {"model": "m", "messages": ask("hi [sim fault=stall drop_after=2]"), "stream": True}
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream("POST", f"{sim.url}/v1/chat/completions", json=body, timeout=0.5) as response,
+    ):
+        lines.extend(line for line in response.iter_lines() if line)
+
+    assert len(lines) == 3 and '"content":" sim1"' in lines[-1]  # the role chunk and two words
+    sim.wait_for_last_outcome("client_disconnected")
+
+
+def test_stall_without_stream_sends_the_headers_then_nothing(sim: SimProcess) -> None:
+    body = {"model": "m", "messages": ask("hi [sim fault=stall]")}
+    with httpx.stream("POST", f"{sim.url}/v1/chat/completions", json=body, timeout=0.5) as response:
+        assert response.status_code == 200
+        assert sim.last_request()["outcome"] == "stall"
+        with pytest.raises(httpx.ReadTimeout):
+            response.read()
+    sim.wait_for_last_outcome("client_disconnected")
+
+
+def test_malformed_answers_are_a_200_the_client_cannot_parse(sim: SimProcess) -> None:
+    whole = httpx.post(
+        f"{sim.url}/v1/chat/completions",
+        json={"model": "m", "messages": ask("[sim fault=malformed]")},
+    )
+    assert whole.status_code == 200
+    with pytest.raises(ValueError):
+        whole.json()
+    streamed = httpx.post(
+        f"{sim.url}/v1/chat/completions",
+        json={"model": "m", "messages": ask("[sim fault=malformed]"), "stream": True},
+    )
+    assert streamed.status_code == 200 and streamed.text.startswith("data: {")
+    with pytest.raises(ValueError):
+        json.loads(streamed.text.removeprefix("data: "))
+    assert sim.last_request()["outcome"] == "malformed"
+
+
+def test_fault_times_faults_only_the_first_requests_with_that_message(sim: SimProcess) -> None:
+    client = sim.client()
+    text = f"once {time.monotonic_ns()} [sim fault=500 fault_times=2 tokens=2]"
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m", messages=ask(text))
+    answer = client.chat.completions.create(model="m", messages=ask(text))
+    assert answer.choices[0].message.content == "sim0 sim1"
+    assert [r["outcome"] for r in sim.requests()[-3:]] == ["500", "500", "completed"]
+
+
+def test_fault_model_faults_only_requests_for_that_model(sim: SimProcess) -> None:
+    client = sim.client()
+    text = "scoped [sim fault=429 fault_model=flaky tokens=1]"
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="flaky", messages=ask(text))
+    assert (
+        client.chat.completions.create(model="steady", messages=ask(text)).choices[0].message.content
+        == "sim0"
+    )

@@ -10,7 +10,7 @@ from .api import (
     GenerationContext,
     Usage,
 )
-from .config import ApiKey, ConfigSnapshot, Gateway, ParameterRule, Prices, Tenant, Upstream
+from .config import ApiKey, ConfigSnapshot, Gateway, ParameterRule, Prices, Tenant, Timeouts, Upstream
 from .messages import CancelRequest, ChatEnvelope, RoutedCall, UpstreamTarget
 from .usage import UsageEvent
 
@@ -30,6 +30,7 @@ __all__ = [
     "Prices",
     "RoutedCall",
     "Tenant",
+    "Timeouts",
     "Upstream",
     "UpstreamTarget",
     "Usage",

@@ -9,7 +9,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from .api import DEFAULT_OVERRIDABLE, INFERENCE_PARAMETERS
 from .knowledge import GatewayKnowledge
@@ -21,6 +28,57 @@ class Prices(BaseModel):
     input: Decimal = Decimal(0)
     output: Decimal = Decimal(0)
     cached_input: Decimal = Decimal(0)
+
+
+class Timeouts(BaseModel):
+    """How long one call of an upstream may take, in seconds, per attempt (a retry or a fallback is
+    a new attempt with its own clock). Unset fields take the next level's value: a gateway's
+    `timeouts` over its upstream's, over the inference worker's settings (`AIGW_UPSTREAM_*_TIMEOUT`).
+    The request's own deadline bounds them all.
+
+    * `connect`: to open the TCP (and TLS) connection;
+    * `ttft`: from sending the request to the upstream's first token: a stream's first event; a
+      whole (non-stream) answer's response headers, which many providers send only once the answer
+      is generated (so there it bounds the generation). Unset everywhere: a stream's `idle`, a whole
+      answer's `total`;
+    * `idle`: the longest silence between two reads of a stream once it has started;
+    * `total`: one attempt, start to end.
+
+    An attempt that times out before anything reached the client moves on to a retry or the
+    gateway's next fallback (`aigw_worker.retry`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float | None = Field(default=None, gt=0, le=600)
+    ttft: float | None = Field(default=None, gt=0, le=3600)
+    idle: float | None = Field(default=None, gt=0, le=3600)
+    total: float | None = Field(default=None, gt=0, le=3600)
+
+    def over(self, base: Timeouts | None) -> Timeouts:
+        """These timeouts, with `base`'s values where these are unset."""
+        if base is None:
+            return self
+        return Timeouts(
+            connect=self.connect if self.connect is not None else base.connect,
+            ttft=self.ttft if self.ttft is not None else base.ttft,
+            idle=self.idle if self.idle is not None else base.idle,
+            total=self.total if self.total is not None else base.total,
+        )
+
+
+MAX_RETRIES = 5  # the most `Upstream.max_retries` may ask for
+
+
+def _without_unset(data: Any, names: tuple[str, ...]) -> Any:
+    """`data` (a model's dump) without the fields of `names` that are None: an entry that sets none
+    of them serializes as it did before they existed, so a service of the previous version (whose
+    models forbid unknown fields) still reads it during a rolling upgrade, and so does an import
+    that does not know them."""
+    if isinstance(data, dict):
+        for name in names:
+            if data.get(name, 0) is None:
+                del data[name]
+    return data
 
 
 class Upstream(BaseModel):
@@ -42,6 +100,16 @@ class Upstream(BaseModel):
     tenant: str | None = None  # owner of an own endpoint
     context_window: int | None = None
     description: str = ""
+    # Per attempt; a gateway's own `timeouts` win over these (see `Timeouts`).
+    timeouts: Timeouts | None = None
+    # Retries of this upstream before the gateway's next fallback (429, 408, 409, 5xx, connection
+    # failures, timeouts; never once part of an answer reached the client). None: the worker's
+    # `AIGW_UPSTREAM_MAX_RETRIES` (1).
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("timeouts", "max_retries"))
 
     def billed_prices(self) -> Prices:
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
@@ -106,9 +174,15 @@ class Gateway(BaseModel):
     # no answer in time): see `aigw_worker.call` for exactly when.
     fallbacks: list[str] = Field(default_factory=list, max_length=4)
     routing: AutoRouting | None = None  # pick the upstream by the request's complexity
+    # Per attempt, for every upstream this gateway calls; over each upstream's own (see `Timeouts`).
+    timeouts: Timeouts | None = None
     # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
     # it). Entries written before it existed read as 1.
     version: int = Field(default=1, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("timeouts",))
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

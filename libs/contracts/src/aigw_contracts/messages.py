@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import ROUTED, ChatCompletionRequest, ChatMessage, GeneratedUsage
-from .config import Prices, Upstream
+from .config import Prices, Timeouts, Upstream
 from .knowledge import GatewayKnowledge, Grounding, KnowledgeTool
 
 _ROUTED_CONTEXT = {ROUTED: True}
@@ -25,6 +25,8 @@ class UpstreamTarget(BaseModel):
     # Own endpoints only, still sealed (secretbox): the worker opens it. Catalog keys stay in workers.
     api_key: str | None = Field(default=None, repr=False)
     prices: Prices  # already zero for own endpoints
+    timeouts: Timeouts | None = None  # the upstream's own (`Upstream.timeouts`)
+    max_retries: int | None = None  # the upstream's own (`Upstream.max_retries`)
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamTarget:
@@ -37,6 +39,8 @@ class UpstreamTarget(BaseModel):
             base_url=upstream.base_url,
             api_key=upstream.api_key,
             prices=upstream.billed_prices(),
+            timeouts=upstream.timeouts,
+            max_retries=upstream.max_retries,
         )
 
 
@@ -73,6 +77,8 @@ class RoutedCall(BaseModel):
     # Where the client's own messages sit in `body["messages"]` as the router built it ([start, end)):
     # past the router they travel only there (see `ChatEnvelope.forward_json`).
     client_span: tuple[int, int] | None = None
+    # The gateway's timeouts (`Gateway.timeouts`), over each upstream's own.
+    timeouts: Timeouts | None = None
 
 
 class ChatEnvelope(BaseModel):

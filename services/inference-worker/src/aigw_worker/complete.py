@@ -12,6 +12,7 @@ from aigw_contracts.errors import UpstreamError
 from .citations import citation_annotations
 from .jsonio import loads
 from .state import CallState
+from .timeouts import AttemptClock, limits_for
 from .toolloop import whole_rounds
 
 
@@ -26,15 +27,28 @@ async def complete_answer(state: CallState, remaining: float) -> None:
 
 
 async def fetch_answer(state: CallState, remaining: float) -> Any:
-    """One whole upstream answer, parsed."""
+    """One whole upstream answer, parsed: its headers within the time to first token, all of it
+    within the attempt's total (`timeouts.py`)."""
     upstream = state.worker.upstream
-    request = await upstream.build(state.route.upstream, state.upstream_body(False), remaining, stream=False)
-    content = await upstream.fetch(request)
-    state.accepted = True
+    limits = limits_for(state.worker.settings, state.route, False, remaining)
+    clock = AttemptClock(limits)
     try:
-        return loads(content)
-    except ValueError:
+        async with clock.scope:
+            body = state.upstream_body(False)
+            request = await upstream.build(state.route.upstream, body, remaining, False, limits)
+            response = await upstream.open(request)
+            clock.first_token()
+            content = await upstream.read_whole(response)
+    except TimeoutError:
+        if not clock.expired():
+            raise
+        raise clock.error() from None
+    try:
+        data = loads(content)
+    except ValueError:  # not an answer (a proxy's page?): nothing billed, worth another attempt
         raise UpstreamError("The upstream model sent an answer that is not JSON") from None
+    state.accepted = True
+    return data
 
 
 def to_completion(state: CallState, data: Any) -> ChatCompletion:

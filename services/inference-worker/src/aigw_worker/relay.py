@@ -19,6 +19,7 @@ from .chunks import ChunkWriter
 from .citations import citation_annotations
 from .sse import SSEParser
 from .state import CallState
+from .timeouts import AttemptClock, limits_for
 from .toolloop import streamed_rounds
 from .upstream import body_chunks, transport_error
 
@@ -56,31 +57,56 @@ async def relay_answer(state: CallState, remaining: float) -> None:
 
 
 async def relay_round(state: CallState, assembler: StreamAssembler, remaining: float) -> StreamAssembler:
-    """One streamed upstream call, its deltas relayed to the client as they come."""
+    """One streamed upstream call, its deltas relayed to the client as they come. The upstream has
+    accepted the request (`state.accepted`: it bills it) once its first event came; before that,
+    a failure may be retried (`fallback.py`)."""
     upstream = state.worker.upstream
-    request = await upstream.build(state.route.upstream, state.upstream_body(True), remaining, stream=True)
-    response = await upstream.open(request)
-    state.accepted = True
+    limits = limits_for(state.worker.settings, state.route, True, remaining)
+    clock = AttemptClock(limits)
     parser = SSEParser(state.worker.settings.upstream_max_sse_line_bytes)
     events = state.events
     ledger = state.ledger
+    watch_idle = limits.idle_on_clock  # else the transport keeps the idle gap: nothing per read
+    started = False
     try:
-        try:
-            async for raw in body_chunks(response):
-                payloads = assembler.feed(parser.feed(raw))
+        async with clock.scope:
+            body = state.upstream_body(True)
+            request = await upstream.build(state.route.upstream, body, remaining, True, limits)
+            response = await upstream.open(request)
+            try:
+                try:
+                    async for raw in body_chunks(response):
+                        parsed = parser.feed(raw)
+                        payloads = assembler.feed(parsed)
+                        if started:
+                            if watch_idle:
+                                clock.read()
+                        elif parsed:
+                            started = True
+                            clock.first_token()
+                            state.accepted = True
+                        for payload in payloads:
+                            if state.ttft_ms is None:
+                                state.ttft_ms = (time.monotonic() - state.arrived) * 1000
+                            await events.delta(payload)
+                        ledger.completion_chars = assembler.completion_chars
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc) from None
+                tail = parser.close()
+                if not started and not tail:  # nothing billed, nothing out: worth another attempt
+                    raise UpstreamError("The upstream model ended the stream without answering")
+                payloads = assembler.feed(tail) + assembler.close()
+                state.accepted = True
                 for payload in payloads:
-                    if state.ttft_ms is None:
-                        state.ttft_ms = (time.monotonic() - state.arrived) * 1000
                     await events.delta(payload)
                 ledger.completion_chars = assembler.completion_chars
-        except httpx.HTTPError as exc:
-            raise transport_error(exc) from None
-        for payload in assembler.feed(parser.close()) + assembler.close():
-            await events.delta(payload)
-        ledger.completion_chars = assembler.completion_chars
-        if not assembler.done and assembler.finish_reason is None:
-            raise UpstreamError("The upstream model ended the stream before finishing its answer")
-    finally:
-        ledger.completion_chars = assembler.completion_chars
-        await response.aclose()
+                if not assembler.done and assembler.finish_reason is None:
+                    raise UpstreamError("The upstream model ended the stream before finishing its answer")
+            finally:
+                ledger.completion_chars = assembler.completion_chars
+                await response.aclose()
+    except TimeoutError:
+        if not clock.expired():
+            raise
+        raise clock.error() from None
     return assembler

@@ -20,13 +20,30 @@ class WorkerSettings(BaseSettings):
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AIGW_OPENAI_API_KEY", "OPENAI_API_KEY")
     )
+    # Timeouts of one upstream attempt, in seconds: the defaults of `aigw_contracts.Timeouts`, which
+    # an upstream's `timeouts` and a gateway's `timeouts` override (the gateway's win). The
+    # request's deadline always bounds them.
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    # Until the upstream's first token (a stream's first event; a whole answer's response headers).
+    # Unset: a stream's idle timeout, a whole answer's total (providers such as OpenAI send a whole
+    # answer's headers only once it is generated).
+    upstream_ttft_timeout: float | None = Field(default=None, gt=0)
     # A stream whose upstream sends nothing for this long ends with a 504 error event. Keep it below
     # the edge's stream idle timeout, so this more precise error reaches the client first.
     upstream_idle_timeout: float = Field(default=60.0, gt=0)
-    # Total time for one upstream call when the envelope's deadline is further away (it is the upper
-    # bound; the deadline always wins when it is nearer).
+    # Total time for one upstream attempt when the envelope's deadline is further away (it is the
+    # upper bound; the deadline always wins when it is nearer).
     upstream_timeout: float = Field(default=600.0, gt=0)
+    # Retries before anything reached the client (`retry.py`): of one upstream before the gateway's
+    # next fallback (an upstream's `max_retries` overrides it), and of all upstreams of one request.
+    upstream_max_retries: int = Field(default=1, ge=0, le=5)
+    upstream_retry_budget: int = Field(default=2, ge=0, le=10)
+    # Exponential backoff between retries: the first waits about `backoff` (with jitter), each next
+    # twice as long, at most `backoff_max`. An upstream's Retry-After is honoured up to
+    # `retry_after_max`; a longer one moves on to the next fallback (or ends the request) at once.
+    upstream_retry_backoff: float = Field(default=0.2, ge=0, le=60)
+    upstream_retry_backoff_max: float = Field(default=2.0, ge=0, le=600)
+    upstream_retry_after_max: float = Field(default=10.0, ge=0, le=600)
     # What one upstream answer may take of the worker every tenant shares (a tenant's own endpoint is
     # not trusted to be sane): a whole (non-stream) answer's body after decompression, and one line
     # (and one event) of a streamed answer. Beyond either, that request alone fails with a 502

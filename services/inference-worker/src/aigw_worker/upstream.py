@@ -44,6 +44,7 @@ from aigw_runtime import netguard, secretbox
 
 from .limits import response_too_large
 from .settings import WorkerSettings
+from .timeouts import Limits, limits_for
 from .transport import Http11Transport
 
 _MESSAGE_LIMIT = 300  # characters of an upstream's error message passed on to the client
@@ -141,9 +142,15 @@ class Upstream:
         return found
 
     async def build(
-        self, target: UpstreamTarget, body: bytes, remaining: float, stream: bool
+        self,
+        target: UpstreamTarget,
+        body: bytes,
+        remaining: float,
+        stream: bool,
+        limits: Limits | None = None,
     ) -> httpx.Request:
-        """The POST to `{base_url}/chat/completions`, with timeouts bounded by the time left."""
+        """The POST to `{base_url}/chat/completions`, with the transport's share of `limits`
+        (`timeouts.py`; the worker's settings when not given), bounded by the time left."""
         key = self._auth(target)
         extensions: dict[str, Any] = {}
         if target.kind == "own":
@@ -163,13 +170,9 @@ class Upstream:
         ]
         if key:
             headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
-        s = self.settings
-        total = max(0.001, min(remaining, s.upstream_timeout))
-        # Streams: the read timeout is the idle limit between two reads. Non-stream answers come in
-        # one piece after the whole generation, so only the total bounds them.
-        read = min(s.upstream_idle_timeout, total) if stream else total
-        connect = min(s.upstream_connect_timeout, total)
-        extensions["timeout"] = {"connect": connect, "read": read, "write": total, "pool": connect}
+        if limits is None:
+            limits = limits_for(self.settings, None, stream, remaining)
+        extensions["timeout"] = limits.transport()
         return httpx.Request(
             "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
         )
@@ -195,7 +198,10 @@ class Upstream:
     async def fetch(self, request: httpx.Request) -> bytes:
         """Send, for a whole answer: its body (decoded if the upstream compressed it), at most
         `upstream_max_body_bytes` of it; the connection is back in the pool when this returns."""
-        response = await self.open(request)
+        return await self.read_whole(await self.open(request))
+
+    async def read_whole(self, response: httpx.Response) -> bytes:
+        """The body of a 2xx response from `open`, as `fetch` returns it (and closes the response)."""
         limit = self.settings.upstream_max_body_bytes
         try:
             declared = response.headers.get("content-length", "")
@@ -342,6 +348,15 @@ def retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class UpstreamStatusError(UpstreamError):
+    """An upstream's HTTP error status (other than those with an error class of their own), kept so
+    `retry.py` can tell a fault worth retrying (408, 409, 5xx) from a refusal (any other 4xx)."""
+
+    def __init__(self, message: str, upstream_status: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.upstream_status = upstream_status
+
+
 def status_error(status: int, raw: bytes, headers: httpx.Headers) -> GatewayError:
     message, param = upstream_message(raw)
     if status == 429:
@@ -354,13 +369,15 @@ def status_error(status: int, raw: bytes, headers: httpx.Headers) -> GatewayErro
             message or f"The upstream model rejected the request (HTTP {status})", param=param
         )
     if status in (401, 403):
-        return UpstreamError(
+        return UpstreamStatusError(
             f"The upstream model refused the gateway's credentials for it (HTTP {status}); "
             "this is a gateway configuration problem, not a problem with your API key",
+            status,
             code="upstream_auth_failed",
         )
     detail = f": {message}" if message else ""
-    return UpstreamError(f"The upstream model answered HTTP {status}{detail}")
+    wait = retry_after(headers) if status in (408, 409) or status >= 500 else None
+    return UpstreamStatusError(f"The upstream model answered HTTP {status}{detail}", status, retry_after=wait)
 
 
 def transport_error(exc: httpx.HTTPError, before_response: bool = False) -> GatewayError:

@@ -72,6 +72,7 @@ class Router:
             params_used=params,
             response_model=upstream.id,
             knowledge=gateway.knowledge if gateway else None,
+            timeouts=gateway.timeouts if gateway else None,
         )
         # `upstream_body` puts the instructions (if any) first, then the client's messages.
         start = 1 if gateway is not None and gateway.instructions else 0

@@ -27,11 +27,13 @@ _KNOB_HELP = {
     "fault": f"answer every request with a fault: {', '.join(FAULTS)} or none",
     "echo": "answer with the JSON of the received messages",
     "reply": "answer with exactly this text (no whitespace)",
-    "drop_after": "with fault=drop: tokens streamed before the connection is cut",
+    "drop_after": "with fault=drop or stall: tokens streamed before the cut (or the silence)",
     "retry_after": "with fault=429: the Retry-After header, in seconds",
     "call": 'answer with a call of this function tool (arguments {"query": <prompt>}) '
     "until the last message is a tool result; the request must offer it in tools",
     "calls": "with call: how many parallel tool calls to emit (>= 1)",
+    "fault_model": "the fault applies only to requests for this model",
+    "fault_times": "the fault applies only to the first N requests with the same last message (0: all)",
 }
 
 

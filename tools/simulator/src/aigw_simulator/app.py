@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 
 from aigw_simulator import choices, responses
 from aigw_simulator.asgi import (
@@ -42,6 +43,10 @@ from aigw_simulator.request import ChatRequest, parse_chat_request
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _UNPARSEABLE = object()
+_FAULT_KEYS = 10_000  # last messages `fault_times` remembers (then it starts over)
+_MALFORMED_STREAM = b'data: {"id": "chatcmpl-sim", "choices": [oops\n\n'
+_MALFORMED_JSON = b'{"id": "chatcmpl-sim", "choices": ['
+
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
     "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
@@ -71,6 +76,7 @@ class SimulatorApp:
             ("DELETE", "/sim/requests"): self._clear_requests,
         }
         self._paths = {path for _, path in self._routes}
+        self._fault_counts: dict[str, int] = {}  # `fault_times`: faults given, by last user message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -109,15 +115,33 @@ class SimulatorApp:
             record.outcome = error.outcome
             await send_response(send, error.status, responses.JSON_HEADERS, error.body())
             return
+        if request.knobs.fault is not None and not self._faults(request):
+            request = replace(request, knobs=replace(request.knobs, fault=None))
         knobs = request.knobs
         # Only requests that wait need to notice the client leaving; the rest answer at once.
-        waits = knobs.latency_ms > 0 or knobs.token_ms > 0 or knobs.fault == "hang"
+        waits = knobs.latency_ms > 0 or knobs.token_ms > 0 or knobs.fault in ("hang", "stall")
         watch = DisconnectWatch(receive) if waits else None
         try:
             await self._answer(record, request, receive, send, watch)
         finally:
             if watch is not None:
                 watch.close()
+
+    def _faults(self, request: ChatRequest) -> bool:
+        """Whether this request gets its fault: not when `fault_model` names another model, or the
+        first `fault_times` requests with the same last message had it already."""
+        knobs = request.knobs
+        if knobs.fault_model is not None and request.model != knobs.fault_model:
+            return False
+        if knobs.fault_times:
+            key = last_user_text(request.messages)
+            seen = self._fault_counts.get(key, 0)
+            if seen >= knobs.fault_times:
+                return False
+            if len(self._fault_counts) >= _FAULT_KEYS:
+                self._fault_counts.clear()
+            self._fault_counts[key] = seen + 1
+        return True
 
     async def _answer(
         self,
@@ -149,6 +173,20 @@ class SimulatorApp:
         if fault == "drop" and not request.stream:
             record.outcome = fault
             await _drop_before_response(send, receive, watch)
+            return
+        if fault == "malformed":
+            record.outcome = fault
+            if request.stream:
+                await send_response(send, 200, (*responses.SSE_HEADERS, id_header), _MALFORMED_STREAM)
+            else:
+                await send_response(send, 200, (*responses.JSON_HEADERS, id_header), _MALFORMED_JSON)
+            return
+        if fault == "stall" and not request.stream and watch is not None:
+            record.outcome = fault  # the headers, then nothing until the client leaves
+            headers = [*responses.JSON_HEADERS, id_header]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await watch.gone.wait()
+            record.outcome = CLIENT_DISCONNECTED
             return
 
         if request.call is None:
@@ -362,7 +400,7 @@ async def _stream(
     headers = [*responses.SSE_HEADERS, id_header]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    drop_at = knobs.drop_after if knobs.fault == "drop" else None
+    drop_at = knobs.drop_after if knobs.fault in ("drop", "stall") else None
     if knobs.token_ms <= 0 and drop_at is None:
         # Nothing to pace: one write. A zero-latency upstream's tokens arrive together anyway.
         await send({"type": "http.response.body", "body": b"".join((first, *body, *end))})
@@ -376,6 +414,11 @@ async def _stream(
         if watch is not None and await watch.sleep(delay):
             return CLIENT_DISCONNECTED
         await send({"type": "http.response.body", "body": frame, "more_body": True})
+    if knobs.fault == "stall":
+        # Silence mid-stream until the client leaves.
+        if watch is not None:
+            await watch.gone.wait()
+        return CLIENT_DISCONNECTED
     if drop_at is not None:
         # Cut mid-stream: no finish chunk, no [DONE].
         await drop_connection(send, receive, watch)

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 # The faults a request can ask for. Status-code faults are named by their status so the outcome
 # recorded in /sim/requests reads the same as the response the client saw.
-FAULTS = ("429", "500", "hang", "drop")
+# `stall`: the answer starts (a stream's first `drop_after` tokens; a whole answer's headers), then
+# nothing more comes until the client leaves. `malformed`: a 200 whose body is not what it should be
+# (a stream's first event is not JSON; a whole answer is cut JSON).
+FAULTS = ("429", "500", "hang", "drop", "stall", "malformed")
 
 MODEL_ID = "sim-model"
 
@@ -35,11 +38,22 @@ class Knobs:
     retry_after: int = 1  # with fault="429": the Retry-After header, in seconds
     call: str | None = None  # answer with a call of this function tool until a tool result comes back
     calls: int = 1  # with call: how many parallel tool calls to emit
+    # Scoping a fault (to test retries and fallbacks, whose requests carry the same prompt):
+    fault_model: str | None = None  # the fault applies only to requests for this model
+    fault_times: int = 0  # the fault applies to the first N requests with this last message; 0: all
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"fault must be one of {', '.join(FAULTS)} (or none), got {self.fault!r}")
-        for name in ("latency_ms", "token_ms", "tokens", "cached_tokens", "drop_after", "retry_after"):
+        for name in (
+            "latency_ms",
+            "token_ms",
+            "tokens",
+            "cached_tokens",
+            "drop_after",
+            "retry_after",
+            "fault_times",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.call is not None and not FUNCTION_NAME.fullmatch(self.call):

@@ -103,6 +103,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_after": _count,
     "call": _function,
     "calls": _positive,
+    "fault_model": _text,
+    "fault_times": _count,
 }
 
 
