@@ -82,6 +82,8 @@ async def test_a_failing_handler_loses_its_message_not_the_subscription(nats_ser
             return seen == [b"one", b"two"]
 
         await _eventually(both, what="the messages after the failing one")
+        assert seen == [b"one", b"two"]  # the message after the failing one still arrived
+        assert service.ready()  # and the service still counts itself able to work
     finally:
         await nc.close()
         await service.stop(grace=1)

@@ -215,6 +215,7 @@ class Bus:
         self.holder_timeout = settings.holder_timeout
         self.max_buffered = settings.stream_buffer_bytes
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop  # set by `start`, before any event can arrive
         # Called after each reconnect (the config watch re-opens itself there), in order.
         self.on_reconnect = self.conn.on_reconnect
 
@@ -222,6 +223,7 @@ class Bus:
     async def start(self) -> None:
         # The runtime's connection (retries while NATS starts, reconnects forever: an edge outlives
         # NATS restarts and /readyz tells the balancer), with the client class of the fast path.
+        self._loop = asyncio.get_running_loop()  # read per relayed event: looked up once here
         await self.conn.connect()
         nc = self.conn.nc
         assert isinstance(nc, _EdgeClient)
@@ -293,7 +295,7 @@ class Bus:
 
     def _arrived(self, request_id: str, inbox: Inbox, event: Event) -> None:
         """Any word from the holder keeps the request alive; heartbeats stop here."""
-        inbox.alive_until = asyncio.get_running_loop().time() + self.holder_timeout
+        inbox.alive_until = self._loop.time() + self.holder_timeout
         if event.headers.get(headers.EVENT) == _ALIVE or inbox.queued < 0:
             return  # a heartbeat, or the reader was already cut off (see below)
         size = len(event.data)
