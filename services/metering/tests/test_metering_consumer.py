@@ -15,7 +15,7 @@ from nats.js.api import ConsumerConfig
 from aigw_contracts import streams, subjects, usage
 from aigw_devstack.nats import NatsServer
 from aigw_metering import sample
-from aigw_metering.rows import Batch
+from aigw_metering.rows import Batch, parse_fast
 
 from .conftest import (
     all_acked,
@@ -181,6 +181,43 @@ async def test_redelivery_after_a_crash_between_insert_and_ack_stores_nothing_tw
             physical, distinct, billed = _count(service)
             assert service.health.duplicates_skipped == 25  # found stored, only acked
     assert physical == distinct == lines  # not even a physical copy
+    assert billed == amount
+
+
+async def test_a_dedup_token_left_by_a_killed_instance_cannot_swallow_the_redelivery(
+    fresh_nats: NatsServer, chdb_dir: Path, database: str
+) -> None:
+    """SIGKILL can land after ClickHouse recorded a batch's insert_deduplication_token but before
+    its part was committed (seen: 515 of 14,011 lines acked and never stored, one batch). The next
+    instance is redelivered the same events in the same order, forms the same batch, and a token
+    derived from the batch alone would have that insert dropped as a duplicate and then acked.
+    Here the dead instance's token is in the dedup log while its rows are gone."""
+    events = list(sample.events(30, seed=14))
+    lines, _, amount = totals_of(events)
+    settings = settings_for(fresh_nats.url, f"chdb://{chdb_dir}", database)
+    async with connect(fresh_nats.url) as nc:
+        js = nc.jetstream()
+        async with running(settings) as service:  # declares the stream, the durable and the tables
+            pass
+        await publish(js, events)
+        dying = await js.pull_subscribe_bind(durable=subjects.METERING_DURABLE, stream=streams.USAGE_STREAM)
+        taken = await dying.fetch(len(events), timeout=5)
+        assert len(taken) == len(events)  # delivered, never acked
+        ghost = Batch()
+        for msg in taken:
+            fast = parse_fast(msg.data)
+            assert fast is not None
+            ghost.add_raw(msg, msg.metadata.sequence.stream, *fast)
+        store = service.store
+        await asyncio.to_thread(store.open)
+        await asyncio.to_thread(store.insert, ghost.block(), ghost.token())
+        store.query(f"ALTER TABLE {store.table} DELETE WHERE 1", {}, settings={"mutations_sync": 2})
+        assert store.query(f"SELECT count() FROM {store.table}", {}).result_rows[0][0] == 0
+        await asyncio.to_thread(store.close)
+        async with running(settings) as service:
+            await eventually(lambda: _acked(js, len(events)), within=20, what="all acked after redelivery")
+            physical, distinct, billed = _count(service)
+    assert physical == distinct == lines  # stored, once
     assert billed == amount
 
 

@@ -96,6 +96,7 @@ def test_the_dedup_token_is_the_same_for_the_same_batch_only() -> None:
 
     assert batch_of(1, 2, 3).token() == batch_of(1, 2, 3).token()
     assert batch_of(1, 2, 3).token() != batch_of(1, 2).token()
+    assert batch_of(1, 2, 3).token(b"run-1") != batch_of(1, 2, 3).token(b"run-2")  # per process
 
 
 @pytest.mark.parametrize(

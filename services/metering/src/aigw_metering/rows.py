@@ -334,9 +334,10 @@ class Batch:
         self.seqs = [self.seqs[i] for i in keep]
         self.lines = sum(n for _, _, n in self.events)
 
-    def token(self) -> str:
-        """insert_deduplication_token: the same batch (same events, same order) gets the same one."""
-        digest = hashlib.blake2b(digest_size=16)
+    def token(self, salt: bytes = b"") -> str:
+        """insert_deduplication_token: the same batch (same events, same order) with the same salt
+        gets the same one. The consumer salts it per process: see `Consumer.salt`."""
+        digest = hashlib.blake2b(digest_size=16, key=salt)
         for seq in self.seqs:
             digest.update(seq.to_bytes(8, "little"))
         digest.update(len(self.payloads).to_bytes(8, "little"))
