@@ -29,6 +29,7 @@ from aigw_contracts import ChatCompletionChunk
 from aigw_runtime.bus import redact_url
 from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
 from aigw_runtime.netguard import parse_allowlist
+from aigw_runtime.spend import SpendAccounts, ensure_spend_stream
 
 from . import errors, manage
 from .auth import KeyStore
@@ -120,6 +121,8 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
         managed.attach(await ConfigWriter.open(js))
+        await ensure_spend_stream(js)
+        app.state.spend = await SpendAccounts.open(js)  # read and written by `manage.spend`
         log.info(
             "connected to nats",
             extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
