@@ -9,6 +9,7 @@ budgets are managed through the API.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -80,7 +81,7 @@ async def _burst(stack: Stack, secret: str, count: int) -> list[object]:
 
 
 def test_a_burst_of_200_never_spends_more_than_the_budget(spend_stack: Stack) -> None:
-    operator, key_id, secret = _tenant_with_key(spend_stack, "burst")
+    operator, _, secret = _tenant_with_key(spend_stack, "burst")
     budget = COST * 20
     # A day budget on the tenant affording ~20 answers.
     set_ = operator.put("/spend/budgets/tenant/burst", json={"day": str(budget)})
@@ -130,7 +131,7 @@ def test_a_burst_of_200_never_spends_more_than_the_budget(spend_stack: Stack) ->
 
 
 def test_a_prepaid_balance_is_credited_audited_and_refuses_once_spent(spend_stack: Stack) -> None:
-    operator, key_id, secret = _tenant_with_key(spend_stack, "prepaid")
+    operator, _, secret = _tenant_with_key(spend_stack, "prepaid")
     client = openai.OpenAI(base_url=spend_stack.base_url, api_key=secret, max_retries=0, timeout=30)
     messages = [{"role": "user", "content": PROMPT}]
     try:
@@ -186,8 +187,26 @@ def test_budgets_of_keys_are_shown_and_kept_to_their_tenant(spend_stack: Stack) 
     operator.close()
 
 
+def test_the_cli_credits_sets_and_shows(spend_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    from aigw_cli.__main__ import main
+
+    assert spend_stack.demo is not None
+    operator, key_id, _ = _tenant_with_key(spend_stack, "clitenant")
+    common = ["--gateway-url", spend_stack.base_url, "--key", spend_stack.demo.operator_key]
+    main(["balance", "credit", "12.5", "--tenant", "clitenant", "--note", "invoice 7", *common])
+    main(["budget", "set", "key", key_id, "--day", "2", "--month", "20", *common])
+    main(["--json", "budget", "show", "key", key_id, *common])
+    out = capsys.readouterr().out
+    assert "invoice 7" in out and "12.5" in out
+    shown = json.loads(out[out.index('{\n  "object"', out.index("invoice 7")) :])
+    assert shown["scope"] == "key" and Decimal(shown["periods"][0]["budget"]) == 2
+    main(["balance", "--tenant", "clitenant", *common])
+    assert "available" in capsys.readouterr().out
+    operator.close()
+
+
 def test_a_worker_killed_mid_request_frees_its_hold_after_expiry(spend_stack: Stack) -> None:
-    operator, key_id, secret = _tenant_with_key(spend_stack, "killed")
+    operator, _, secret = _tenant_with_key(spend_stack, "killed")
     assert (
         operator.post("/spend/balance/credit", params={"tenant": "killed"}, json={"amount": "5"}).status_code
         == 200
