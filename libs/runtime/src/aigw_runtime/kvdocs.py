@@ -118,7 +118,7 @@ class KvDocs(Generic[M]):
             self.docs[key] = (doc, revision)
 
     # ------------------------------------------------------------------ reads and writes
-    async def read(self, key: str) -> tuple[M, int]:
+    async def read_key(self, key: str) -> tuple[M, int]:
         """The document as stored now (an empty one at revision 0 when it does not exist)."""
         try:
             entry = await self.kv.get(key)
@@ -130,7 +130,7 @@ class KvDocs(Generic[M]):
         self._learn(key, doc, entry.revision or 0)
         return doc, entry.revision or 0
 
-    async def change(self, key: str, change: Callable[[M, float], Any]) -> Any:
+    async def change_key(self, key: str, change: Callable[[M, float], Any]) -> Any:
         """Apply `change(document, now)` in one compare-and-set write (with whatever else this
         replica has pending for the document), and return its result or raise what it raised (a
         change that raises leaves the document as it was)."""
@@ -177,7 +177,7 @@ class KvDocs(Generic[M]):
                 new_revision = await self.kv.update(key, doc.model_dump_json().encode(), last=revision)
             except KeyWrongLastSequenceError:
                 self.conflicts += 1
-                fresh, revision = await self.read(key)
+                fresh, revision = await self.read_key(key)
                 doc_json = fresh.model_dump_json() if revision else None
                 continue
             self._learn(key, doc, new_revision)

@@ -120,12 +120,13 @@ class SpendAccounts(KvDocs[Account]):
     def existing(self, refs: list[AccountRef]) -> list[AccountRef]:
         return [ref for ref in refs if ref.key in self.docs]
 
-    async def read(self, ref: AccountRef) -> tuple[Account, int]:  # type: ignore[override]
+    async def read(self, ref: AccountRef) -> tuple[Account, int]:
         """The account as stored now (an empty one at revision 0 when it does not exist)."""
-        return await super().read(ref.key)
+        return await self.read_key(ref.key)
 
-    async def change(self, ref: AccountRef, change: Change) -> Any:  # type: ignore[override]
-        return await super().change(ref.key, change)
+    async def change(self, ref: AccountRef, change: Change) -> Any:
+        """Apply `change(account, now)` in one compare-and-set write; its result (or error)."""
+        return await self.change_key(ref.key, change)
 
     # ------------------------------------------------------------------ request path
     async def reserve(self, refs: list[AccountRef], hold_id: str, amount: Decimal, expires: float) -> None:
