@@ -205,6 +205,63 @@ def test_the_cli_credits_sets_and_shows(spend_stack: Stack, capsys: pytest.Captu
     operator.close()
 
 
+def test_plan_rate_limits_hold_across_edge_replicas_and_refusals_use_no_slot(spend_stack: Stack) -> None:
+    operator, key_id, secret = _tenant_with_key(spend_stack, "rated")
+    assert operator.patch(f"/keys/{key_id}", json={"limits": {"requests_per_minute": 5}}).status_code == 200
+    clients = [api_client_at(url, secret) for url in spend_stack.base_urls()]
+    messages = [{"role": "user", "content": "hi [sim tokens=1]"}]
+    try:
+        eventually(  # a refused request shows the limit too (and gives its slot back)
+            lambda: all(
+                _raw(c, messages, model="nope").headers.get("x-ratelimit-limit-requests") == "5"
+                for c in clients
+            ),
+            within=5,
+            what="the key's limit known to both edges",
+        )
+        for i in range(4):  # refused for another reason: no slot used
+            assert _raw(clients[i % 2], messages, model="nope").status_code == 404
+        answers = [_raw(clients[i % 2], messages) for i in range(8)]
+        ok = [a for a in answers if a.status_code == 200]
+        limited = [a for a in answers if a.status_code == 429]
+        assert len(ok) == 5 and len(limited) == 3  # 5 per minute across both replicas, not 5 each
+        assert ok[0].headers["x-ratelimit-limit-requests"] == "5"
+        assert ok[-1].headers["x-ratelimit-remaining-requests"] == "0"
+        refused = limited[0]
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 12
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+
+        # A tenant's tokens per minute: a request larger than a whole minute's is told not to retry.
+        patched = operator.patch("/tenants/rated", json={"limits": {"tokens_per_minute": 1000}})
+        assert patched.status_code == 200, patched.text
+        assert (
+            operator.patch(f"/keys/{key_id}", json={"limits": {"requests_per_minute": None}}).status_code
+            == 200
+        )
+
+        def too_large() -> bool:
+            answer = _raw(clients[1], messages, max_tokens=5000)
+            return answer.status_code == 429 and answer.headers.get("x-should-retry") == "false"
+
+        eventually(too_large, within=5, what="the tenant's token limit")
+        assert _raw(clients[0], messages, max_tokens=100).status_code == 200
+    finally:
+        for c in clients:
+            c.close()
+        operator.close()
+
+
+def api_client_at(url: str, secret: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+
+
+def _raw(client: httpx.Client, messages: list[dict[str, str]], **extra: object) -> httpx.Response:
+    """The HTTP answer as is (errors included, every header)."""
+    return client.post("/chat/completions", json={"model": "@sim/sim-model", "messages": messages, **extra})
+
+
 def test_a_worker_killed_mid_request_frees_its_hold_after_expiry(spend_stack: Stack) -> None:
     operator, _, secret = _tenant_with_key(spend_stack, "killed")
     assert (
