@@ -44,7 +44,7 @@ def register(commands: Any) -> None:
         render=_show,
     )
     credit = p.add_subparsers(dest="action", metavar="ACTION").add_parser(
-        "credit", help="credit a tenant's balance in USD (operators); each credit is an audited event"
+        "credit", help="credit a tenant's balance in USD (operators; audited)"
     )
     credit.add_argument("amount", help="USD, e.g. 25 or 0.50")
     credit.add_argument("--tenant", help="the tenant to credit (default: the key's own)")
@@ -63,15 +63,15 @@ def register(commands: Any) -> None:
         dest="action", required=True
     )
     for name, helptext in (
-        ("set", "set a tenant's, key's or gateway's budget in USD ('none' removes one)"),
-        ("show", "show a budget: spend in the period, reserved and what remains"),
+        ("set", "set a tenant, key or gateway budget in USD"),
+        ("show", "spend in the period, reserved, what remains"),
     ):
         sub = budget.add_parser(name, help=helptext)
         sub.add_argument("scope", choices=["tenant", "key", "gateway"])
         sub.add_argument("id", help="the tenant id, key id or gateway id")
         if name == "set":
-            sub.add_argument("--day", help="USD per UTC day")
-            sub.add_argument("--month", help="USD per UTC month")
+            sub.add_argument("--day", help="USD per UTC day ('none' removes it)")
+            sub.add_argument("--month", help="USD per UTC month ('none' removes it)")
             sub.set_defaults(
                 run=lambda api, a: api.request(
                     "PUT", f"/spend/budgets/{a.scope}/{a.id}", json=_budget_body(a)
