@@ -8,12 +8,14 @@ what was spent per period and in all, and the *holds* of requests in flight. Eve
 compare-and-set write of the whole document (`aigw_runtime.spend`), so two replicas never both
 spend the last cent.
 
-Reserve, then settle: before its upstream call a request holds the most it can cost; the hold
-counts against every limit as if spent. After the call the request settles to the exact lines it
-billed (the same lines its usage event and ClickHouse carry) and the hold is released. A hold
-expires on its own (`expires`), so a worker that dies mid-request frees its hold without anyone's
-help; a settlement is remembered by its id for a while (`done`), so one that arrives twice counts
-once. Periods are UTC calendar days and months.
+Reserve, then settle: before its upstream call a request holds the most it can cost on every
+account it touches (tenant, key, gateway: those that exist); the hold counts against every limit
+as if spent. After the call the request settles to the exact lines it billed (the same lines its
+usage event and ClickHouse carry): the hold is turned into spend, once — a settlement whose hold is
+gone (already settled) counts nothing, so one that arrives twice counts once, and a document holds
+only the requests in flight, never a history that grows with traffic. A hold expires on its own
+(`expires`), so a worker that dies mid-request frees its hold without anyone's help. Periods are
+UTC calendar days and months.
 
 No I/O here: the arithmetic on one document, pure, so it is tested without a server.
 """
@@ -98,15 +100,10 @@ class Account(BaseModel):
     spent_total: Decimal = ZERO
     spent: dict[Period, tuple[str, Decimal]] = Field(default_factory=dict)  # period -> (id, amount)
     held: dict[str, tuple[Decimal, float]] = Field(default_factory=dict)  # hold id -> (amount, expires)
-    done: dict[str, float] = Field(default_factory=dict)  # settled hold ids -> forgotten after
     alerted: dict[Period, tuple[str, int]] = Field(default_factory=dict)  # period -> (id, percent)
     credits: list[Credit] = Field(default_factory=list)
 
     # ------------------------------------------------------------------ reading
-    def limited(self) -> bool:
-        """Whether requests must hold against this account (else only their spend is counted)."""
-        return self.prepaid or bool(self.budgets)
-
     def spent_in(self, period: Period, now: float) -> Decimal:
         current = self.spent.get(period)
         return current[1] if current is not None and current[0] == period_id(period, now) else ZERO
@@ -131,13 +128,10 @@ class Account(BaseModel):
     # ------------------------------------------------------------------ changing
     def prune(self, now: float) -> None:
         self.held = {k: v for k, v in self.held.items() if v[1] > now}
-        self.done = {k: v for k, v in self.done.items() if v > now}
 
     def hold(self, hold_id: str, amount: Decimal, expires: float, now: float) -> None:
         """Hold `amount` for a request, or raise `Shortfall` (the document is then unchanged)."""
         self.prune(now)
-        if hold_id in self.done:
-            return  # already settled: a late duplicate must not hold again
         for limit, left in self.remaining(now).items():
             if amount > left:
                 raise Shortfall(limit, max(left, ZERO), amount)
@@ -147,14 +141,13 @@ class Account(BaseModel):
         self.prune(now)
         self.held.pop(hold_id, None)
 
-    def settle(self, hold_id: str, amount: Decimal, now: float, remember: float) -> bool:
-        """Release the hold and count `amount` as spent, once per `hold_id` (False: a duplicate).
-        A settlement whose hold expired meanwhile still counts: the money was spent."""
+    def settle(self, hold_id: str, amount: Decimal, now: float) -> bool:
+        """Turn the hold into `amount` spent (False, nothing counted: no such hold, so this
+        settlement arrived before, or the hold expired because its request outlived its deadline
+        and grace; ClickHouse still has those lines)."""
         self.prune(now)
-        self.held.pop(hold_id, None)
-        if hold_id in self.done:
+        if self.held.pop(hold_id, None) is None:
             return False
-        self.done[hold_id] = now + remember
         self.spent_total += amount
         for period in PERIODS:
             self.spent[period] = (period_id(period, now), self.spent_in(period, now) + amount)

@@ -104,6 +104,9 @@ class KvDocs(Generic[M]):
             if entry is None:
                 self._synced.set()
                 continue
+            known = self.docs.get(entry.key)
+            if known is not None and known[1] >= (entry.revision or 0):
+                continue  # the echo of this replica's own write: known already, not parsed again
             try:
                 if entry.operation in (None, "PUT") and entry.value:
                     self._learn(entry.key, self.model.model_validate_json(entry.value), entry.revision or 0)

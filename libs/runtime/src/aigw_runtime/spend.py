@@ -100,24 +100,15 @@ class AccountRef:
 class SpendAccounts(KvDocs[Account]):
     """Every spend account, mirrored, and the writes on them (reserve, settle, release, manage)."""
 
-    def __init__(self, kv: KeyValue, remember: float = 300.0) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         super().__init__(kv, Account)
-        self.remember = remember  # how long a settled hold id is kept to drop duplicates
 
     @classmethod
-    async def open(cls, js: JetStreamContext, remember: float = 300.0) -> SpendAccounts:
-        return cls(await open_spend_bucket(js), remember)
-
-    def limited(self, refs: list[AccountRef]) -> list[AccountRef]:
-        """Those of `refs` that exist and have a limit (per the mirror: no round trip)."""
-        out = []
-        for ref in refs:
-            known = self.docs.get(ref.key)
-            if known is not None and known[0].limited():
-                out.append(ref)
-        return out
+    async def open(cls, js: JetStreamContext) -> SpendAccounts:
+        return cls(await open_spend_bucket(js))
 
     def existing(self, refs: list[AccountRef]) -> list[AccountRef]:
+        """Those of `refs` that exist (per the mirror: no round trip)."""
         return [ref for ref in refs if ref.key in self.docs]
 
     async def read(self, ref: AccountRef) -> tuple[Account, int]:
@@ -156,10 +147,9 @@ class SpendAccounts(KvDocs[Account]):
     ) -> list[tuple[AccountRef, Period, int, Account]]:
         """Count `amount` on every account of `refs` once, releasing its hold; the budget
         thresholds this crossed, per account (to publish as alerts)."""
-        remember = self.remember
 
         def settle(account: Account, now: float) -> list[tuple[Period, int, Account]]:
-            if not account.settle(hold_id, amount, now, remember):
+            if not account.settle(hold_id, amount, now):
                 return []
             crossed = account.crossed(now)
             return [(period, threshold, account) for period, threshold in crossed]

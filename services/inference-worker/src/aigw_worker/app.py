@@ -45,7 +45,7 @@ def create_app(settings: WorkerSettings, upstream: Upstream | None = None) -> tu
         if settings.spend_enabled:
             js = service.bus.nc.jetstream()
             await ensure_spend_stream(js)
-            accounts = await SpendAccounts.open(js, settings.spend_remember)
+            accounts = await SpendAccounts.open(js)
             await accounts.watch()
             service.bus.on_reconnect.append(accounts.reconnected)
             spend = SpendControl(accounts, js, settings)

@@ -81,8 +81,6 @@ class WorkerSettings(BaseSettings):
     # round's searches may cost (USD): what a `QueryFunction` gateway's request holds per round.
     spend_tool_result_tokens: int = Field(default=16_000, ge=0)
     spend_tool_round_cost: Decimal = Field(default=Decimal("0.001"), ge=0)
-    # How long a settled request is remembered, so a settlement arriving twice counts once.
-    spend_remember: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
     # Seconds between "alive" events for each request this worker holds (`aigw_runtime.heartbeat`);
     # the edge's AIGW_HOLDER_TIMEOUT must be a few of these.

@@ -84,9 +84,10 @@ class SpendControl:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def reserve(self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str) -> list[AccountRef]:
-        """Hold the call's most on every limited account, or raise the 402. Returns the accounts
-        held (none: no limit applies, nothing was written)."""
-        refs = self.accounts.limited(accounts_of(envelope, route))
+        """Hold the call's most on every account of its tenant, key and gateway (those that exist:
+        a hold is also what makes its settlement count once), or raise the 402. Returns the
+        accounts held (none: no account exists, nothing was written)."""
+        refs = self.accounts.existing(accounts_of(envelope, route))
         if not refs:
             return []
         amount = max_cost(route, self.settings)
@@ -119,14 +120,13 @@ class SpendControl:
     async def _settle(
         self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str, held: list[AccountRef], amount: Decimal
     ) -> None:
+        if not held:
+            return  # no account existed when the call started: nothing to count it on
         try:
             if amount == ZERO:
-                if held:
-                    await self.accounts.release(held, hold_id)
+                await self.accounts.release(held, hold_id)
                 return
-            refs = self.accounts.existing(accounts_of(envelope, route))
-            refs += [ref for ref in held if ref not in refs]
-            crossed = await self.accounts.settle(refs, hold_id, amount)
+            crossed = await self.accounts.settle(held, hold_id, amount)
         except Exception:
             # The hold expires on its own; the spend is in the usage stream and ClickHouse.
             log.exception("could not settle a request's spend", extra={"request_id": envelope.request_id})
