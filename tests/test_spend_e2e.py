@@ -184,6 +184,25 @@ def test_budgets_of_keys_are_shown_and_kept_to_their_tenant(spend_stack: Stack) 
         assert own.get(f"/spend/budgets/key/{other_key}").status_code == 404  # another tenant's key
         assert own.put("/spend/budgets/key/nope", json={"day": "1"}).status_code == 404
         assert own.put(f"/spend/budgets/key/{key_id}", json={"day": "-1"}).status_code == 400
+
+        # A gateway's budget: a gateway whose day budget is spent refuses; the tenant's others answer.
+        gateway = own.post("/gateways", json={"name": "capped", "upstream": "@sim/sim-model"})
+        assert gateway.status_code == 201, gateway.text
+        gateway_id = gateway.json()["id"]
+        assert own.put(f"/spend/budgets/gateway/{gateway_id}", json={"day": "0"}).status_code == 200
+        client = openai.OpenAI(base_url=spend_stack.base_url, api_key=secret, max_retries=0, timeout=30)
+        messages = [{"role": "user", "content": PROMPT}]
+
+        def refused() -> bool:
+            try:
+                client.chat.completions.create(model=gateway_id, messages=messages, max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
+            except openai.APIStatusError as err:
+                return err.status_code == 402 and "day budget" in err.message
+            return False
+
+        eventually(refused, within=5, what="the gateway's budget enforced")
+        client.chat.completions.create(model="@sim/sim-model", messages=messages, max_tokens=MAX_TOKENS)  # type: ignore[arg-type]
+        client.close()
     operator.close()
 
 
