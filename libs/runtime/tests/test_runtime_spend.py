@@ -14,7 +14,7 @@ from aigw_contracts.spend import Account, Shortfall
 from aigw_devstack.nats import NatsServer
 from aigw_runtime.spend import AccountRef, SpendAccounts
 
-TENANT = AccountRef("tenant", "acme")
+TENANT = AccountRef("tenant", "acme", "acme")
 
 
 def _budget(day: str) -> object:
@@ -112,7 +112,7 @@ async def test_an_abandoned_hold_expires_and_frees_the_budget(fresh_nats: NatsSe
 
 async def test_a_refused_hold_on_one_account_releases_the_others(fresh_nats: NatsServer) -> None:
     conns, (a,) = await _replicas(fresh_nats.url, 1)
-    key = AccountRef("key", "k1")
+    key = AccountRef("key", "k1", "acme")
     try:
         await a.change(TENANT, _budget("10"))  # type: ignore[arg-type]
         await a.change(key, _budget("1"))  # type: ignore[arg-type]

@@ -98,7 +98,7 @@ async def test_settling_across_a_budgets_thresholds_publishes_one_alert_each(fre
         def budget(account: Account, now: float) -> None:
             account.budgets["month"] = Decimal("1")
 
-        await accounts.change(AccountRef("tenant", "acme"), budget)
+        await accounts.change(AccountRef("tenant", "acme", "acme"), budget)
         envelope = make_envelope("http://127.0.0.1:9", "hi", tenant="acme")
         route = _route(BODY)
         for i, amount in enumerate(("0.6", "0.3", "0.3")):
@@ -113,7 +113,7 @@ async def test_settling_across_a_budgets_thresholds_publishes_one_alert_each(fre
                 started_at=datetime.now(UTC),
             )
             held = await control.reserve(envelope, route, f"r{i}:chat")
-            assert held == [AccountRef("tenant", "acme")]
+            assert held == [AccountRef("tenant", "acme", "acme")]
             control.settle(envelope, route, f"r{i}:chat", held, [event])
             await asyncio.wait(list(control._tasks))
         await asyncio.wait_for(three.wait(), 2.0)

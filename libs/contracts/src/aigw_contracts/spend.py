@@ -1,12 +1,13 @@
 """Spend control: prepaid balances, budgets per period, and the holds that keep concurrent requests
 from overrunning them.
 
-One document per account in the JetStream key-value bucket `SPEND_BUCKET` (`<scope>.<id>`, the id
-base64url-encoded as in the config bucket): a tenant, an API key or a gateway. It holds the
-account's limits (budgets per period; a tenant's credited balance once it has one) and its counters:
-what was spent per period and in all, and the *holds* of requests in flight. Every change is one
-compare-and-set write of the whole document (`aigw_runtime.spend`), so two replicas never both
-spend the last cent.
+One document per tenant in the JetStream key-value bucket `SPEND_BUCKET` (`tenant.<id>`, the id
+base64url-encoded as in the config bucket), holding the tenant's accounts: its own, and those of its
+API keys and gateways that have a budget (`TenantSpend`). An account holds its limits (budgets per
+period; the tenant's credited balance once it has one) and its counters: what was spent per period
+and in all, and the *holds* of requests in flight. Every change is one compare-and-set write of the
+whole document (`aigw_runtime.spend`), so two replicas never both spend the last cent, and what
+one request does to its tenant's, key's and gateway's accounts is one write.
 
 Reserve, then settle: before its upstream call a request holds the most it can cost on every
 account it touches (tenant, key, gateway: those that exist); the hold counts against every limit
@@ -129,12 +130,16 @@ class Account(BaseModel):
     def prune(self, now: float) -> None:
         self.held = {k: v for k, v in self.held.items() if v[1] > now}
 
-    def hold(self, hold_id: str, amount: Decimal, expires: float, now: float) -> None:
-        """Hold `amount` for a request, or raise `Shortfall` (the document is then unchanged)."""
-        self.prune(now)
+    def check(self, amount: Decimal, now: float) -> None:
+        """Raise `Shortfall` if holding `amount` more would exceed a limit (changes nothing)."""
         for limit, left in self.remaining(now).items():
             if amount > left:
                 raise Shortfall(limit, max(left, ZERO), amount)
+
+    def hold(self, hold_id: str, amount: Decimal, expires: float, now: float) -> None:
+        """Hold `amount` for a request, or raise `Shortfall` (the document is then unchanged)."""
+        self.check(amount, now)
+        self.prune(now)
         self.held[hold_id] = (amount, expires)
 
     def release(self, hold_id: str, now: float) -> None:
@@ -173,6 +178,20 @@ class Account(BaseModel):
         self.prepaid = True
         self.credited += credit.amount
         self.credits = [*self.credits, credit][-RECENT_CREDITS:]
+
+
+def account_name(scope: Scope, account_id: str) -> str:
+    """An account's name in its tenant's document: `tenant`, `key:<id>`, `gateway:<id>`."""
+    return "tenant" if scope == "tenant" else f"{scope}:{account_id}"
+
+
+class TenantSpend(BaseModel):
+    """The value of a tenant's key in `SPEND_BUCKET`: its accounts by `account_name`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: Literal[1] = 1
+    accounts: dict[str, Account] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- management API

@@ -135,8 +135,9 @@ class KvDocs(Generic[M]):
 
     async def change_key(self, key: str, change: Callable[[M, float], Any]) -> Any:
         """Apply `change(document, now)` in one compare-and-set write (with whatever else this
-        replica has pending for the document), and return its result or raise what it raised (a
-        change that raises leaves the document as it was)."""
+        replica has pending for the document), and return its result or raise what it raised. A
+        change that raises must do so before it changes anything (check, then change): the others
+        of its group are written with the document as it left it."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(key, []).append(_Pending(change, done))
         if key not in self._flushers:
@@ -169,11 +170,9 @@ class KvDocs(Generic[M]):
             doc = self.model.model_validate_json(doc_json) if doc_json else self.model()
             results: list[tuple[bool, Any]] = []
             for item in batch:
-                before = doc.model_copy(deep=True)
                 try:
                     results.append((True, item.change(doc, now)))
-                except Exception as err:  # refused: this change leaves the document as it was
-                    doc = before
+                except Exception as err:  # refused (a change checks before it changes anything)
                     results.append((False, err))
             self.writes += 1
             try:

@@ -1,7 +1,7 @@
 """Spend accounts in NATS KV: reserve, settle and release, cluster-wide.
 
-Each account is one document of the spend bucket, changed by compare-and-set in groups
-(`kvdocs.KvDocs`: two replicas never both take the last cent). Workers mirror the bucket (a KV
+A tenant's accounts (its own, its keys', its gateways') are one document of the spend bucket,
+changed by compare-and-set in groups (`kvdocs.KvDocs`: two replicas never both take the last cent). Workers mirror the bucket (a KV
 watch), so a request whose tenant, key and gateway have no account costs no round trip at all, and
 the revision tried first is usually the current one. The arithmetic on one document is
 `aigw_contracts.spend.Account`; this module only moves it.
@@ -9,7 +9,6 @@ the revision tried first is usually the current one. The arithmetic on one docum
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -34,7 +33,8 @@ from aigw_contracts.spend import (
     Account,
     Period,
     Scope,
-    Shortfall,
+    TenantSpend,
+    account_name,
     spend_key,
 )
 
@@ -89,19 +89,29 @@ async def publish_spend_event(js: JetStreamContext, subject: str, data: bytes, m
 
 @dataclass(frozen=True, slots=True)
 class AccountRef:
+    """A tenant's, key's or gateway's account, kept in its tenant's document."""
+
     scope: Scope
     id: str
+    tenant: str
 
     @property
     def key(self) -> str:
-        return spend_key(self.scope, self.id)
+        """The KV key of the tenant's document, which holds this account."""
+        return spend_key("tenant", self.tenant)
+
+    @property
+    def name(self) -> str:
+        return account_name(self.scope, self.id)
 
 
-class SpendAccounts(KvDocs[Account]):
-    """Every spend account, mirrored, and the writes on them (reserve, settle, release, manage)."""
+class SpendAccounts(KvDocs[TenantSpend]):
+    """Every tenant's spend document, mirrored, and the writes on it (reserve, settle, release,
+    manage). All the accounts one request touches are in one document, so a request's hold and
+    its settlement are one write each, atomic across tenant, key and gateway."""
 
     def __init__(self, kv: KeyValue) -> None:
-        super().__init__(kv, Account)
+        super().__init__(kv, TenantSpend)
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> SpendAccounts:
@@ -109,54 +119,65 @@ class SpendAccounts(KvDocs[Account]):
 
     def existing(self, refs: list[AccountRef]) -> list[AccountRef]:
         """Those of `refs` that exist (per the mirror: no round trip)."""
-        return [ref for ref in refs if ref.key in self.docs]
+        out = []
+        for ref in refs:
+            known = self.docs.get(ref.key)
+            if known is not None and ref.name in known[0].accounts:
+                out.append(ref)
+        return out
 
     async def read(self, ref: AccountRef) -> tuple[Account, int]:
         """The account as stored now (an empty one at revision 0 when it does not exist)."""
-        return await self.read_key(ref.key)
+        doc, revision = await self.read_key(ref.key)
+        account = doc.accounts.get(ref.name)
+        return (account, revision) if account is not None else (Account(), 0)
 
     async def change(self, ref: AccountRef, change: Change) -> Any:
         """Apply `change(account, now)` in one compare-and-set write; its result (or error)."""
-        return await self.change_key(ref.key, change)
+
+        def apply(doc: TenantSpend, now: float) -> Any:
+            return change(doc.accounts.setdefault(ref.name, Account()), now)
+
+        return await self.change_key(ref.key, apply)
 
     # ------------------------------------------------------------------ request path
     async def reserve(self, refs: list[AccountRef], hold_id: str, amount: Decimal, expires: float) -> None:
-        """Hold `amount` on every account of `refs`, or on none (raises `Shortfall`)."""
+        """Hold `amount` on every account of `refs` (one tenant's), or on none (raises `Shortfall`)."""
 
-        def hold(account: Account, now: float) -> None:
-            account.hold(hold_id, amount, expires, now)
+        def hold(doc: TenantSpend, now: float) -> None:
+            accounts = [doc.accounts[ref.name] for ref in refs if ref.name in doc.accounts]
+            for account in accounts:
+                account.check(amount, now)  # every limit first: nothing changes unless all fit
+            for account in accounts:
+                account.hold(hold_id, amount, expires, now)
 
-        results = await asyncio.gather(*(self.change(ref, hold) for ref in refs), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if not failed:
-            return
-        held = [ref for ref, r in zip(refs, results, strict=True) if not isinstance(r, BaseException)]
-        if held:
-            await self.release(held, hold_id)
-        shortfalls = [r for r in failed if isinstance(r, Shortfall)]
-        raise shortfalls[0] if shortfalls else failed[0]
+        if refs:
+            await self.change_key(refs[0].key, hold)
 
     async def release(self, refs: list[AccountRef], hold_id: str) -> None:
-        def release(account: Account, now: float) -> None:
-            account.release(hold_id, now)
+        def release(doc: TenantSpend, now: float) -> None:
+            for ref in refs:
+                if ref.name in doc.accounts:
+                    doc.accounts[ref.name].release(hold_id, now)
 
-        await asyncio.gather(*(self.change(ref, release) for ref in refs))
+        if refs:
+            await self.change_key(refs[0].key, release)
 
     async def settle(
         self, refs: list[AccountRef], hold_id: str, amount: Decimal
     ) -> list[tuple[AccountRef, Period, int, Account]]:
-        """Count `amount` on every account of `refs` once, releasing its hold; the budget
+        """Turn the hold into `amount` spent on every account of `refs`, once; the budget
         thresholds this crossed, per account (to publish as alerts)."""
 
-        def settle(account: Account, now: float) -> list[tuple[Period, int, Account]]:
-            if not account.settle(hold_id, amount, now):
-                return []
-            crossed = account.crossed(now)
-            return [(period, threshold, account) for period, threshold in crossed]
+        def settle(doc: TenantSpend, now: float) -> list[tuple[AccountRef, Period, int, Account]]:
+            out: list[tuple[AccountRef, Period, int, Account]] = []
+            for ref in refs:
+                account = doc.accounts.get(ref.name)
+                if account is not None and account.settle(hold_id, amount, now):
+                    out.extend((ref, period, t, account) for period, t in account.crossed(now))
+            return out
 
-        results = await asyncio.gather(*(self.change(ref, settle) for ref in refs))
-        return [
-            (ref, period, t, acc)
-            for ref, crossed in zip(refs, results, strict=True)
-            for period, t, acc in crossed
-        ]
+        if not refs:
+            return []
+        result: list[tuple[AccountRef, Period, int, Account]] = await self.change_key(refs[0].key, settle)
+        return result

@@ -30,8 +30,8 @@ from nats.js import JetStreamContext
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent, subjects
 from aigw_contracts.errors import InsufficientQuota
-from aigw_contracts.spend import ZERO, SpendAlert, period_id
-from aigw_runtime.spend import AccountRef, Shortfall, SpendAccounts, publish_spend_event
+from aigw_contracts.spend import ZERO, Shortfall, SpendAlert, period_id
+from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
 
 from .settings import WorkerSettings
 
@@ -41,9 +41,10 @@ KNOWLEDGE_PREFIX = "knowledge."  # SKUs retrieval meters itself (`aigw_contracts
 
 
 def accounts_of(envelope: ChatEnvelope, route: RoutedCall) -> list[AccountRef]:
-    refs = [AccountRef("tenant", envelope.tenant), AccountRef("key", envelope.key_id)]
+    tenant = envelope.tenant
+    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", envelope.key_id, tenant)]
     if route.gateway_id is not None:
-        refs.append(AccountRef("gateway", route.gateway_id))
+        refs.append(AccountRef("gateway", route.gateway_id, tenant))
     return refs
 
 
@@ -144,7 +145,7 @@ class SpendControl:
                 spent=account.spent_in(period, now),
                 at=datetime.now(UTC),
             )
-            msg_id = f"{ref.key}:{alert.period_id}:{threshold}"
+            msg_id = f"{ref.key}:{ref.name}:{alert.period_id}:{threshold}"
             await publish_spend_event(
                 self.js,
                 subjects.spend_alert_subject(envelope.tenant),

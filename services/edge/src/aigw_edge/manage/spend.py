@@ -49,8 +49,8 @@ def _owner(key: ApiKey, scope: Scope, account_id: str, config: ManagedConfig) ->
     return entry.tenant
 
 
-async def _view(accounts: SpendAccounts, scope: Scope, account_id: str) -> AccountView:
-    account, _ = await accounts.read(AccountRef(scope, account_id))
+async def _view(accounts: SpendAccounts, scope: Scope, account_id: str, tenant: str) -> AccountView:
+    account, _ = await accounts.read(AccountRef(scope, account_id, tenant))
     return AccountView.of(scope, account_id, account, time.time())
 
 
@@ -58,7 +58,8 @@ async def _view(accounts: SpendAccounts, scope: Scope, account_id: str) -> Accou
 async def balance(
     key: AdminKey, config: Config, accounts: Accounts, tenant: str | None = Query(default=None)
 ) -> AccountView:
-    return await _view(accounts, "tenant", target_tenant(key, tenant, config))
+    whose = target_tenant(key, tenant, config)
+    return await _view(accounts, "tenant", whose, whose)
 
 
 @router.post("/balance/credit", summary="Credit a tenant's prepaid balance (operators)")
@@ -83,21 +84,20 @@ async def credit(
     def apply(account: Account, now: float) -> None:
         account.credit(entry)
 
-    ref = AccountRef("tenant", whose)
+    ref = AccountRef("tenant", whose, whose)
     await accounts.change(ref, apply)
     js = request.app.state.bus.nc.jetstream()
     await publish_spend_event(
         js, subjects.spend_credit_subject(whose), entry.model_dump_json().encode(), entry.id
     )
-    return await _view(accounts, "tenant", whose)
+    return await _view(accounts, "tenant", whose, whose)
 
 
 @router.get("/budgets/{scope}/{account_id}", summary="A budget's spend, reserved amount and what remains")
 async def show_budget(
     scope: Scope, account_id: str, key: AdminKey, config: Config, accounts: Accounts
 ) -> AccountView:
-    _owner(key, scope, account_id, config)
-    return await _view(accounts, scope, account_id)
+    return await _view(accounts, scope, account_id, _owner(key, scope, account_id, config))
 
 
 @router.put(
@@ -107,7 +107,7 @@ async def show_budget(
 async def set_budget(
     scope: Scope, account_id: str, body: BudgetIn, key: AdminKey, config: Config, accounts: Accounts
 ) -> AccountView:
-    _owner(key, scope, account_id, config)
+    tenant = _owner(key, scope, account_id, config)
 
     def apply(account: Account, now: float) -> None:
         for period in body.model_fields_set:  # fields left out stay as they are
@@ -117,5 +117,5 @@ async def set_budget(
             else:
                 account.budgets[period] = value  # type: ignore[index]
 
-    await accounts.change(AccountRef(scope, account_id), apply)
-    return await _view(accounts, scope, account_id)
+    await accounts.change(AccountRef(scope, account_id, tenant), apply)
+    return await _view(accounts, scope, account_id, tenant)

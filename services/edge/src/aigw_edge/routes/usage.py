@@ -114,7 +114,7 @@ async def usage(
     if wanted is not None and accounts is not None:
         # The tenant's balance, spend in the day and month, reserved and remaining (live counters,
         # where the rows above are what ClickHouse has stored).
-        account, revision = await accounts.read(AccountRef("tenant", wanted))
+        account, revision = await accounts.read(AccountRef("tenant", wanted, wanted))
         if revision:
             report = json.loads(body)
             view = AccountView.of("tenant", wanted, account, time.time())
