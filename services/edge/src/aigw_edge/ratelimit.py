@@ -32,7 +32,7 @@ from nats.js.errors import BucketNotFoundError
 
 from aigw_contracts import ApiKey
 from aigw_contracts.config import TenantLimits
-from aigw_contracts.errors import RateLimited
+from aigw_contracts.errors import RateLimited, Unavailable
 from aigw_contracts.ratelimits import (
     RATE_BUCKET,
     RATE_HISTORY,
@@ -217,7 +217,7 @@ class SharedLimits:
                 standing.append(result.standing)
             elif isinstance(result, BaseException):
                 self.give_back(taken)
-                raise result
+                raise Unavailable("Rate limits are unavailable; retry the request", retry_after=1) from result
             else:
                 taken.draws.append((doc, takes))
                 standing.extend(result)

@@ -26,10 +26,11 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent, subjects
-from aigw_contracts.errors import InsufficientQuota
+from aigw_contracts.errors import InsufficientQuota, Unavailable
 from aigw_contracts.spend import ZERO, Shortfall, SpendAlert, period_id
 from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
 
@@ -101,6 +102,11 @@ class SpendControl:
                 f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
                 "tokens (max_tokens)."
             ) from None
+        except (NatsError, TimeoutError, RuntimeError) as err:  # the bus, not the request
+            log.warning(
+                "spend accounts unavailable", extra={"request_id": envelope.request_id, "error": repr(err)}
+            )
+            raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
         return refs
 
     def settle(
@@ -113,6 +119,8 @@ class SpendControl:
     ) -> None:
         """Settle (or, with nothing billed, release) in the background: the hold stays counted
         until then, so settling late is never an overrun."""
+        if not held:
+            return  # no account existed when the call started: nothing to count it on
         amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
         task = asyncio.create_task(self._settle(envelope, route, hold_id, held, amount))
         self._tasks.add(task)
@@ -121,8 +129,6 @@ class SpendControl:
     async def _settle(
         self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str, held: list[AccountRef], amount: Decimal
     ) -> None:
-        if not held:
-            return  # no account existed when the call started: nothing to count it on
         try:
             if amount == ZERO:
                 await self.accounts.release(held, hold_id)
