@@ -202,22 +202,37 @@ class Gateway(BaseModel):
         return ParameterRule(mode="default" if parameter in DEFAULT_OVERRIDABLE else "locked")
 
 
+class TenantLimits(BaseModel):
+    """A tenant's plan rates, across all its keys and every edge replica (`aigw_contracts.ratelimits`).
+    None: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+
+
 class Tenant(BaseModel):
     id: str
     name: str = ""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
 
 
 class KeyLimits(BaseModel):
-    """Request rates one API key may use, in requests per minute: for the whole key, and for each
-    client IP address using it (what keeps one visitor of a page embedding a public key from using
-    up everyone's budget). None: no limit. Each edge replica enforces them on the requests it serves
-    (a shared count would cost a round trip per request), so N replicas behind a load balancer
-    allow up to N times the rate."""
+    """Rates one API key may use: requests and tokens per minute for the whole key, counted across
+    every edge replica (`aigw_contracts.ratelimits`), and requests per minute for each client IP
+    address using it (what keeps one visitor of a page embedding a public key from using up
+    everyone's budget), counted by each edge replica alone. None: no limit."""
 
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
     requests_per_minute_per_ip: int | None = Field(default=None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("tokens_per_minute",))
 
 
 # A public key's per-IP limit when its creator sets none (public keys are meant to be embedded in

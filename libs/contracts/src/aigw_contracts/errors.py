@@ -109,6 +109,18 @@ class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_exceeded", "rate_limit_exceeded"
 
 
+class InsufficientQuota(GatewayError):
+    """The request cannot be afforded: the tenant's prepaid balance, or a tenant, key or gateway
+    budget for the day or month, would be exceeded by what it may cost (`aigw_contracts.spend`).
+    402, as payment is what is missing; retrying cannot help until a credit or a new period."""
+
+    status, type, code = 402, "insufficient_quota", "insufficient_quota"
+
+    @property
+    def should_retry(self) -> bool | None:
+        return False
+
+
 class UpstreamError(GatewayError):
     """The upstream model failed (5xx, refused connection, dropped stream, unusable answer)."""
 
@@ -136,6 +148,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
         NotFound,
         Conflict,
         PayloadTooLarge,
+        InsufficientQuota,
         RateLimited,
         UpstreamError,
         Unavailable,

@@ -27,6 +27,8 @@ class UpstreamTarget(BaseModel):
     prices: Prices  # already zero for own endpoints
     timeouts: Timeouts | None = None  # the upstream's own (`Upstream.timeouts`)
     max_retries: int | None = None  # the upstream's own (`Upstream.max_retries`)
+    # Bounds what one call may generate: what spend control holds when a request sets no max_tokens.
+    context_window: int | None = None
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamTarget:
@@ -41,6 +43,7 @@ class UpstreamTarget(BaseModel):
             prices=upstream.billed_prices(),
             timeouts=upstream.timeouts,
             max_retries=upstream.max_retries,
+            context_window=upstream.context_window,
         )
 
 

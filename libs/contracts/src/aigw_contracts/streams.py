@@ -35,3 +35,9 @@ USAGE_DEAD_MAX_AGE_S: Final = 90 * 24 * 3600.0
 IDEMPOTENCY_BUCKET: Final = "aigw_idempotency"
 IDEMPOTENCY_STORAGE: Final = "file"  # JetStream StorageType: a kept answer survives a NATS restart
 IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' setting
+
+# Spend control's events (`aigw_contracts.spend`): balance credits (the audit trail of every credit)
+# and budget alerts, for other teams' durable consumers. Refuses rather than drops (`discard=new`).
+SPEND_STREAM: Final = subjects.SPEND_STREAM
+SPEND_SUBJECTS: Final = (subjects.SPEND_WILDCARD,)
+SPEND_MAX_AGE_S: Final = 400 * 24 * 3600.0  # a year and a month of credits and alerts

@@ -52,6 +52,20 @@ METERING_QUERY = f"{PREFIX}.metering.query"
 # answer was lost on the way that nothing was charged.
 METERING_BILLED = f"{PREFIX}.metering.billed"
 
+# Spend control (`aigw_contracts.spend`): the JetStream stream of balance credits (the audit trail)
+# and budget alerts (50/80/100 % of a budget), one subject per kind and tenant.
+SPEND_STREAM = "AIGW_SPEND"
+SPEND_SUBJECT_PREFIX = f"{PREFIX}.spend"
+SPEND_WILDCARD = f"{SPEND_SUBJECT_PREFIX}.>"
+
+
+def spend_credit_subject(tenant: str) -> str:
+    return f"{SPEND_SUBJECT_PREFIX}.credit.{tenant}"
+
+
+def spend_alert_subject(tenant: str) -> str:
+    return f"{SPEND_SUBJECT_PREFIX}.alert.{tenant}"
+
 
 def usage_subject(tenant: str) -> str:
     """Usage events are split by tenant so a team can consume one tenant's usage alone."""

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aigw_contracts import streams, subjects
+from aigw_contracts.ratelimits import RATE_BUCKET
+from aigw_contracts.spend import SPEND_BUCKET
 
 from .configstore import BUCKET
 
@@ -146,6 +148,16 @@ def durable_puller(stream: str, durable: str) -> Permissions:
     )
 
 
+def spend_keeper() -> Permissions:
+    """Spend control: read and write the spend accounts (compare-and-set), publish credits and
+    alerts to the spend stream (created when missing)."""
+    return (
+        kv_writer(SPEND_BUCKET)
+        + stream_keeper(streams.SPEND_STREAM)
+        + Permissions(publish=streams.SPEND_SUBJECTS, subscribe=())
+    )
+
+
 def _own_inbox(user: str) -> Permissions:
     return Permissions(publish=(), subscribe=(subjects.inbox_wildcard(user),))
 
@@ -161,6 +173,8 @@ def _table() -> dict[str, Permissions]:
         EDGE: _own_inbox(EDGE)
         + kv_writer(BUCKET)
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
+        + spend_keeper()  # balances and budgets (management API)
+        + kv_writer(RATE_BUCKET)  # plan rate limits shared by the edges
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -189,6 +203,7 @@ def _table() -> dict[str, Permissions]:
         + events_to_edges
         + _answers(ROUTER, RETRIEVAL)  # the events of a model call a router or retrieval made
         + usage_producer()
+        + spend_keeper()  # holds and settlements of every request
         + Permissions(
             publish=(subjects.RETRIEVAL_TOOL,),
             subscribe=(subjects.WORKER_CHAT, subjects.CHAT_CANCEL),

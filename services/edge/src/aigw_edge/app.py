@@ -29,6 +29,7 @@ from aigw_contracts import ChatCompletionChunk
 from aigw_runtime.bus import redact_url
 from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
 from aigw_runtime.netguard import parse_allowlist
+from aigw_runtime.spend import SpendAccounts, ensure_spend_stream
 
 from . import errors, manage
 from .auth import KeyStore
@@ -37,6 +38,7 @@ from .limits import BodyLimitMiddleware
 from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
+from .ratelimit import SharedLimits
 from .routes import chat, health, models, usage
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
@@ -120,6 +122,9 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
         managed.attach(await ConfigWriter.open(js))
+        await ensure_spend_stream(js)
+        app.state.spend = await SpendAccounts.open(js)  # read and written by `manage.spend`
+        endpoint.shared = await SharedLimits.open(js)  # plan rate limits, across replicas
         log.info(
             "connected to nats",
             extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
@@ -141,7 +146,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     api.state.upstream_rules = UpstreamRules(
         parse_allowlist(settings.upstream_allowlist), settings.secrets_key.get_secret_value() or None
     )
-    endpoint = chat.ChatEndpoint(settings, bus, keys)
+    endpoint = chat.ChatEndpoint(settings, bus, keys, managed.view.tenants)
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))

@@ -17,9 +17,11 @@ from nats.aio.msg import Msg
 
 from aigw_contracts import subjects
 from aigw_runtime.service import Service
+from aigw_runtime.spend import SpendAccounts, ensure_spend_stream
 from aigw_runtime.usage_publisher import JetStreamUsageBus
 
 from .settings import WorkerSettings
+from .spend import SpendControl
 from .upstream import Upstream
 from .worker import Worker
 
@@ -39,7 +41,15 @@ def create_app(settings: WorkerSettings, upstream: Upstream | None = None) -> tu
     async def start() -> None:
         usage = JetStreamUsageBus(service.bus.nc)
         await usage.ensure_usage_stream()
-        await worker.start(service.bus, usage)
+        spend = None
+        if settings.spend_enabled:
+            js = service.bus.nc.jetstream()
+            await ensure_spend_stream(js)
+            accounts = await SpendAccounts.open(js)
+            await accounts.watch()
+            service.bus.on_reconnect.append(accounts.reconnected)
+            spend = SpendControl(accounts, js, settings)
+        await worker.start(service.bus, usage, spend)
 
     async def on_chat(msg: Msg) -> None:
         worker.submit(msg.data)  # parses and starts a task: the subscription never waits

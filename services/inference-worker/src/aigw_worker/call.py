@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from aigw_contracts import ChatEnvelope, RoutedCall
+from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent
 from aigw_contracts.errors import DeadlineExceeded, GatewayError, InternalError, Unavailable
 
 from .accounting import Status
@@ -57,6 +58,10 @@ class Call(CallState):
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
         self.accounted = False  # the usage events were handed over (or stored) already
+        self.billed: list[UsageEvent] | None = None  # the usage events of this call, once built
+        self.hold_id = f"{self.request_id}:{route.purpose}"
+        self.held: list[Any] = []  # the spend accounts holding this call's most (`spend.py`)
+        self.reserved = False
         self.events.before_final = self._bill_first
 
     def cancel(self, reason: str) -> None:
@@ -76,7 +81,11 @@ class Call(CallState):
                     raise DeadlineExceeded("The request's deadline passed before a worker could start it")
                 try:
                     async with asyncio.timeout(remaining):
-                        await self._answer(remaining)
+                        spend = self.worker.spend
+                        if spend is not None:
+                            self.held = await spend.reserve(self.envelope, self.route, self.hold_id)
+                            self.reserved = True
+                        await self._answer(self.envelope.remaining())
                 except TimeoutError:
                     raise DeadlineExceeded(
                         "The upstream model did not finish within the request's deadline"
@@ -93,6 +102,9 @@ class Call(CallState):
             await self._end(InternalError("The inference worker had an internal error; it has been logged"))
         finally:
             self._account()
+            spend = self.worker.spend
+            if spend is not None and self.reserved:
+                spend.settle(self.envelope, self.route, self.hold_id, self.held, self.billed)
 
     async def _answer(self, remaining: float) -> None:
         """The upstream's answer, or a fallback's (`fallback.py` says when)."""
@@ -132,6 +144,7 @@ class Call(CallState):
         self.accounted = True
         try:
             events = self.ledger.usage_events(self.envelope, "completed", self.arrived, self.ttft_ms)
+            self.billed = events
         except Exception:
             log.exception("could not account a request's usage", extra={"request_id": self.request_id})
             return
@@ -151,6 +164,7 @@ class Call(CallState):
                 "completed" if self.completed else ("cancelled" if self.cancel_reason else "failed")
             )
             events = self.ledger.usage_events(self.envelope, status, self.arrived, self.ttft_ms)
+            self.billed = events
             assert self.worker.usage is not None
             for event in events:
                 self.worker.usage.submit(event)

@@ -13,6 +13,7 @@ from aigw_runtime.usage_publisher import UsagePublisher
 
 from .bus import Bus
 from .settings import WorkerSettings
+from .spend import SpendControl
 from .upstream import Upstream
 
 
@@ -21,3 +22,4 @@ class WorkerContext(Protocol):
     upstream: Upstream
     bus: Bus | None  # None until the worker has started
     usage: UsagePublisher | None
+    spend: SpendControl | None  # None: spend control is off (`AIGW_SPEND_ENABLED=false`)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,18 @@ class WorkerSettings(BaseSettings):
     upstream_allowlist: list[str] = Field(default_factory=list)
     # Opens tenants' upstream API keys, sealed by the edge (`aigw_runtime.secretbox`).
     secrets_key: SecretStr = SecretStr("")
+    # Spend control (`spend.py`): requests hold what they may cost against the balances and budgets
+    # in the spend bucket before calling their upstream. A hold outlives the request's deadline by
+    # `spend_hold_grace` seconds, then expires on its own (a worker that died frees it that way).
+    spend_enabled: bool = True
+    spend_hold_grace: float = Field(default=30.0, ge=0)
+    # Output tokens a request may generate when neither it (`max_tokens`) nor its upstream (its
+    # context window) says: what is held for it.
+    spend_max_output_tokens: int = Field(default=128_000, ge=1)
+    # Tokens a knowledge tool round's results may add to the next round's prompt, and the most one
+    # round's searches may cost (USD): what a `QueryFunction` gateway's request holds per round.
+    spend_tool_result_tokens: int = Field(default=16_000, ge=0)
+    spend_tool_round_cost: Decimal = Field(default=Decimal("0.001"), ge=0)
     log_level: str = "INFO"
     # Seconds between "alive" events for each request this worker holds (`aigw_runtime.heartbeat`);
     # the edge's AIGW_HOLDER_TIMEOUT must be a few of these.

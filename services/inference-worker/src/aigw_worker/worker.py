@@ -22,6 +22,7 @@ from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error
 from .settings import WorkerSettings
+from .spend import SpendControl
 from .upstream import Upstream
 
 log = logging.getLogger("aigw.worker")
@@ -36,6 +37,7 @@ class Worker:
         self.bus: Bus | None = None
         self.heartbeats: Heartbeats | None = None
         self.usage: UsagePublisher | None = None
+        self.spend: SpendControl | None = None
         self.calls: dict[str, Call] = {}
         self.accepting = False
         self._slots = asyncio.Semaphore(settings.max_inflight)
@@ -46,9 +48,11 @@ class Worker:
         self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._side_tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, bus: RuntimeBus, usage: UsageBus) -> None:
-        """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure)."""
+    async def start(self, bus: RuntimeBus, usage: UsageBus, spend: SpendControl | None = None) -> None:
+        """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure),
+        holding and settling spend through `spend` (mirrored and watching already)."""
         self.bus = bus
+        self.spend = spend
         self.heartbeats = Heartbeats(bus, self.settings.heartbeat_interval)
         self.usage = UsagePublisher(
             usage,
@@ -136,6 +140,8 @@ class Worker:
             await asyncio.wait(list(self._side_tasks), timeout=2.0)
         if self.usage is not None:
             await self.usage.close(within=10.0)
+        if self.spend is not None:
+            await self.spend.close(within=5.0)
         if self.heartbeats is not None:
             await self.heartbeats.close()
         await self.upstream.aclose()

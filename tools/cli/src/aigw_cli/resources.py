@@ -36,6 +36,8 @@ def limits_summary(limits: dict[str, Any] | None) -> str:
     parts = []
     if limits.get("requests_per_minute"):
         parts.append(f"{limits['requests_per_minute']}/min")
+    if limits.get("tokens_per_minute"):
+        parts.append(f"{limits['tokens_per_minute']} tokens/min")
     if limits.get("requests_per_minute_per_ip"):
         parts.append(f"{limits['requests_per_minute_per_ip']}/min per IP")
     return ", ".join(parts) or "none"
@@ -65,9 +67,16 @@ def _body(args: argparse.Namespace, fields: dict[str, str]) -> dict[str, Any]:
     return body
 
 
-def _limit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rpm", type=int, help="requests per minute for the whole key (0: no limit)")
-    p.add_argument("--rpm-per-ip", type=int, help="requests per minute per client IP (0: no limit)")
+def _limit_flags(p: argparse.ArgumentParser, per_ip: bool = True) -> None:
+    whose = "key" if per_ip else "tenant"
+    p.add_argument(
+        "--rpm", type=int, help=f"requests per minute for the whole {whose}, every replica (0: no limit)"
+    )
+    p.add_argument(
+        "--tpm", type=int, help=f"tokens per minute for the whole {whose}, every replica (0: no limit)"
+    )
+    if per_ip:
+        p.add_argument("--rpm-per-ip", type=int, help="requests per minute per client IP (0: no limit)")
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,7 +85,8 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         field: (value or None)
         for field, value in (
             ("requests_per_minute", args.rpm),
-            ("requests_per_minute_per_ip", args.rpm_per_ip),
+            ("tokens_per_minute", args.tpm),
+            ("requests_per_minute_per_ip", getattr(args, "rpm_per_ip", None)),
         )
         if value is not None
     }
@@ -252,6 +262,15 @@ def register(commands: Any) -> None:
     p.set_defaults(
         run=lambda api, a: api.request("POST", "/tenants", json=_body(a, {"id": "str", "name": "str"}))
     )
+    p = ts.add_parser("update", help="change a tenant's name or plan rate limits")
+    p.add_argument("id")
+    p.add_argument("--name")
+    _limit_flags(p, per_ip=False)
+    p.set_defaults(
+        run=lambda api, a: api.request(
+            "PATCH", f"/tenants/{a.id}", json={**_body(a, {"name": "str"}), **_limits(a)}
+        )
+    )
     ts.add_parser("list", help="list tenants").set_defaults(run=lambda api, a: api.request("GET", "/tenants"))
     p = ts.add_parser("show", help="show one tenant")
     p.add_argument("id")
@@ -260,4 +279,4 @@ def register(commands: Any) -> None:
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/tenants/{a.id}"))
     for sub in ts.choices.values():
-        sub.set_defaults(render=_table(["id", "name"]))
+        sub.set_defaults(render=_table(["id", "name", "limits"], _readable_key))

@@ -82,6 +82,9 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)  # extra AIGW_* settings for every service
     quiet: bool = False  # benchmarks: no access log
     routers: int = 1
+    # Edge replicas: the first serves `edge_port` (`base_url`); each other one its own port
+    # (`edge_ports`), as replicas behind a load balancer would.
+    edges: int = 1
     # Called after the config file is written and before any service starts (tests add gateways).
     start_hooks: list[Callable[[Stack], None]] = field(default_factory=list)
 
@@ -89,6 +92,7 @@ class Stack:
     procs: dict[str, Process] = field(default_factory=dict)
     sim_port: int = 0
     demo: Demo | None = None
+    edge_ports: list[int] = field(default_factory=list)
 
     # ------------------------------------------------------------------ paths and URLs
     @property
@@ -98,6 +102,10 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.edge_port}/v1"
+
+    def base_urls(self) -> list[str]:
+        """Every edge replica's API base URL, the first one's (`base_url`) first."""
+        return [f"http://{HOST}:{port}/v1" for port in self.edge_ports]
 
     @property
     def sim_url(self) -> str:
@@ -168,7 +176,8 @@ class Stack:
                 timeout=60,
                 AIGW_KNOWLEDGE_PATH=str(self.state_dir / "knowledge"),
             )
-            self.start_edge()
+            for i in range(self.edges):
+                self.start_edge(i)
         except BaseException:
             self.stop()
             raise
@@ -198,19 +207,25 @@ class Stack:
         proc.wait_ready(lambda: _log_says_ready(proc), timeout)
         return proc
 
-    def start_edge(self) -> Process:
-        env = {"AIGW_PORT": str(self.edge_port), "AIGW_HOST": HOST}
+    def start_edge(self, index: int = 0) -> Process:
+        """Start edge replica `index` (0: `edge`, on `edge_port`; others: `edge-<i>`, own port)."""
+        name = "edge" if index == 0 else f"edge-{index}"
+        port = self.edge_port if index == 0 else free_port()
+        assert port is not None
+        if index >= len(self.edge_ports):
+            self.edge_ports.append(port)
+        env = {"AIGW_PORT": str(port), "AIGW_HOST": HOST}
         if self.quiet:
             env["AIGW_ACCESS_LOG"] = "false"
-        log_path = self.state_dir / "logs" / "edge.log"
+        log_path = self.state_dir / "logs" / f"{name}.log"
         argv = self._pin(self.cpu_services, [_bin("aigw-edge")])
         proc = Process(
-            "edge", argv, log_path, env={**self._service_env(_SCRIPT_USERS["aigw-edge"]), **env}
+            name, argv, log_path, env={**self._service_env(_SCRIPT_USERS["aigw-edge"]), **env}
         ).start()
-        self.procs["edge"] = proc
-        proc.wait_ready(
-            lambda: httpx.get(f"http://{HOST}:{self.edge_port}/readyz", timeout=1).status_code == 200
-        )
+        self.procs[name] = proc
+        proc.wait_ready(lambda: httpx.get(f"http://{HOST}:{port}/readyz", timeout=1).status_code == 200)
+        if index:
+            return proc
         # Beside demo-key: the `aigw` CLI reads both from .aigw/, so it finds this edge on any port.
         (self.state_dir / "gateway-url").write_text(self.base_url + "\n")
         return proc

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import collections, gateways, keys, tenants, upstreams
+from . import collections, gateways, keys, spend, tenants, upstreams
 from .store import ManagedConfig
 from .upstreams import UpstreamRules
 
 __all__ = ["ManagedConfig", "UpstreamRules", "router"]
 
 router = APIRouter()
-for _module in (gateways, upstreams, keys, tenants, collections):
+for _module in (gateways, upstreams, keys, tenants, collections, spend):
     router.include_router(_module.router)

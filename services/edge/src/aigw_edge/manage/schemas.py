@@ -7,7 +7,14 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
+from aigw_contracts.config import (
+    PUBLIC_KEY_DEFAULT_RPM_PER_IP,
+    AutoRouting,
+    KeyLimits,
+    ParameterRule,
+    Prices,
+    TenantLimits,
+)
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 from ..tenancy import TENANT_ID_PATTERN
@@ -167,6 +174,13 @@ class TenantIn(_In):
         pattern=TENANT_ID_PATTERN, description="lower-case; 'all' and a few other words are reserved"
     )
     name: str = ""
+
+
+class TenantUpdate(_In):
+    name: str | None = None
+    limits: TenantLimits | None = Field(
+        default=None, description="requests and tokens per minute across the tenant's keys (null: none)"
+    )
 
 
 T = TypeVar("T")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from aigw_contracts import Tenant, errors
+from aigw_contracts.config import TenantLimits
 
 from ..deps import AdminKey, OperatorKey
 from ..openapi import errors as openapi_errors
 from ..tenancy import check_new_tenant_id
 from .access import can_see, not_found
-from .schemas import Deleted, ListOf, TenantIn
+from .schemas import Deleted, ListOf, TenantIn, TenantUpdate
 from .store import Config
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=openapi_errors(400, 401, 403, 404, 409))
@@ -39,6 +40,23 @@ async def show(tenant_id: str, key: AdminKey, config: Config) -> Tenant:
     if tenant is None or not can_see(key, tenant_id):
         raise not_found("tenant", tenant_id, "tenant")
     return tenant
+
+
+@router.patch("/{tenant_id}", summary="Change a tenant's name or plan rate limits (operators)")
+async def update(tenant_id: str, body: TenantUpdate, _: OperatorKey, config: Config) -> Tenant:
+    tenant = config.view.tenants.get(tenant_id)
+    if tenant is None:
+        raise not_found("tenant", tenant_id, "tenant")
+    changes: dict[str, object] = {}
+    if body.name is not None:
+        changes["name"] = body.name
+    if body.limits is not None:
+        # Only the limits named change; null lifts one.
+        merged = tenant.limits.model_dump() | body.limits.model_dump(include=body.limits.model_fields_set)
+        changes["limits"] = TenantLimits.model_validate(merged)
+    updated = tenant.model_copy(update=changes)
+    await config.put("tenant", updated)
+    return updated
 
 
 @router.delete("/{tenant_id}", summary="Delete a tenant that has no gateways, keys or own upstreams")

@@ -28,6 +28,7 @@ from aigw_contracts import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    Tenant,
     headers,
     subjects,
 )
@@ -53,7 +54,7 @@ from ..idempotency import Claim, Idempotency, Replay
 from ..logs import CLIENT_CLOSED, SCOPE_KEY
 from ..openapi import errors as openapi_errors
 from ..openapi import sse_of
-from ..ratelimit import RateLimiter
+from ..ratelimit import PlanRateLimited, RateLimiter, SharedLimits, Taken, requested_tokens
 from ..settings import EdgeSettings
 from ..trace import trace_json
 
@@ -91,7 +92,18 @@ class _ClientGone(Exception):
 class _Call:
     """What one request learned on its way, for the access log and for error responses."""
 
-    __slots__ = ("headers", "key", "model", "outcome", "request_id", "started", "status", "stream")
+    __slots__ = (
+        "headers",
+        "ip_bucket",
+        "key",
+        "model",
+        "outcome",
+        "request_id",
+        "started",
+        "status",
+        "stream",
+        "taken",
+    )
 
     def __init__(self) -> None:
         self.request_id: str | None = None
@@ -102,6 +114,9 @@ class _Call:
         self.outcome = "error"
         self.started = False  # response headers sent: from here on, errors go into the stream
         self.headers: Headers = []
+        # What the request drew from the rate limits, given back unless it ends answered (200).
+        self.taken: Taken | None = None
+        self.ip_bucket: tuple[str, str] | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -178,9 +193,13 @@ class ChatEndpoint:
     """The endpoint, as a raw ASGI app. It reports what it learned (request id, tenant, model, how
     the request ended) to the access log middleware through the scope, when that middleware runs."""
 
-    def __init__(self, settings: EdgeSettings, bus: Bus, keys: KeyStore) -> None:
+    def __init__(
+        self, settings: EdgeSettings, bus: Bus, keys: KeyStore, tenants: dict[str, Tenant] | None = None
+    ) -> None:
         self.bus = bus
         self.keys = keys
+        self.tenants: dict[str, Tenant] = tenants if tenants is not None else {}  # kept current by the app
+        self.shared: SharedLimits | None = None  # set once connected (`app.py`)
         self.edge_id = settings.edge_id
         self.request_timeout = settings.request_timeout
         self.idle_timeout = settings.stream_idle_timeout
@@ -195,6 +214,8 @@ class ChatEndpoint:
                 await self._handle(scope, receive, send, call)
         except GatewayError as err:
             call.status, call.outcome = err.status, err.code or "error"
+            if isinstance(err, PlanRateLimited):
+                call.headers.extend(err.headers)
             if not call.started:
                 await send_error(send, err, call.headers)
         except _ClientGone:
@@ -206,6 +227,11 @@ class ChatEndpoint:
                 internal = InternalError("The gateway had an internal error; it has been logged.")
                 await send_error(send, internal, call.headers)
         finally:
+            if call.status != 200:  # refused or failed: what it drew from the rate limits goes back
+                if call.taken is not None and self.shared is not None:
+                    self.shared.give_back(call.taken)
+                if call.ip_bucket is not None and call.key is not None:
+                    self.limiter.give_back(call.key, call.ip_bucket)
             fields = scope.get(SCOPE_KEY)
             if fields is not None:
                 key = call.key
@@ -235,13 +261,18 @@ class ChatEndpoint:
             elif name == b"tracestate":
                 tracestate = value
         key = call.key = self.keys.authenticate(authorization)
-        if key.limits.requests_per_minute or key.limits.requests_per_minute_per_ip:
-            self.limiter.admit(key, scope.get("client"))
+        if key.limits.requests_per_minute_per_ip:
+            call.ip_bucket = self.limiter.admit(key, scope.get("client"))
         body = await _read_body(receive)
         try:
             request = ChatCompletionRequest.model_validate_json(body)
         except ValidationError as exc:
             raise invalid_request(exc) from None
+        tenant = self.tenants.get(key.tenant)
+        tenant_limits = tenant.limits if tenant is not None else None
+        if self.shared is not None and SharedLimits.applies(key, tenant_limits):
+            call.taken = await self.shared.admit(key, tenant_limits, requested_tokens(body, request))
+            call.headers.extend(call.taken.headers)
         call.model = request.model
         stream = call.stream = bool(request.stream)
 

@@ -8,15 +8,19 @@ asked for: `all` is reserved and cannot name a tenant.
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 from typing import Final
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from aigw_contracts import ApiKey, errors, subjects
+from aigw_contracts.spend import AccountView
 from aigw_contracts.usage import UsageQuery, UsageReport
+from aigw_runtime.spend import AccountRef, SpendAccounts
 
 from ..deps import PrivateKey, TheBus
 from ..errors import invalid_request
@@ -64,6 +68,7 @@ def _whose(key: ApiKey, tenant: str | None, config: ManagedConfig) -> str | None
     responses=openapi_errors(400, 401, 403, 404, 503, 504),
 )
 async def usage(
+    request: Request,
     key: PrivateKey,
     bus: TheBus,
     config: Config,
@@ -105,4 +110,14 @@ async def usage(
     body = await bus.ask(
         subjects.METERING_QUERY, query.model_dump_json().encode(), "metering service", "report usage"
     )
+    accounts: SpendAccounts | None = getattr(request.app.state, "spend", None)
+    if wanted is not None and accounts is not None:
+        # The tenant's balance, spend in the day and month, reserved and remaining (live counters,
+        # where the rows above are what ClickHouse has stored).
+        account, revision = await accounts.read(AccountRef("tenant", wanted, wanted))
+        if revision:
+            report = json.loads(body)
+            view = AccountView.of("tenant", wanted, account, time.time())
+            report["spend"] = view.model_dump(mode="json", exclude={"credits"})
+            body = json.dumps(report).encode()
     return Response(body, media_type="application/json")

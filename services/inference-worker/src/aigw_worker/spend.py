@@ -1,0 +1,165 @@
+"""Spend control on the worker: hold the most a call can cost before its upstream is called, settle
+to the exact lines it billed after, and publish budget alerts.
+
+Why here and not at the edge: the worker is the one place that knows, for every model call of a
+request (the answer, the router's complexity classification, retrieval's rewrites and reranks),
+which upstreams it may call (fallbacks), at which prices, how many tool rounds it may run, and
+then exactly which lines it billed. The edge knows the key and tenant, and so does the envelope the
+worker receives. A refusal is an error event like any other, so the edge answers it as it answers
+every worker error (402 `insufficient_quota`, `x-should-retry: false`), before any upstream call.
+
+The most a call can cost (`max_cost`): every byte of the upstream body counts as a token (a token
+is at least one byte in every tokenizer we price), its output is `max_tokens` (or
+`max_completion_tokens`) × `n`, else the upstream's context window, else
+`AIGW_SPEND_MAX_OUTPUT_TOKENS`; priced at the dearest upstream of its fallback chain; a `QueryFunction`
+gateway's call is that for each of its rounds (each reading what the earlier ones wrote and found),
+plus its searches. Knowledge lines priced before the worker (retrieval's search and embeddings),
+already spent, are held and settled with the answer, since nothing else settles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent, subjects
+from aigw_contracts.errors import InsufficientQuota, Unavailable
+from aigw_contracts.spend import ZERO, Shortfall, SpendAlert, period_id
+from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
+
+from .settings import WorkerSettings
+
+log = logging.getLogger("aigw.worker.spend")
+
+KNOWLEDGE_PREFIX = "knowledge."  # SKUs retrieval meters itself (`aigw_contracts.skus`)
+
+
+def accounts_of(envelope: ChatEnvelope, route: RoutedCall) -> list[AccountRef]:
+    tenant = envelope.tenant
+    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", envelope.key_id, tenant)]
+    if route.gateway_id is not None:
+        refs.append(AccountRef("gateway", route.gateway_id, tenant))
+    return refs
+
+
+def prior_knowledge(route: RoutedCall) -> Decimal:
+    """Retrieval's own lines in an answer's request (its searches), which the answer settles."""
+    if route.purpose != "chat":
+        return ZERO
+    return sum((line.amount for line in route.prior_usage if line.sku.startswith(KNOWLEDGE_PREFIX)), ZERO)
+
+
+def max_cost(route: RoutedCall, settings: WorkerSettings) -> Decimal:
+    """The most this call can cost (see the module's docstring for the bound)."""
+    body = route.body
+    prompt = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+    n = body.get("n")
+    choices = n if isinstance(n, int) and n > 0 else 1
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    targets = [route.upstream, *route.fallbacks]
+    output = 0
+    for target in targets:
+        limit = target.context_window or settings.spend_max_output_tokens
+        output = max(output, min(asked, limit) if isinstance(asked, int) and asked > 0 else limit)
+    output *= choices
+    rounds = route.knowledge_tool.max_rounds + 1 if route.knowledge_tool is not None else 1
+    round_prompt = prompt + (rounds - 1) * (output + settings.spend_tool_result_tokens)
+    dearest = max(rounds * (round_prompt * t.prices.input + output * t.prices.output) for t in targets)
+    searches = (rounds - 1) * settings.spend_tool_round_cost
+    return dearest + searches + prior_knowledge(route)
+
+
+class SpendControl:
+    """The worker's side of spend control: reserve, settle, release, alert."""
+
+    def __init__(self, accounts: SpendAccounts, js: JetStreamContext, settings: WorkerSettings) -> None:
+        self.accounts = accounts
+        self.js = js
+        self.settings = settings
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def reserve(self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str) -> list[AccountRef]:
+        """Hold the call's most on every account of its tenant, key and gateway (those that exist:
+        a hold is also what makes its settlement count once), or raise the 402. Returns the
+        accounts held (none: no account exists, nothing was written)."""
+        refs = self.accounts.existing(accounts_of(envelope, route))
+        if not refs:
+            return []
+        amount = max_cost(route, self.settings)
+        expires = envelope.deadline + self.settings.spend_hold_grace
+        try:
+            await self.accounts.reserve(refs, hold_id, amount, expires)
+        except Shortfall as short:
+            raise InsufficientQuota(
+                f"This request may cost up to ${amount:f}, more than the {short.limit} allows "
+                f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
+                "tokens (max_tokens)."
+            ) from None
+        except (NatsError, TimeoutError, RuntimeError) as err:  # the bus, not the request
+            log.warning(
+                "spend accounts unavailable", extra={"request_id": envelope.request_id, "error": repr(err)}
+            )
+            raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
+        return refs
+
+    def settle(
+        self,
+        envelope: ChatEnvelope,
+        route: RoutedCall,
+        hold_id: str,
+        held: list[AccountRef],
+        events: list[UsageEvent] | None,
+    ) -> None:
+        """Settle (or, with nothing billed, release) in the background: the hold stays counted
+        until then, so settling late is never an overrun."""
+        if not held:
+            return  # no account existed when the call started: nothing to count it on
+        amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
+        task = asyncio.create_task(self._settle(envelope, route, hold_id, held, amount))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(
+        self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str, held: list[AccountRef], amount: Decimal
+    ) -> None:
+        try:
+            if amount == ZERO:
+                await self.accounts.release(held, hold_id)
+                return
+            crossed = await self.accounts.settle(held, hold_id, amount)
+        except Exception:
+            # The hold expires on its own; the spend is in the usage stream and ClickHouse.
+            log.exception("could not settle a request's spend", extra={"request_id": envelope.request_id})
+            return
+        now = time.time()
+        for ref, period, threshold, account in crossed:
+            alert = SpendAlert(
+                tenant=envelope.tenant,
+                scope=ref.scope,
+                account=ref.id,
+                period=period,
+                period_id=period_id(period, now),
+                threshold=threshold,
+                budget=account.budgets[period],
+                spent=account.spent_in(period, now),
+                at=datetime.now(UTC),
+            )
+            msg_id = f"{ref.key}:{ref.name}:{alert.period_id}:{threshold}"
+            await publish_spend_event(
+                self.js,
+                subjects.spend_alert_subject(envelope.tenant),
+                alert.model_dump_json().encode(),
+                msg_id,
+            )
+
+    async def close(self, within: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=within)
+        await self.accounts.stop()
