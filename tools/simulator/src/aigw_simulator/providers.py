@@ -262,6 +262,9 @@ async def anthropic(app: Any, scope: Any, receive: Receive, send: Send) -> None:
         b.get("type") == "tool_result" for b in last["content"]
     )
     call = knobs.call if knobs.call is not None and not answered_tool else None
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") == "tool" and not answered_tool:
+        call = choice["name"]  # a forced tool is always called
     echoed = {"system": body.get("system"), "messages": messages}
     answer = _Answer(knobs, strip_directives(last_text), echoed, body["max_tokens"], call)
     thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
@@ -522,6 +525,8 @@ async def gemini(app: Any, scope: Any, receive: Receive, send: Send) -> None:
     call = knobs.call if knobs.call is not None and not answered_tool else None
     echoed = {"systemInstruction": body.get("systemInstruction"), "contents": contents}
     answer = _Answer(knobs, strip_directives(last_text), echoed, config.get("maxOutputTokens"), call)
+    if config.get("responseMimeType") == "application/json" and not answer.calls and not knobs.echo:
+        answer.pieces = [json.dumps({"answer": "".join(answer.pieces)})]  # JSON mode answers JSON
     budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
     thoughts = _words(_THINKING) if budget else 0
     usage = _gemini_usage(knobs, body, answer.tokens, thoughts)

@@ -227,24 +227,37 @@ def mapped_error(
 
 
 class SSEDecoder:
-    """SSE events of a provider stream, each handed to `on_event` (which returns OpenAI chunks)."""
+    """SSE events of a provider stream, each handed to `on_event` (which returns OpenAI chunks).
 
-    __slots__ = ("_on", "_parser")
+    An error event (`on_event` raises) that comes in the same network read as chunks before it is
+    held back until the next call: those chunks reach the client first, as they would have had
+    the error come a read later."""
+
+    __slots__ = ("_held", "_on", "_parser")
 
     def __init__(self, max_line: int, on_event: Callable[[SSEvent], list[dict[str, Any]]]) -> None:
         from ..sse import SSEParser
 
         self._parser = SSEParser(max_line)
         self._on = on_event
+        self._held: GatewayError | None = None
 
     def feed(self, raw: bytes) -> list[Any]:
-        out: list[Any] = []
-        for event in self._parser.feed(raw):
-            out.extend(self._on(event))
-        return out
+        return self._decode(self._parser.feed(raw))
 
     def close(self) -> list[Any]:
+        return self._decode(self._parser.close())
+
+    def _decode(self, events: list[SSEvent]) -> list[Any]:
+        if self._held is not None:
+            raise self._held
         out: list[Any] = []
-        for event in self._parser.close():
-            out.extend(self._on(event))
+        for event in events:
+            try:
+                out.extend(self._on(event))
+            except GatewayError as err:
+                if not out:
+                    raise
+                self._held = err
+                break
         return out

@@ -44,4 +44,7 @@ class OpenAI:
         return SSEParser(max_line)
 
     def error(self, status: int, raw: bytes, headers: httpx.Headers) -> GatewayError:
-        return status_error(status, raw, headers)
+        err = status_error(status, raw, headers)
+        if status == 400 and b"context_length_exceeded" in raw:
+            err.code = "context_length_exceeded"  # OpenAI's code, which SDK users branch on
+        return err
