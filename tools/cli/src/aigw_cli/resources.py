@@ -170,6 +170,9 @@ def register(commands: Any) -> None:
     p.add_argument("--model", required=True, help="the model name the upstream expects")
     p.add_argument("--api-key", help="the upstream's API key (stored sealed)")
     p.add_argument("--provider")
+    p.add_argument(
+        "--api", choices=("openai", "anthropic", "gemini", "azure"), help="its wire format (default: openai)"
+    )
     p.add_argument("--kind", choices=("own", "catalog"))
     p.add_argument("--id", help="catalog ids: @provider/model")
     p.add_argument("--prices", help='JSON per token, e.g. \'{"input": "2.5e-7", "output": "2e-6"}\'')
@@ -180,6 +183,7 @@ def register(commands: Any) -> None:
         "model": "str",
         "api_key": "str",
         "provider": "str",
+        "api": "str",
         "kind": "str",
         "id": "str",
         "prices": "json",

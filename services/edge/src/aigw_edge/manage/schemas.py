@@ -7,7 +7,14 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
+from aigw_contracts.config import (
+    PUBLIC_KEY_DEFAULT_RPM_PER_IP,
+    Api,
+    AutoRouting,
+    KeyLimits,
+    ParameterRule,
+    Prices,
+)
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 from ..tenancy import TENANT_ID_PATTERN
@@ -87,6 +94,14 @@ class UpstreamIn(_In):
     context_window: int | None = None
     description: str = ""
     tenant: str | None = Field(default=None, description="operators only: the owner of an own endpoint")
+    api: Api | None = Field(
+        default=None,
+        description="the wire format it speaks: openai (default: OpenAI-compatible), anthropic, gemini, azure",
+    )
+    modalities: dict[str, list[str]] | None = Field(
+        default=None, description='e.g. {"input": ["text", "image"]}'
+    )
+    parameters: list[str] | None = Field(default=None, description="the request parameters it honours")
 
 
 class UpstreamPatch(_In):
@@ -96,6 +111,9 @@ class UpstreamPatch(_In):
     prices: Prices | None = None
     context_window: int | None = None
     description: str | None = None
+    api: Api | None = None
+    modalities: dict[str, list[str]] | None = None
+    parameters: list[str] | None = None
 
 
 class UpstreamOut(BaseModel):
@@ -110,6 +128,9 @@ class UpstreamOut(BaseModel):
     tenant: str | None
     context_window: int | None
     description: str
+    api: Api | None = None
+    modalities: dict[str, list[str]] | None = None
+    parameters: list[str] | None = None
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamOut:
