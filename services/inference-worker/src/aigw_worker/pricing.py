@@ -107,9 +107,8 @@ def price_lines(
     details = usage.prompt_tokens_details
     write = min(_detail(details, CACHE_WRITE), prompt - cached)
     write_1h = min(_detail(details, CACHE_WRITE_1H), prompt - cached - write)
-    hour_price = prices.cache_write_1h if prices.cache_write_1h is not None else prices.cache_write
-    if not hour_price:
-        write, write_1h = write + write_1h, 0
+    if prices.cache_write_1h is None:
+        write, write_1h = write + write_1h, 0  # priced as a five-minute write
     if not prices.cache_write:
         write = 0  # billed as input
     reasoning = min(_reasoning(usage), usage.completion_tokens) if prices.reasoning is not None else 0
@@ -123,7 +122,9 @@ def price_lines(
         lines.append(GeneratedUsage.priced(names.cache_write, prices.cache_write, write, description))
     if write_1h > 0:
         lines.append(
-            GeneratedUsage.priced(names.cache_write_1h, hour_price or Decimal(0), write_1h, description)
+            GeneratedUsage.priced(
+                names.cache_write_1h, prices.cache_write_1h or Decimal(0), write_1h, description
+            )
         )
     if reasoning > 0 and prices.reasoning is not None:
         lines.append(GeneratedUsage.priced(names.reasoning, prices.reasoning, reasoning, description))
