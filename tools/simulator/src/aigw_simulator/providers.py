@@ -24,6 +24,7 @@ Prompt tokens follow `prompt.py`'s rule over the text of the messages and the sy
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
@@ -384,6 +385,13 @@ async def _stream(
             return
         await send({"type": "http.response.body", "body": sent, "more_body": True})
         await drop_connection(send, receive, None)
+        return
+    if knobs.token_ms > 0:  # paced: each token in its own write (benchmarks of per-delta work)
+        await send({"type": "http.response.body", "body": b"".join(first), "more_body": True})
+        for frame in deltas:
+            await asyncio.sleep(knobs.token_ms / 1000)
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"".join(end)})
         return
     await send({"type": "http.response.body", "body": b"".join((*first, *deltas, *end))})
 
