@@ -12,6 +12,7 @@ PROVIDERS = {
     "openai",
     "anthropic",
     "google",
+    "bedrock",
     "groq",
     "deepseek",
     "mistral",

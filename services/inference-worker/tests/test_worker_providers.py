@@ -14,9 +14,9 @@ import pytest
 from aigw_contracts import ChatEnvelope, Prices, UpstreamTarget, UsageEvent, headers, skus
 from aigw_contracts.ids import uuid7
 
-from .conftest import Harness, Sim, make_envelope, running, worker_settings
+from .conftest import Harness, Sim, make_envelope, running, start_sim, worker_settings
 
-KEYS = {"anthropic": "sk-ant-sim", "google": "g-sim", "azure": "az-sim"}
+KEYS = {"anthropic": "sk-ant-sim", "google": "g-sim", "azure": "az-sim", "bedrock": "AKIDSIM:sim-secret"}
 PRICES = Prices(
     input=Decimal("0.000003"),
     output=Decimal("0.000015"),
@@ -30,6 +30,7 @@ ADAPTERS = {
     "anthropic": ("anthropic", "anthropic", "/v1"),
     "gemini": ("gemini", "google", "/v1beta"),
     "azure": ("azure", "azure", "/openai"),
+    "bedrock": ("bedrock", "bedrock", ""),
 }
 TOOLS = [
     {
@@ -222,6 +223,9 @@ async def test_images_reach_the_provider_in_its_form(h: Harness, sim: Sim, adapt
             "source": {"type": "base64", "media_type": "image/png", "data": data},
         }
         assert sent["system"] == [{"type": "text", "text": "Be brief."}]
+    elif adapter == "bedrock":
+        assert sent["messages"][0]["content"][1] == {"image": {"format": "png", "source": {"bytes": data}}}
+        assert sent["system"] == [{"text": "Be brief."}]
     elif adapter == "gemini":
         assert sent["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": data}}
         assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
@@ -235,6 +239,9 @@ async def test_json_mode(h: Harness, sim: Sim, adapter: str, stream: bool) -> No
         sim, adapter, "give json", stream=stream, body={"response_format": {"type": "json_object"}}
     )
     got = await answer(h, env)
+    if adapter == "bedrock":  # Converse has no JSON mode: refused, naming it
+        assert (got["status"], got["error"]["param"]) == (400, "response_format")
+        return
     (choice,) = got["choices"]
     assert choice["finish_reason"] == "stop" and not choice["message"].get("tool_calls")
     if adapter in ("anthropic", "gemini"):  # JSON asked for in the provider's own way, JSON back
@@ -261,7 +268,7 @@ async def test_errors_map_to_openai_status_and_code(
 
 async def test_overloaded_is_a_retryable_503(h: Harness, sim: Sim, adapter: str) -> None:
     got = await answer(h, envelope(sim, adapter, "busy [sim fault=overloaded]"))
-    if adapter in ("anthropic", "gemini"):  # Anthropic's 529, Gemini's 503 UNAVAILABLE
+    if adapter in ("anthropic", "gemini", "bedrock"):  # Anthropic's 529, Gemini's and Bedrock's 503
         assert (got["status"], got["error"]["code"]) == (503, "upstream_overloaded")
     else:
         assert got["status"] == 502  # any other 5xx
@@ -351,3 +358,20 @@ async def test_the_provider_key_goes_in_the_providers_header(h: Harness, sim: Si
     for adapter in ("anthropic", "gemini", "azure"):
         got = await answer(h, envelope(keyed_sim, adapter, "hi"))
         assert got["error"]["code"] == "upstream_auth_failed", adapter
+
+
+async def test_bedrock_requests_are_signed_with_sigv4(tmp_path: Any) -> None:
+    """A simulator that checks SigV4 signatures (computed from the specification, not by botocore)
+    takes the worker's, and refuses one made with another secret as Bedrock does (403)."""
+    signing, proc = start_sim(tmp_path, "--require-key", "AKIDSIM:sim-secret")
+    try:
+        async with running(worker_settings(provider_keys=KEYS)) as right:
+            for stream in (False, True):
+                env = envelope(signing, "bedrock", "signed [sim tokens=2]", stream=stream)
+                got = await answer(right, env)
+                assert got["choices"][0]["message"]["content"] == "sim0 sim1"
+        async with running(worker_settings(provider_keys={"bedrock": "AKIDSIM:wrong-secret"})) as wrong:
+            got = await answer(wrong, envelope(signing, "bedrock", "signed"))
+        assert got["error"]["code"] == "upstream_auth_failed"
+    finally:
+        proc.stop()

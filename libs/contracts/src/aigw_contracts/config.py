@@ -86,8 +86,8 @@ class Timeouts(BaseModel):
 
 # The wire format an upstream speaks (`aigw_worker.providers`): OpenAI's chat completions (OpenAI
 # and every OpenAI-compatible provider or server), Anthropic's Messages, Gemini's generateContent,
-# Azure OpenAI's deployments.
-Api = Literal["openai", "anthropic", "gemini", "azure"]
+# Azure OpenAI's deployments, AWS Bedrock's Converse.
+Api = Literal["openai", "anthropic", "gemini", "azure", "bedrock"]
 
 MAX_RETRIES = 5  # the most `Upstream.max_retries` may ask for
 

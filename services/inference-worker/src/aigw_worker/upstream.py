@@ -184,7 +184,8 @@ class Upstream:
             if adapter is None:
                 headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
             else:
-                headers.extend(adapter.auth(key))
+                signed = f"{url.scheme}://{host.decode('ascii')}{url.raw_path.decode('ascii')}"
+                headers.extend(adapter.auth(key, signed, prepared))
         if limits is None:
             limits = limits_for(self.settings, None, stream, remaining)
         extensions["timeout"] = limits.transport()

@@ -95,6 +95,8 @@ class SimulatorApp:
             await providers.anthropic(self, scope, receive, send)
         elif path.startswith("/v1beta/models/"):
             await providers.gemini(self, scope, receive, send)
+        elif path.startswith("/model/"):
+            await providers.bedrock(self, scope, receive, send)
         elif path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
             found = providers.azure_scope(scope)
             if isinstance(found, providers.ProviderError):

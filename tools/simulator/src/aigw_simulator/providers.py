@@ -7,6 +7,10 @@
 * Google Gemini: `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`
   (`x-goog-api-key`); `candidates` / `usageMetadata` / `promptFeedback`; errors as
   `{"error": {"code", "message", "status"}}`.
+* AWS Bedrock: `POST /model/{modelId}/converse` and `/converse-stream` (the AWS event-stream
+  binary framing, `frame`), SigV4 checked from the specification when started with
+  `--require-key ACCESS_KEY_ID:SECRET` (`check_sigv4`); errors as `{"message"}` with
+  `x-amzn-ErrorType`, exceptions mid-stream as `:message-type: exception` frames.
 * Azure OpenAI: `POST /openai/deployments/{deployment}/chat/completions?api-version=...`
   (`api-key`): OpenAI's body and answers (the OpenAI route serves it, the deployment as the model).
 
@@ -25,10 +29,15 @@ Prompt tokens follow `prompt.py`'s rule over the text of the messages and the sy
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import re
 import secrets
+import zlib
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from aigw_simulator import responses
 from aigw_simulator.asgi import Receive, Send, drop_connection, read_body, send_response
@@ -373,8 +382,9 @@ async def _stream(
     deltas: list[bytes],
     end: list[bytes],
     error: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = responses.SSE_HEADERS,
 ) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": list(responses.SSE_HEADERS)})
+    await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
     if knobs.fault == "malformed":
         await send({"type": "http.response.body", "body": b"data: {oops\n\n"})
         return
@@ -603,3 +613,262 @@ def azure_scope(scope: Any) -> tuple[Any, str] | ProviderError:
     if key is not None:
         headers.append((b"authorization", b"Bearer " + key.encode("latin-1")))
     return {**scope, "headers": headers, "path": "/v1/chat/completions"}, deployment
+
+
+# ------------------------------------------------------------------------------------ Bedrock
+
+_BEDROCK_FINISH = {"stop": "end_turn", "length": "max_tokens"}
+_BEDROCK_ERRORS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+_SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, ?SignedHeaders=([^,]+), ?Signature=([0-9a-f]{64})"
+)
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of the AWS event-stream encoding: prelude (total length, headers length, CRC32),
+    headers (string values: type 7), payload, and the CRC32 of everything before it."""
+    encoded = b"".join(
+        bytes([len(name)]) + name.encode() + b"\x07" + len(value.encode()).to_bytes(2, "big") + value.encode()
+        for name, value in headers.items()
+    )
+    prelude = (12 + len(encoded) + len(payload) + 4).to_bytes(4, "big") + len(encoded).to_bytes(4, "big")
+    message = prelude + zlib.crc32(prelude).to_bytes(4, "big") + encoded + payload
+    return message + zlib.crc32(message).to_bytes(4, "big")
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return frame(
+        {":event-type": kind, ":content-type": "application/json", ":message-type": "event"}, _dumps(data)
+    )
+
+
+def _bedrock_error(error: ProviderError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    kind = _BEDROCK_ERRORS.get(error.status, "InternalServerException")
+    headers = [*responses.JSON_HEADERS, (b"x-amzn-errortype", kind.encode())]
+    return headers, _dumps({"message": error.message})
+
+
+def check_sigv4(scope: Any, body: bytes, access_key: str, secret: str) -> None:
+    """The request's SigV4 signature, computed anew from the AWS specification (not botocore's code):
+    canonical request, string to sign, derived key. A wrong one is Bedrock's 403."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    found = _SIGV4.fullmatch(headers.get("authorization", ""))
+    if found is None:
+        raise ProviderError(403, "AccessDeniedException", "Missing Authentication Token")
+    key_id, day, region, service, signed, signature = found.groups()
+    if key_id != access_key:
+        raise ProviderError(
+            403, "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
+    stamp = headers.get("x-amz-date", "")
+    raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    canonical = "\n".join(
+        [
+            "POST",
+            quote(raw_path, safe="/~"),
+            scope.get("query_string", b"").decode(),
+            "".join(f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed.split(";")),
+            signed,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    scope_text = f"{day}/{region}/{service}/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope_text}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature) or service != "bedrock":
+        raise ProviderError(
+            403,
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided.",
+        )
+
+
+def _bedrock_check(body: Any) -> None:
+    def bad(message: str) -> ProviderError:
+        return ProviderError(400, "ValidationException", message)
+
+    if not isinstance(body, dict):
+        raise bad("Malformed input request, please reformat your input and try again.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("A conversation must start with a user message.")
+    uses_tools = False
+    pending: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise bad(f"messages.{i}.role: must be user or assistant")
+        if i and messages[i - 1]["role"] == role:
+            raise bad("A conversation must alternate between user and assistant roles.")
+        answered = set()
+        for block in message.get("content") or ():
+            keys = set(block)
+            if len(keys) != 1 or not keys <= {
+                "text",
+                "image",
+                "toolUse",
+                "toolResult",
+                "cachePoint",
+                "reasoningContent",
+            }:
+                raise bad(f"messages.{i}.content: each content block holds exactly one member")
+            if "toolUse" in block:
+                uses_tools = True
+                pending.add(str(block["toolUse"].get("toolUseId")))
+            if "toolResult" in block:
+                uses_tools = True
+                answered.add(str(block["toolResult"].get("toolUseId")))
+            if "image" in block and block["image"].get("format") not in ("png", "jpeg", "gif", "webp"):
+                raise bad(f"messages.{i}.content: image format must be png, jpeg, gif or webp")
+        if role == "user" and (pending or answered):
+            if answered != pending:
+                raise bad(
+                    "The number of toolResult blocks exceeds or does not match the toolUse blocks of the previous turn."
+                )
+            pending = set()
+    if uses_tools and not body.get("toolConfig"):
+        raise bad("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    for key in body.get("inferenceConfig") or {}:
+        if key not in ("maxTokens", "temperature", "topP", "stopSequences"):
+            raise bad(f"inferenceConfig: extraneous key [{key}] is not permitted")
+
+
+def _bedrock_text(content: Any) -> str:
+    texts = []
+    for block in content or ():
+        if "text" in block:
+            texts.append(str(block["text"]))
+        elif "toolResult" in block:
+            texts.extend(str(c.get("text", "")) for c in block["toolResult"].get("content") or ())
+    return "\n".join(texts)
+
+
+async def bedrock(app: Any, scope: Any, receive: Receive, send: Send) -> None:
+    raw = await read_body(receive)
+    path: str = scope["path"]
+    _model, _, method = path[len("/model/") :].rpartition("/")
+    stream = method == "converse-stream"
+    try:
+        if method not in ("converse", "converse-stream"):
+            raise ProviderError(404, "ResourceNotFoundException", f"Unknown operation {method!r}")
+        key = app.config.require_key
+        if key is not None:
+            access, _, secret = key.partition(":")
+            check_sigv4(scope, raw, access, secret)
+        elif not _header(scope["headers"], b"authorization"):
+            raise ProviderError(403, "AccessDeniedException", "Missing Authentication Token")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        _bedrock_check(body)
+        messages = body["messages"]
+        last: dict[str, Any] = next((m for m in reversed(messages) if m["role"] == "user"), {})
+        last_text = _bedrock_text(last.get("content"))
+        knobs = _knobs(app.config.defaults, scope["headers"], last_text)
+        fault = knobs.fault
+        if fault == "429":
+            raise ProviderError(
+                429, "ThrottlingException", "Too many requests, please wait before trying again."
+            )
+        if fault == "500":
+            raise ProviderError(500, "InternalServerException", "The server encountered an error.")
+        if fault == "overloaded":
+            raise ProviderError(
+                503, "ServiceUnavailableException", "The service is unavailable. Please try again."
+            )
+        if fault == "context":
+            raise ProviderError(400, "ValidationException", "Input is too long for requested model.")
+    except ProviderError as refused:
+        headers, payload = _bedrock_error(refused)
+        await send_response(send, refused.status, headers, payload)
+        return
+    answered_tool = any("toolResult" in b for b in last.get("content") or ())
+    call = knobs.call if knobs.call is not None and not answered_tool else None
+    echoed = {"system": body.get("system"), "messages": messages}
+    config = body.get("inferenceConfig") or {}
+    answer = _Answer(knobs, strip_directives(last_text), echoed, config.get("maxTokens"), call)
+    total = sum(_words(_bedrock_text(m.get("content"))) + PER_MESSAGE_TOKENS for m in messages)
+    if body.get("system"):
+        total += _words(_bedrock_text(body["system"])) + PER_MESSAGE_TOKENS
+    read = min(knobs.cached_tokens, total)
+    write = min(knobs.cache_write, total - read)
+    usage = {
+        "inputTokens": total - read - write,
+        "outputTokens": answer.tokens,
+        "totalTokens": total + answer.tokens,
+        "cacheReadInputTokens": read,
+        "cacheWriteInputTokens": write,
+    }
+    stop = "tool_use" if answer.calls else _BEDROCK_FINISH.get(answer.finish, "end_turn")
+    if fault == "safety":
+        stop, answer.pieces, answer.calls = "content_filtered", [], []
+    blocks: list[dict[str, Any]] = []
+    if answer.pieces:
+        blocks.append({"text": "".join(answer.pieces)})
+    for name, args in answer.calls:
+        blocks.append(
+            {"toolUse": {"toolUseId": "tooluse_sim" + secrets.token_hex(8), "name": name, "input": args}}
+        )
+    if not stream:
+        if fault == "malformed":
+            await send_response(send, 200, responses.JSON_HEADERS, b'{"output": {')
+            return
+        whole = {
+            "output": {"message": {"role": "assistant", "content": blocks}},
+            "stopReason": stop,
+            "usage": usage,
+            "metrics": {"latencyMs": 1},
+        }
+        await send_response(send, 200, responses.JSON_HEADERS, _dumps(whole))
+        return
+    first = [_event("messageStart", {"role": "assistant"})]
+    deltas: list[bytes] = []
+    for index, block in enumerate(blocks):
+        if "text" in block:
+            deltas.extend(
+                _event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": p}})
+                for p in answer.pieces
+            )
+        else:
+            use = block["toolUse"]
+            start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
+            deltas.append(_event("contentBlockStart", {"contentBlockIndex": index, "start": start}))
+            arguments = json.dumps(use["input"], separators=(",", ":"))
+            half = max(1, len(arguments) // 2)
+            for piece in (arguments[:half], arguments[half:]):
+                deltas.append(
+                    _event(
+                        "contentBlockDelta",
+                        {"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}},
+                    )
+                )
+        deltas.append(_event("contentBlockStop", {"contentBlockIndex": index}))
+    end = [
+        _event("messageStop", {"stopReason": stop}),
+        _event("metadata", {"usage": usage, "metrics": {"latencyMs": 1}}),
+    ]
+    error = frame(
+        {
+            ":exception-type": "modelStreamErrorException",
+            ":content-type": "application/json",
+            ":message-type": "exception",
+        },
+        _dumps({"message": "The model stream failed (simulated)"}),
+    )
+    if stream and knobs.fault == "malformed":
+        await send_response(send, 200, _EVENT_STREAM, b"\x00\x00\x00\x10garbage-frame!!!")
+        return
+    await _stream(send, receive, knobs, first, deltas, end, error, _EVENT_STREAM)
+
+
+_EVENT_STREAM = ((b"content-type", b"application/vnd.amazon.eventstream"),)

@@ -9,6 +9,7 @@ from aigw_contracts import UpstreamTarget
 from .anthropic import Anthropic
 from .azure import Azure
 from .base import Adapter, Prepared, StreamDecoder, UpstreamOverloaded
+from .bedrock import Bedrock
 from .gemini import Gemini
 from .openai import OpenAI
 
@@ -18,6 +19,7 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": Anthropic(),
     "gemini": Gemini(),
     "azure": Azure(),
+    "bedrock": Bedrock(),
 }
 
 __all__ = ["ADAPTERS", "OPENAI", "Adapter", "Prepared", "StreamDecoder", "UpstreamOverloaded", "adapter_for"]

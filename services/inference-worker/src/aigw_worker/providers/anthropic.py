@@ -130,7 +130,7 @@ class Anthropic:
             raise refuse(name, _NAME)
         return Prepared("messages", dumps(data), [(b"anthropic-version", VERSION)], context=context)
 
-    def auth(self, key: str) -> list[tuple[bytes, bytes]]:
+    def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"x-api-key", key.encode("latin-1"))]
 
     def parse(self, content: bytes, prepared: Prepared) -> Any:

@@ -31,5 +31,5 @@ class Azure(OpenAI):
         prepared.base = base
         return prepared
 
-    def auth(self, key: str) -> list[tuple[bytes, bytes]]:
+    def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"api-key", key.encode("latin-1"))]

@@ -5,7 +5,8 @@ and the stream assembler, the tool loop and pricing read OpenAI-shaped answers a
 module translates, and nothing else (TensorZero's `providers/` layout):
 
 * `prepare`: the OpenAI-shaped body → the provider's HTTP request (path, headers, body bytes);
-* `auth`: the credential → the provider's auth header;
+* `auth`: the credential → the provider's auth headers (given the URL, as its Host header names
+  it, and the prepared request: a signature covers them, Bedrock's SigV4);
 * `parse`: a whole answer → an OpenAI `chat.completion` dict with an OpenAI `usage`;
 * `decoder`: a stream decoder fed one network read at a time → OpenAI `chat.completion.chunk`
   dicts (usage on a chunk of its own), or, for OpenAI itself, the SSE events as they came;
@@ -65,7 +66,9 @@ class Adapter(Protocol):
 
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared: ...
 
-    def auth(self, key: str) -> list[tuple[bytes, bytes]]: ...
+    def auth(
+        self, key: str, url: str = "", prepared: Prepared | None = None
+    ) -> list[tuple[bytes, bytes]]: ...
 
     def parse(self, content: bytes, prepared: Prepared) -> Any: ...
 

@@ -138,7 +138,7 @@ class Gemini:
         )
         return Prepared(path, dumps(data))
 
-    def auth(self, key: str) -> list[tuple[bytes, bytes]]:
+    def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"x-goog-api-key", key.encode("latin-1"))]
 
     def parse(self, content: bytes, prepared: Prepared) -> Any:

@@ -34,7 +34,7 @@ class OpenAI:
             data.pop("stream_options", None)
         return Prepared(self.path, dumps(data))
 
-    def auth(self, key: str) -> list[tuple[bytes, bytes]]:
+    def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"Authorization", b"Bearer " + key.encode("latin-1"))]
 
     def parse(self, content: bytes, prepared: Prepared) -> Any:
