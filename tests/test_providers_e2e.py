@@ -138,3 +138,37 @@ def test_provider_errors_reach_the_sdk_as_openai_errors(client: OpenAI, models: 
             model=models["anthropic"], messages=[{"role": "user", "content": "hi"}], logprobs=True
         )
     assert refused.value.param == "logprobs"
+
+
+def test_a_tenant_brings_its_own_key_for_a_catalog_model(
+    stack: Stack, client: OpenAI, admin: httpx.Client, sim: httpx.Client, models: dict[str, str]
+) -> None:
+    """An own endpoint made from a catalog entry: its provider's URL and wire format, the tenant's
+    key (sealed, sent only to that provider), tokens recorded at price 0."""
+    made = admin.post("/upstreams", json={"from_catalog": "@sim/anthropic-sim", "api_key": "tenant-own-key"})
+    assert made.status_code == 201, made.text
+    own = made.json()
+    assert (own["kind"], own["api"], own["model"], own["has_api_key"]) == (
+        "own",
+        "anthropic",
+        "anthropic-sim-model",
+        True,
+    )
+    assert own["base_url"] == stack.sim_url + "/v1" and own["prices"]["input"] in (0, "0")
+    assert "tenant-own-key" not in made.text
+    no_key = admin.post("/upstreams", json={"from_catalog": "@sim/anthropic-sim"})
+    assert no_key.status_code == 400 and no_key.json()["error"]["param"] == "api_key"
+    unknown = admin.post("/upstreams", json={"from_catalog": "@nope/x", "api_key": "k"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "from_catalog"
+
+    gw = admin.post("/gateways", json={"name": "byo-anthropic", "upstream": own["id"]})
+    assert gw.status_code == 201, gw.text
+    eventually(lambda: gw.json()["id"] in {m.id for m in client.models.list()}, 5.0, "gateway visible")
+    reply = client.chat.completions.create(
+        model=gw.json()["id"], messages=[{"role": "user", "content": "mine [sim tokens=2]"}]
+    )
+    assert reply.choices[0].message.content == "sim0 sim1"
+    lines = reply.model_extra["generation_context"]["generated_usage"]
+    assert lines and all(Decimal(repr(line["amount"])) == 0 for line in lines)
+    sent = [r for r in sim.get("/sim/requests").json() if "mine" in json.dumps(r.get("body"))]
+    assert sent[-1]["headers"]["x-api-key"] == "tenant…"  # the tenant's key, redacted by the simulator

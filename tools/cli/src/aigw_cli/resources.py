@@ -164,10 +164,11 @@ def register(commands: Any) -> None:
         help="add your own endpoint (operators: a catalog model)",
         description="Add your own OpenAI-compatible endpoint (or, as operator, a catalog model).",
     )
+    p.add_argument("--base-url", help="the upstream's API, e.g. https://…/v1 (unless --from-catalog)")
+    p.add_argument("--model", help="the model name the upstream expects (unless --from-catalog)")
     p.add_argument(
-        "--base-url", required=True, help="the upstream's OpenAI-compatible API, e.g. https://…/v1"
+        "--from-catalog", help="your own --api-key for this catalog model (e.g. @anthropic/claude-sonnet-4-5)"
     )
-    p.add_argument("--model", required=True, help="the model name the upstream expects")
     p.add_argument("--api-key", help="the upstream's API key (stored sealed)")
     p.add_argument("--provider")
     p.add_argument(
@@ -184,6 +185,7 @@ def register(commands: Any) -> None:
         "api_key": "str",
         "provider": "str",
         "api": "str",
+        "from_catalog": "str",
         "kind": "str",
         "id": "str",
         "prices": "json",

@@ -89,23 +89,39 @@ class SimulatorApp:
             await _lifespan(receive, send)
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """A provider's own wire format (`providers.py`); False when the path is no provider's."""
+        """A provider's own wire format (`providers.py`); False when the path is no provider's.
+        Recorded in /sim/requests like the OpenAI route's requests (secrets redacted)."""
         path: str = scope["path"]
-        if path == "/v1/messages":
-            await providers.anthropic(self, scope, receive, send)
-        elif path.startswith("/v1beta/models/"):
-            await providers.gemini(self, scope, receive, send)
-        elif path.startswith("/model/"):
-            await providers.bedrock(self, scope, receive, send)
-        elif path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
+        if path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
             found = providers.azure_scope(scope)
             if isinstance(found, providers.ProviderError):
                 body = error_body(found.message, "invalid_request_error", None, found.kind)
                 await send_response(send, found.status, responses.JSON_HEADERS, body)
             else:
                 await self._chat(found[0], receive, send)
+            return True
+        if path == "/v1/messages":
+            handler = providers.anthropic
+        elif path.startswith("/v1beta/models/"):
+            handler = providers.gemini
+        elif path.startswith("/model/"):
+            handler = providers.bedrock
         else:
             return False
+        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", scope["headers"], time.time())
+        if self._recording:
+            self.history.add(record)
+        try:
+            raw = await read_body(receive)
+        except ClientDisconnected:
+            record.outcome = CLIENT_DISCONNECTED
+            return True
+        try:
+            record.body = json.loads(raw)
+        except ValueError:
+            record.body = None
+        await handler(self, scope, raw, receive, send)
+        record.outcome = COMPLETED
         return True
 
     # --- chat completions -------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from aigw_simulator import responses
-from aigw_simulator.asgi import Receive, Send, drop_connection, read_body, send_response
+from aigw_simulator.asgi import Receive, Send, drop_connection, send_response
 from aigw_simulator.config import Knobs
 from aigw_simulator.directives import apply_overrides, header_overrides, parse_directive, strip_directives
 from aigw_simulator.errors import SimError
@@ -230,9 +230,8 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
 
 
-async def anthropic(app: Any, scope: Any, receive: Receive, send: Send) -> None:
+async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send) -> None:
     headers = scope["headers"]
-    raw = await read_body(receive)
     try:
         if app.config.require_key is not None and not secrets.compare_digest(
             _header(headers, b"x-api-key") or "", app.config.require_key
@@ -498,9 +497,8 @@ def _gemini_usage(knobs: Knobs, body: dict[str, Any], output: int, thoughts: int
     return usage
 
 
-async def gemini(app: Any, scope: Any, receive: Receive, send: Send) -> None:
+async def gemini(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send) -> None:
     headers = scope["headers"]
-    raw = await read_body(receive)
     path: str = scope["path"]
     model, _, method = path[len("/v1beta/models/") :].partition(":")
     stream = method == "streamGenerateContent"
@@ -752,8 +750,7 @@ def _bedrock_text(content: Any) -> str:
     return "\n".join(texts)
 
 
-async def bedrock(app: Any, scope: Any, receive: Receive, send: Send) -> None:
-    raw = await read_body(receive)
+async def bedrock(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send) -> None:
     path: str = scope["path"]
     _model, _, method = path[len("/model/") :].rpartition("/")
     stream = method == "converse-stream"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aigw_contracts import ApiKey, Gateway, Upstream
 from aigw_contracts.config import (
@@ -87,9 +87,14 @@ class UpstreamIn(_In):
     id: str | None = Field(default=None, description="catalog entries: '@provider/model'; own: generated")
     kind: Literal["catalog", "own"] = "own"
     provider: str = "openai"
-    model: str
-    base_url: str
+    model: str | None = Field(default=None, description="required unless `from_catalog` gives it")
+    base_url: str | None = Field(default=None, description="required unless `from_catalog` gives it")
     api_key: str | None = Field(default=None, description="stored encrypted; never shown again")
+    from_catalog: str | None = Field(
+        default=None,
+        description="your own key for a catalog model (e.g. '@anthropic/claude-sonnet-4-5'): an own "
+        "endpoint with that model's provider, base URL, wire format and model, called with `api_key`",
+    )
     prices: Prices = Field(default_factory=Prices, description="per token, USD (catalog entries)")
     context_window: int | None = None
     description: str = ""
@@ -102,6 +107,16 @@ class UpstreamIn(_In):
         default=None, description='e.g. {"input": ["text", "image"]}'
     )
     parameters: list[str] | None = Field(default=None, description="the request parameters it honours")
+
+    @model_validator(mode="after")
+    def _where(self) -> UpstreamIn:
+        if self.from_catalog is None:
+            for name in ("model", "base_url"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"'{name}' is required (or 'from_catalog')")
+        elif self.kind != "own":
+            raise ValueError("'from_catalog' makes an own endpoint (kind 'own')")
+        return self
 
 
 class UpstreamPatch(_In):
