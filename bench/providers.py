@@ -41,9 +41,9 @@ from aigw_contracts import (
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 from aigw_devstack.nats import NatsServer
-from aigw_devstack.procs import Process, free_port
+from aigw_devstack.procs import Process
 
-from .worker import HOST, _bin, _cpu_seconds
+from .worker import _bin, _cpu_seconds, start_simulator
 
 ADAPTERS = {  # name -> (api, provider, base path under the simulator)
     "openai": (None, "sim", "/v1"),
@@ -206,21 +206,7 @@ async def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="aigw-bench-providers-"))
     os.sched_setaffinity(0, {0})
     server = NatsServer(state / "nats", cpus="0").start()
-    sim_port = free_port()
-    sim = Process(
-        "simulator",
-        ["taskset", "-c", "1", _bin("aigw-simulator"), "--port", str(sim_port)],
-        state / "sim.log",
-    ).start()
-    sim_url = f"http://{HOST}:{sim_port}"
-
-    def sim_up() -> bool:
-        try:
-            return httpx.get(f"{sim_url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    sim.wait_ready(sim_up)
+    sim, sim_url = start_simulator(state)
     costs = [translation_cost(sim_url, args.iterations) for _ in range(args.runs)]
     print(f"adapter work in-process (request + whole answer; per streamed delta), median of {args.runs}:")
     translation: dict[str, dict[str, float]] = {}

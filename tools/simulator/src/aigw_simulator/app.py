@@ -108,14 +108,10 @@ class SimulatorApp:
             handler = providers.bedrock
         else:
             return False
-        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", scope["headers"], time.time())
-        if self._recording:
-            self.history.add(record)
-        try:
-            raw = await read_body(receive)
-        except ClientDisconnected:
-            record.outcome = CLIENT_DISCONNECTED
+        received = await self._received(scope, receive)
+        if received is None:
             return True
+        record, raw = received
         try:
             record.body = json.loads(raw)
         except ValueError:
@@ -124,18 +120,25 @@ class SimulatorApp:
         record.outcome = COMPLETED
         return True
 
+    async def _received(self, scope: Scope, receive: Receive) -> tuple[RequestRecord, bytes] | None:
+        """A request's record (kept for /sim/requests) and its body; None if the client left first."""
+        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", scope["headers"], time.time())
+        if self._recording:
+            self.history.add(record)
+        try:
+            return record, await read_body(receive)
+        except ClientDisconnected:
+            record.outcome = CLIENT_DISCONNECTED
+            return None
+
     # --- chat completions -------------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
-        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", headers, time.time())
-        if self._recording:
-            self.history.add(record)
-        try:
-            raw = await read_body(receive)
-        except ClientDisconnected:
-            record.outcome = CLIENT_DISCONNECTED
+        received = await self._received(scope, receive)
+        if received is None:
             return
+        record, raw = received
         try:
             payload = json.loads(raw)
         except ValueError:

@@ -31,12 +31,14 @@ from aigw_contracts.errors import GatewayError, InvalidRequest, UpstreamError
 from ..jsonio import loads
 from ..sse import SSEvent
 from .base import (
-    HINTS,
     Prepared,
     SSEDecoder,
     StreamDecoder,
+    ToolBlocks,
+    add_turn,
     arguments,
-    check_refused,
+    check_parameters,
+    chunk,
     data_url,
     dumps,
     mapped_error,
@@ -44,6 +46,7 @@ from .base import (
     openai_usage,
     refuse,
     text_of,
+    user_parts,
 )
 
 VERSION = b"2023-06-01"
@@ -67,7 +70,7 @@ class Anthropic:
     name = "anthropic"
 
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared:
-        check_refused(body, _NAME, _REFUSED)
+        check_parameters(body, _NAME, _REFUSED, _KNOWN)
         system, messages = _messages(body.get("messages") or [])
         data: dict[str, Any] = {"model": target.model, "messages": messages}
         if system:
@@ -124,10 +127,6 @@ class Anthropic:
             data["metadata"] = {"user_id": user[:256]}
         if stream:
             data["stream"] = True
-        for name in body:
-            if name in HINTS or name in _KNOWN:
-                continue
-            raise refuse(name, _NAME)
         return Prepared("messages", dumps(data), [(b"anthropic-version", VERSION)], context=context)
 
     def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
@@ -194,24 +193,7 @@ class Anthropic:
         )
 
 
-_KNOWN = frozenset(
-    {
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "reasoning_effort",
-        "temperature",
-        "top_p",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "user",
-        "stream",
-        *_REFUSED,
-    }
-)
+_KNOWN = frozenset({"reasoning_effort", "parallel_tool_calls", "response_format", "user"})
 
 
 def _usage(raw: Any) -> dict[str, Any] | None:
@@ -237,12 +219,6 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if out and out[-1]["role"] == role:  # Anthropic alternates roles: same-role turns join
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-
     for i, message in enumerate(raw):
         param = f"messages[{i}]"
         role = message.get("role")
@@ -250,7 +226,7 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         if role in ("system", "developer"):
             system.extend(_text_blocks(content, f"{param}.content"))
         elif role == "user":
-            add("user", _user_blocks(content, f"{param}.content"))
+            add_turn(out, "user", _user_blocks(content, f"{param}.content"))
         elif role == "assistant":
             blocks = _text_blocks(content, f"{param}.content") if content else []
             blocks = [b for b in blocks if b.get("text")]
@@ -267,9 +243,10 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     }
                 )
             if blocks:
-                add("assistant", blocks)
+                add_turn(out, "assistant", blocks)
         elif role == "tool":
-            add(
+            add_turn(
+                out,
                 "user",
                 [
                     {
@@ -303,24 +280,18 @@ def _with_cache(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content or ()):
-        kind = part.get("type") if isinstance(part, dict) else None
+    for j, (kind, value, part) in enumerate(user_parts(content, param, _NAME)):
         if kind == "text":
-            blocks.append(_with_cache(part, {"type": "text", "text": part.get("text") or ""}))
-        elif kind == "image_url":
-            url = (part.get("image_url") or {}).get("url") or ""
-            inline = data_url(url, f"{param}[{j}].image_url.url")
-            source = (
-                {"type": "base64", "media_type": inline[0], "data": inline[1]}
-                if inline
-                else {"type": "url", "url": url}
-            )
-            blocks.append(_with_cache(part, {"type": "image", "source": source}))
-        else:
-            raise InvalidRequest(f"'{kind}' parts are not supported by {_NAME} models", param=f"{param}[{j}]")
+            blocks.append(_with_cache(part, {"type": "text", "text": value}))
+            continue
+        inline = data_url(value, f"{param}[{j}].image_url.url")
+        source = (
+            {"type": "base64", "media_type": inline[0], "data": inline[1]}
+            if inline
+            else {"type": "url", "url": value}
+        )
+        blocks.append(_with_cache(part, {"type": "image", "source": source}))
     return blocks
 
 
@@ -361,12 +332,11 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 class _Stream:
     """One streamed answer's state: which content block is which tool call, the input usage."""
 
-    __slots__ = ("blocks", "json_mode", "prompt", "tools")
+    __slots__ = ("json_mode", "prompt", "tools")
 
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.blocks: dict[int, int] = {}  # content block index -> tool call index (-1: JSON mode)
-        self.tools = 0
+        self.tools = ToolBlocks()  # the JSON-mode tool's block is -1: its input is the content
         self.prompt: dict[str, Any] = {}
 
     def on_event(self, event: SSEvent) -> list[dict[str, Any]]:
@@ -379,33 +349,22 @@ class _Stream:
             delta = data.get("delta") or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return [_chunk({"content": delta.get("text") or ""})]
+                return [chunk({"content": delta.get("text") or ""})]
             if dtype == "input_json_delta":
-                tool = self.blocks.get(data.get("index", 0))
-                if tool is None:
-                    return []
+                block = data.get("index", 0)
                 partial = delta.get("partial_json") or ""
-                if tool < 0:
-                    return [_chunk({"content": partial})]
-                return [_chunk({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]})]
+                if self.tools.blocks.get(block) == -1:
+                    return [chunk({"content": partial})]
+                return self.tools.arguments(block, partial)
             return []  # thinking_delta, signature_delta, citations: not part of an OpenAI chunk
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") != "tool_use":
                 return []
             if self.json_mode and block.get("name") == JSON_TOOL:
-                self.blocks[data.get("index", 0)] = -1
+                self.tools.blocks[data.get("index", 0)] = -1
                 return []
-            index = self.tools
-            self.tools += 1
-            self.blocks[data.get("index", 0)] = index
-            call = {
-                "index": index,
-                "id": block.get("id"),
-                "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""},
-            }
-            return [_chunk({"tool_calls": [call]})]
+            return [self.tools.start(data.get("index", 0), block.get("id"), block.get("name"))]
         if kind == "message_start":
             usage = (data.get("message") or {}).get("usage")
             self.prompt = usage if isinstance(usage, dict) else {}
@@ -413,7 +372,7 @@ class _Stream:
         if kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             finish = FINISH.get(str(stop), "stop")
-            if self.json_mode and finish == "tool_calls" and not self.tools:
+            if self.json_mode and finish == "tool_calls" and not self.tools.count:
                 finish = "stop"
             usage = {**self.prompt, **{k: v for k, v in (data.get("usage") or {}).items() if v is not None}}
             return [
@@ -425,7 +384,3 @@ class _Stream:
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamError(f"The upstream model failed mid-answer: {message or 'unknown error'}"[:400])
         return []  # ping, content_block_stop, message_stop
-
-
-def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": delta}]}

@@ -26,7 +26,7 @@ their own SKU lines), `completion_tokens_details.reasoning_tokens` the thinking 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,8 +115,28 @@ def refuse(param: str, provider: str, why: str = "") -> InvalidRequest:
     )
 
 
-def check_refused(body: dict[str, Any], provider: str, refused: tuple[str, ...]) -> None:
-    """400 for the first parameter in `refused` the body sets to something meaningful."""
+# What every adapter translates, beside what each adds.
+TRANSLATED = frozenset(
+    {
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "stream",
+    }
+)
+
+
+def check_parameters(
+    body: dict[str, Any], provider: str, refused: tuple[str, ...], known: frozenset[str]
+) -> None:
+    """The rule for what a provider cannot honour: a 400 for the first parameter in `refused` the
+    body sets to something meaningful, and for any parameter neither translated (`TRANSLATED`,
+    `known`) nor a hint (`HINTS`, dropped)."""
     for name in refused:
         value = body.get(name)
         if value is None or value is False:
@@ -126,6 +146,9 @@ def check_refused(body: dict[str, Any], provider: str, refused: tuple[str, ...])
         if name == "top_logprobs" and value == 0:
             continue
         raise refuse(name, provider)
+    for name in body:
+        if name not in TRANSLATED and name not in known and name not in HINTS and name not in refused:
+            raise refuse(name, provider)
 
 
 def text_of(content: Any, param: str) -> str:
@@ -264,3 +287,67 @@ class SSEDecoder:
                 self._held = err
                 break
         return out
+
+
+def chunk(delta: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    """An OpenAI stream chunk carrying `delta` for choice `index`."""
+    return {"choices": [{"index": index, "delta": delta}]}
+
+
+def add_turn(
+    turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str = "content"
+) -> None:
+    """Append a turn, joining it to the last one when the role is the same: Anthropic, Gemini and
+    Bedrock want roles to alternate (consecutive tool results, or user messages, become one turn)."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+def user_parts(content: Any, param: str, provider: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """A user message's parts as ("text", text, part) or ("image", its URL, part); any other kind
+    of part is a 400 naming it (what a provider cannot take, it refuses by name)."""
+    if isinstance(content, str):
+        yield "text", content, {}
+        return
+    for j, part in enumerate(content or ()):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            yield "text", part.get("text") or "", part
+        elif kind == "image_url":
+            yield "image", (part.get("image_url") or {}).get("url") or "", part
+        else:
+            raise InvalidRequest(
+                f"'{kind}' parts are not supported by {provider} models", param=f"{param}[{j}]"
+            )
+
+
+class ToolBlocks:
+    """Which streamed content block is which tool call: providers number content blocks (text and
+    tool calls alike), OpenAI numbers tool calls from 0."""
+
+    __slots__ = ("blocks", "count")
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, int] = {}
+        self.count = 0
+
+    def start(self, block: int, call_id: Any, name: Any) -> dict[str, Any]:
+        """The chunk opening a tool call in content block `block`."""
+        index = self.blocks[block] = self.count
+        self.count += 1
+        call = {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        return chunk({"tool_calls": [call]})
+
+    def arguments(self, block: int, text: str) -> list[dict[str, Any]]:
+        """The chunk adding `text` to the arguments of the call in `block` (none for another block)."""
+        index = self.blocks.get(block)
+        if index is None or index < 0:
+            return []
+        return [chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})]

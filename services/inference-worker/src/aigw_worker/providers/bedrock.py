@@ -33,12 +33,14 @@ from aigw_contracts.errors import GatewayError, InvalidRequest, UpstreamError
 from ..jsonio import loads
 from ..upstream import UpstreamStatusError
 from .base import (
-    HINTS,
     Prepared,
     StreamDecoder,
+    ToolBlocks,
     UpstreamOverloaded,
+    add_turn,
     arguments,
-    check_refused,
+    check_parameters,
+    chunk,
     data_url,
     dumps,
     mapped_error,
@@ -46,6 +48,7 @@ from .base import (
     openai_usage,
     refuse,
     text_of,
+    user_parts,
 )
 
 FINISH = {
@@ -57,21 +60,7 @@ FINISH = {
     "content_filtered": "content_filter",
 }
 _REFUSED = ("n", "logprobs", "top_logprobs", "logit_bias", "audio", "response_format", "reasoning_effort")
-_KNOWN = frozenset(
-    {
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "stream",
-        *_REFUSED,
-    }
-)
+_KNOWN = frozenset({"parallel_tool_calls"})
 _NAME = "Bedrock"
 _REGION = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
@@ -81,10 +70,7 @@ class Bedrock:
     name = "bedrock"
 
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared:
-        check_refused(body, _NAME, _REFUSED)
-        for name in body:
-            if name not in HINTS and name not in _KNOWN:
-                raise refuse(name, _NAME)
+        check_parameters(body, _NAME, _REFUSED, _KNOWN)
         system, messages = _messages(body.get("messages") or [])
         data: dict[str, Any] = {"messages": messages}
         if system:
@@ -233,12 +219,6 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-
     for i, message in enumerate(raw):
         param = f"messages[{i}]"
         role = message.get("role")
@@ -251,7 +231,7 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             else:
                 system.append({"text": text_of(content, f"{param}.content")})
         elif role == "user":
-            add("user", _user_blocks(content, f"{param}.content"))
+            add_turn(out, "user", _user_blocks(content, f"{param}.content"))
         elif role == "assistant":
             blocks: list[dict[str, Any]] = []
             text = text_of(content, f"{param}.content") if content else ""
@@ -271,36 +251,31 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     }
                 )
             if blocks:
-                add("assistant", blocks)
+                add_turn(out, "assistant", blocks)
         elif role == "tool":
             result = {
                 "toolUseId": message.get("tool_call_id"),
                 "content": [{"text": text_of(content, f"{param}.content")}],
             }
-            add("user", [{"toolResult": result}])
+            add_turn(out, "user", [{"toolResult": result}])
         else:
             raise InvalidRequest(f"role '{role}' is not supported by {_NAME} models", param=f"{param}.role")
     return system, out
 
 
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}]
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content or ()):
-        kind = part.get("type") if isinstance(part, dict) else None
+    for j, (kind, value, part) in enumerate(user_parts(content, param, _NAME)):
         if kind == "text":
-            blocks.append({"text": part.get("text") or ""})
-        elif kind == "image_url":
+            blocks.append({"text": value})
+        else:
             where = f"{param}[{j}].image_url.url"
-            inline = data_url((part.get("image_url") or {}).get("url") or "", where)
+            inline = data_url(value, where)
             if inline is None or inline[0] not in _FORMATS:
                 raise InvalidRequest(
                     f"{_NAME} models take images as png, jpeg, gif or webp data URLs", param=where
                 )
             blocks.append({"image": {"format": _FORMATS[inline[0]], "source": {"bytes": inline[1]}}})
-        else:
-            raise InvalidRequest(f"'{kind}' parts are not supported by {_NAME} models", param=f"{param}[{j}]")
         _cache(part, blocks)
     return blocks
 
@@ -331,15 +306,14 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 class _Stream:
     """The event-stream frames of one ConverseStream answer, as OpenAI chunks."""
 
-    __slots__ = ("_buffer", "_held", "blocks", "tools")
+    __slots__ = ("_buffer", "_held", "tools")
 
     def __init__(self) -> None:
         from botocore.eventstream import EventStreamBuffer
 
         self._buffer = EventStreamBuffer()  # refuses a frame over 16 MiB
         self._held: GatewayError | None = None
-        self.blocks: dict[int, int] = {}  # content block index -> tool call index
-        self.tools = 0
+        self.tools = ToolBlocks()
 
     def feed(self, raw: bytes) -> list[Any]:
         from botocore.eventstream import ParserError
@@ -381,38 +355,17 @@ class _Stream:
         if event == "contentBlockDelta":
             delta = data.get("delta") or {}
             if "text" in delta:
-                return [_chunk({"content": delta["text"] or ""})]
+                return [chunk({"content": delta["text"] or ""})]
             if "toolUse" in delta:
-                tool = self.blocks.get(data.get("contentBlockIndex", 0))
-                if tool is None:
-                    return []
-                return [
-                    _chunk(
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": tool,
-                                    "function": {"arguments": (delta["toolUse"] or {}).get("input") or ""},
-                                }
-                            ]
-                        }
-                    )
-                ]
+                return self.tools.arguments(
+                    data.get("contentBlockIndex", 0), (delta["toolUse"] or {}).get("input") or ""
+                )
             return []  # reasoningContent: not part of an OpenAI chunk
         if event == "contentBlockStart":
             use = (data.get("start") or {}).get("toolUse")
             if not use:
                 return []
-            index = self.tools
-            self.tools += 1
-            self.blocks[data.get("contentBlockIndex", 0)] = index
-            call = {
-                "index": index,
-                "id": use.get("toolUseId"),
-                "type": "function",
-                "function": {"name": use.get("name"), "arguments": ""},
-            }
-            return [_chunk({"tool_calls": [call]})]
+            return [self.tools.start(data.get("contentBlockIndex", 0), use.get("toolUseId"), use.get("name"))]
         if event == "messageStart":
             return [{"choices": []}]
         if event == "messageStop":
@@ -422,7 +375,3 @@ class _Stream:
             usage = _usage(data.get("usage"))
             return [{"choices": [], "usage": usage}] if usage else []
         return []
-
-
-def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": delta}]}

@@ -32,12 +32,12 @@ from ..jsonio import loads
 from ..sse import SSEvent
 from ..upstream import UpstreamStatusError, upstream_message
 from .base import (
-    HINTS,
     Prepared,
     SSEDecoder,
     StreamDecoder,
+    add_turn,
     arguments,
-    check_refused,
+    check_parameters,
     data_url,
     dumps,
     mapped_error,
@@ -45,6 +45,7 @@ from .base import (
     openai_usage,
     refuse,
     text_of,
+    user_parts,
 )
 
 THINKING_BUDGET = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
@@ -67,23 +68,7 @@ _CONFIG = (
     ("presence_penalty", "presencePenalty"),
     ("frequency_penalty", "frequencyPenalty"),
 )
-_KNOWN = frozenset(
-    {
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "reasoning_effort",
-        "temperature",
-        "top_p",
-        "stop",
-        "tools",
-        "tool_choice",
-        "response_format",
-        "stream",
-        "n",
-        *_REFUSED,
-    }
-)
+_KNOWN = frozenset({"reasoning_effort", "response_format", "n"})
 # JSON Schema keywords Gemini's OpenAPI-subset `parameters` / `responseSchema` reject.
 _SCHEMA_DROP = frozenset({"additionalProperties", "$schema", "strict", "$id", "$defs", "definitions"})
 
@@ -94,10 +79,7 @@ class Gemini:
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared:
         if body.get("parallel_tool_calls") is True:
             body = {k: v for k, v in body.items() if k != "parallel_tool_calls"}  # Gemini's default
-        check_refused(body, _NAME, _REFUSED)
-        for name in body:
-            if name not in HINTS and name not in _KNOWN:
-                raise refuse(name, _NAME)
+        check_parameters(body, _NAME, _REFUSED, _KNOWN)
         system, contents = _contents(body.get("messages") or [])
         data: dict[str, Any] = {"contents": contents}
         if system:
@@ -254,12 +236,6 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id -> function name (functionResponse needs the name)
 
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if out and out[-1]["role"] == role:
-            out[-1]["parts"].extend(parts)
-        else:
-            out.append({"role": role, "parts": parts})
-
     for i, message in enumerate(raw):
         param = f"messages[{i}]"
         role = message.get("role")
@@ -267,7 +243,7 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
         if role in ("system", "developer"):
             system.append(text_of(content, f"{param}.content"))
         elif role == "user":
-            add("user", _user_parts(content, f"{param}.content"))
+            add_turn(out, "user", _user_parts(content, f"{param}.content"), "parts")
         elif role == "assistant":
             parts: list[dict[str, Any]] = []
             if content:
@@ -288,7 +264,7 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
                     }
                 )
             if parts:
-                add("model", parts)
+                add_turn(out, "model", parts, "parts")
         elif role == "tool":
             text = text_of(content, f"{param}.content")
             try:
@@ -297,28 +273,23 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
                 value = None
             response = value if isinstance(value, dict) else {"content": text}
             name = names.get(str(message.get("tool_call_id")), "")
-            add("user", [{"functionResponse": {"name": name, "response": response}}])
+            add_turn(out, "user", [{"functionResponse": {"name": name, "response": response}}], "parts")
         else:
             raise InvalidRequest(f"role '{role}' is not supported by {_NAME} models", param=f"{param}.role")
     return system, out
 
 
 def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}]
     parts: list[dict[str, Any]] = []
-    for j, part in enumerate(content or ()):
-        kind = part.get("type") if isinstance(part, dict) else None
+    for j, (kind, value, _part) in enumerate(user_parts(content, param, _NAME)):
         if kind == "text":
-            parts.append({"text": part.get("text") or ""})
-        elif kind == "image_url":
-            where = f"{param}[{j}].image_url.url"
-            inline = data_url((part.get("image_url") or {}).get("url") or "", where)
-            if inline is None:
-                raise InvalidRequest(f"{_NAME} models take images as data URLs (base64)", param=where)
-            parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
-        else:
-            raise InvalidRequest(f"'{kind}' parts are not supported by {_NAME} models", param=f"{param}[{j}]")
+            parts.append({"text": value})
+            continue
+        where = f"{param}[{j}].image_url.url"
+        inline = data_url(value, where)
+        if inline is None:
+            raise InvalidRequest(f"{_NAME} models take images as data URLs (base64)", param=where)
+        parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
     return parts
 
 
