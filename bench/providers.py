@@ -50,8 +50,14 @@ ADAPTERS = {  # name -> (api, provider, base path under the simulator)
     "azure": ("azure", "azure", "/openai"),
     "anthropic": ("anthropic", "anthropic", "/v1"),
     "gemini": ("gemini", "google", "/v1beta"),
+    "bedrock": ("bedrock", "bedrock", ""),
 }
-KEYS = {"anthropic": "sk-bench", "google": "g-bench", "azure": "az-bench"}
+KEYS = {
+    "anthropic": "sk-bench",
+    "google": "g-bench",
+    "azure": "az-bench",
+    "bedrock": "AKIDBENCH:bench-secret",
+}
 
 
 def _envelope(sim_url: str, adapter: str, content: str, stream: bool) -> ChatEnvelope:
@@ -147,7 +153,8 @@ async def measure(
 
 def translation_cost(sim_url: str, iterations: int) -> dict[str, dict[str, float]]:
     """The adapters' own work, in this process, on answers the simulator gave in each format:
-    preparing a request and parsing its whole answer (CPU per request), and decoding a 200-token
+    preparing a request, its auth headers (a SigV4 signature for Bedrock) and parsing its whole
+    answer (CPU per request), and decoding a 200-token
     stream one event per read into the client's deltas (CPU per delta; the stream assembler's
     work is included, as on the OpenAI path). Far less noisy than the whole worker's CPU."""
     from aigw_worker.assemble import StreamAssembler
@@ -162,9 +169,11 @@ def translation_cost(sim_url: str, iterations: int) -> dict[str, dict[str, float
         target, body = env.route.upstream, env.route.body
         base = target.base_url.partition("?")[0]
 
-        def fetch(prepared: Any, adapter: Any = adapter, base: str = base) -> bytes:
-            headers = dict(adapter.auth("k") + prepared.headers)
+        def fetch(
+            prepared: Any, adapter: Any = adapter, base: str = base, key: str = KEYS.get(_provider, "k")
+        ) -> bytes:
             url = f"{prepared.base or base}/{prepared.path}"
+            headers = dict(adapter.auth(key, url, prepared) + prepared.headers)
             answer = httpx.post(url, content=prepared.body, headers=headers, timeout=10)
             answer.raise_for_status()
             return answer.content
@@ -175,10 +184,20 @@ def translation_cost(sim_url: str, iterations: int) -> dict[str, dict[str, float
             "messages": [*body["messages"][:-1], {"role": "user", "content": "b [sim tokens=200]"}],
         }
         raw_stream = fetch(adapter.prepare(target, stream_body, True))
-        reads = [event + b"\n\n" for event in raw_stream.replace(b"\r\n", b"\n").split(b"\n\n") if event]
+        if api == "bedrock":  # binary frames: each begins with its total length
+            reads, at = [], 0
+            while at < len(raw_stream):
+                size = int.from_bytes(raw_stream[at : at + 4], "big")
+                reads.append(raw_stream[at : at + size])
+                at += size
+        else:
+            reads = [event + b"\n\n" for event in raw_stream.replace(b"\r\n", b"\n").split(b"\n\n") if event]
         started = time.process_time()
+        key, url = KEYS.get(_provider, "k"), f"{base}/{adapter.prepare(target, body, False).path}"
         for _ in range(iterations):
-            adapter.parse(whole, adapter.prepare(target, body, False))
+            prepared = adapter.prepare(target, body, False)
+            adapter.auth(key, url, prepared)  # Bedrock signs each request (SigV4)
+            adapter.parse(whole, prepared)
         per_request = (time.process_time() - started) / iterations
         rounds = max(1, iterations // 20)
         deltas = 0
@@ -207,7 +226,12 @@ async def main() -> None:
     os.sched_setaffinity(0, {0})
     server = NatsServer(state / "nats", cpus="0").start()
     sim, sim_url = start_simulator(state)
-    costs = [translation_cost(sim_url, args.iterations) for _ in range(args.runs)]
+    try:
+        costs = [translation_cost(sim_url, args.iterations) for _ in range(args.runs)]
+    except BaseException:
+        sim.stop()
+        server.stop()
+        raise
     print(f"adapter work in-process (request + whole answer; per streamed delta), median of {args.runs}:")
     translation: dict[str, dict[str, float]] = {}
     for name in ADAPTERS:

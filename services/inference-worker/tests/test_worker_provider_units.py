@@ -194,3 +194,12 @@ def test_azure_url_and_key_header() -> None:
     assert prepared.base == "https://r.openai.azure.com/openai"
     assert prepared.path == "deployments/m/chat/completions?api-version=2025-01-01-preview"
     assert ADAPTERS["azure"].auth("k") == [(b"api-key", b"k")]
+
+
+@pytest.mark.parametrize("api", ["gemini", "bedrock"])
+def test_parallel_tool_calls_off_is_refused_where_it_cannot_be_turned_off(api: str) -> None:
+    body = {"messages": MESSAGES, "tools": [TOOL], "parallel_tool_calls": False}
+    with pytest.raises(InvalidRequest) as refused:
+        ADAPTERS[api].prepare(_target(api), body, False)
+    assert refused.value.param == "parallel_tool_calls"
+    ADAPTERS[api].prepare(_target(api), {**body, "parallel_tool_calls": True}, False)  # their default

@@ -36,7 +36,7 @@ from aigw_contracts import UpstreamTarget
 from aigw_contracts.errors import GatewayError, InvalidRequest
 
 from ..sse import SSEvent
-from ..upstream import UpstreamStatusError, status_error, upstream_message
+from ..upstream import UpstreamStatusError, retry_after, status_error, upstream_message
 
 JSON = b"application/json"
 
@@ -240,8 +240,6 @@ def mapped_error(
     `context_length_exceeded`, anything else as OpenAI's own (`upstream.status_error`)."""
     message, _ = upstream_message(raw)
     if overloaded(status, message):
-        from ..upstream import retry_after
-
         return UpstreamOverloaded(
             f"The upstream model is overloaded{': ' + message if message else ''}",
             status,

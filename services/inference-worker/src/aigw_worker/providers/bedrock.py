@@ -71,6 +71,8 @@ class Bedrock:
 
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared:
         check_parameters(body, _NAME, _REFUSED, _KNOWN)
+        if body.get("parallel_tool_calls") is False:
+            raise refuse("parallel_tool_calls", _NAME, "parallel tool calls cannot be turned off")
         system, messages = _messages(body.get("messages") or [])
         data: dict[str, Any] = {"messages": messages}
         if system:

@@ -59,7 +59,7 @@ FINISH = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 }
-_REFUSED = ("logprobs", "top_logprobs", "logit_bias", "audio", "parallel_tool_calls")
+_REFUSED = ("logprobs", "top_logprobs", "logit_bias", "audio")
 _NAME = "Gemini"
 _CONFIG = (
     ("temperature", "temperature"),
@@ -68,7 +68,7 @@ _CONFIG = (
     ("presence_penalty", "presencePenalty"),
     ("frequency_penalty", "frequencyPenalty"),
 )
-_KNOWN = frozenset({"reasoning_effort", "response_format", "n"})
+_KNOWN = frozenset({"reasoning_effort", "response_format", "n", "parallel_tool_calls"})
 # JSON Schema keywords Gemini's OpenAPI-subset `parameters` / `responseSchema` reject.
 _SCHEMA_DROP = frozenset({"additionalProperties", "$schema", "strict", "$id", "$defs", "definitions"})
 
@@ -77,9 +77,9 @@ class Gemini:
     name = "gemini"
 
     def prepare(self, target: UpstreamTarget, body: dict[str, Any], stream: bool) -> Prepared:
-        if body.get("parallel_tool_calls") is True:
-            body = {k: v for k, v in body.items() if k != "parallel_tool_calls"}  # Gemini's default
         check_parameters(body, _NAME, _REFUSED, _KNOWN)
+        if body.get("parallel_tool_calls") is False:
+            raise refuse("parallel_tool_calls", _NAME, "parallel tool calls cannot be turned off")
         system, contents = _contents(body.get("messages") or [])
         data: dict[str, Any] = {"contents": contents}
         if system:
