@@ -203,3 +203,26 @@ def test_parallel_tool_calls_off_is_refused_where_it_cannot_be_turned_off(api: s
         ADAPTERS[api].prepare(_target(api), body, False)
     assert refused.value.param == "parallel_tool_calls"
     ADAPTERS[api].prepare(_target(api), {**body, "parallel_tool_calls": True}, False)  # their default
+
+
+def test_anthropic_thinks_no_more_on_a_call_continuing_a_tool_turn() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn = [
+        *MESSAGES,
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    continuing = _anthropic({"messages": turn, "tools": [TOOL], "reasoning_effort": "low"})
+    assert "thinking" not in continuing
+    fresh = _anthropic(
+        {
+            "messages": [
+                *turn,
+                {"role": "assistant", "content": "done"},
+                {"role": "user", "content": "more"},
+            ],
+            "tools": [TOOL],
+            "reasoning_effort": "low",
+        }
+    )
+    assert fresh["thinking"]["budget_tokens"] == 1024

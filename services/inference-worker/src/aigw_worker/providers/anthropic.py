@@ -7,8 +7,8 @@ assistant `tool_calls` become `tool_use` blocks and `tool` messages `tool_result
 results of one turn's parallel calls in one user message; `tool_choice` maps to auto / any / tool /
 none, `parallel_tool_calls: false` to `disable_parallel_tool_use`; `reasoning_effort` to extended
 thinking with a budget (`THINKING_BUDGET`; temperature and top_p are then left out, as Anthropic
-requires); `max_tokens` is required by the API: the request's, else `DEFAULT_MAX_TOKENS`.
-JSON mode (`response_format` json_object / json_schema) is a forced tool whose input is the answer
+requires; not on a call continuing a tool turn, whose thinking block clients do not send back);
+`max_tokens` is required by the API: the request's, else `DEFAULT_MAX_TOKENS`. JSON mode (`response_format` json_object / json_schema) is a forced tool whose input is the answer
 (Anthropic has no JSON mode; the answer's content is that input, as JSON text).
 
 Answer: text blocks are the content, `tool_use` blocks the tool calls, thinking the message's
@@ -78,6 +78,10 @@ class Anthropic:
         limit = max_output(body)
         effort = body.get("reasoning_effort")
         budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
+        if budget is not None and _continues_tool_turn(body.get("messages") or []):
+            # Anthropic wants the turn's thinking block (with its signature) back before its tool
+            # calls, which OpenAI-shaped clients do not keep: this call of the turn thinks no more.
+            budget = None
         if budget is not None:
             if limit is None:
                 limit = budget + DEFAULT_MAX_TOKENS
@@ -194,6 +198,17 @@ class Anthropic:
 
 
 _KNOWN = frozenset({"reasoning_effort", "parallel_tool_calls", "response_format", "user"})
+
+
+def _continues_tool_turn(messages: list[Any]) -> bool:
+    """The conversation ends with tool results answering the last assistant message's calls."""
+    tail = len(messages)
+    while tail and isinstance(messages[tail - 1], dict) and messages[tail - 1].get("role") == "tool":
+        tail -= 1
+    if tail == len(messages) or not tail:
+        return False
+    last = messages[tail - 1]
+    return isinstance(last, dict) and last.get("role") == "assistant" and bool(last.get("tool_calls"))
 
 
 def _usage(raw: Any) -> dict[str, Any] | None:
