@@ -257,6 +257,7 @@ async def test_json_mode(h: Harness, sim: Sim, adapter: str, stream: bool) -> No
         ("429", 429, "rate_limit_exceeded"),
         ("context", 400, "context_length_exceeded"),
         ("500", 502, "upstream_error"),
+        ("malformed", 502, "upstream_error"),
     ],
 )
 async def test_errors_map_to_openai_status_and_code(
@@ -375,3 +376,8 @@ async def test_bedrock_requests_are_signed_with_sigv4(tmp_path: Any) -> None:
         assert got["error"]["code"] == "upstream_auth_failed"
     finally:
         proc.stop()
+
+
+async def test_a_malformed_stream_is_an_upstream_error(h: Harness, sim: Sim, adapter: str) -> None:
+    got = await answer(h, envelope(sim, adapter, "junk [sim fault=malformed]", stream=True))
+    assert (got["status"], got["error"]["code"]) == (502, "upstream_error")
