@@ -381,3 +381,18 @@ async def test_bedrock_requests_are_signed_with_sigv4(tmp_path: Any) -> None:
 async def test_a_malformed_stream_is_an_upstream_error(h: Harness, sim: Sim, adapter: str) -> None:
     got = await answer(h, envelope(sim, adapter, "junk [sim fault=malformed]", stream=True))
     assert (got["status"], got["error"]["code"]) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_prefill_is_continued_and_the_answer_starts_with_it(
+    h: Harness, sim: Sim, adapter: str, stream: bool
+) -> None:
+    messages = [
+        {"role": "user", "content": "go on [sim tokens=2]"},
+        {"role": "assistant", "content": "PREFILL:"},
+    ]
+    env = envelope(sim, adapter, None, stream=stream, messages=messages)
+    assert env.route is not None
+    env.route.prefill = "PREFILL:"
+    (choice,) = (await answer(h, env))["choices"]
+    assert choice["message"]["content"] == "PREFILL:sim0 sim1"
