@@ -95,7 +95,7 @@ def test_text_whole_and_streamed_through_a_native_provider(
 def test_a_tool_round_through_a_native_provider(client: OpenAI, models: dict[str, str], api: str) -> None:
     ask: Any = [{"role": "user", "content": "find both [sim call=lookup calls=2]"}]
     first = client.chat.completions.create(model=models[api], messages=ask, tools=TOOLS)
-    calls = first.choices[0].message.tool_calls or []
+    calls: Any = first.choices[0].message.tool_calls or []
     assert first.choices[0].finish_reason == "tool_calls"
     assert [json.loads(c.function.arguments)["query"] for c in calls] == ["find both (1)", "find both (2)"]
     results: Any = [
@@ -116,7 +116,8 @@ def test_anthropic_cache_writes_are_billed_as_their_own_sku(client: OpenAI, mode
     assert (
         reply.usage.prompt_tokens_details is not None and reply.usage.prompt_tokens_details.cached_tokens == 2
     )
-    lines = {line["sku"]: line for line in reply.model_extra["generation_context"]["generated_usage"]}
+    extra: Any = reply.model_extra
+    lines = {line["sku"]: line for line in extra["generation_context"]["generated_usage"]}
     write = lines[skus.CHAT_IN_CACHE_WRITE]
     assert write["quantity"] == 3 and Decimal(repr(write["unit_price"])) == Decimal(PRICES["cache_write"])
     assert lines[skus.CHAT_IN_CACHED]["quantity"] == 2
@@ -168,7 +169,8 @@ def test_a_tenant_brings_its_own_key_for_a_catalog_model(
         model=gw.json()["id"], messages=[{"role": "user", "content": "mine [sim tokens=2]"}]
     )
     assert reply.choices[0].message.content == "sim0 sim1"
-    lines = reply.model_extra["generation_context"]["generated_usage"]
+    extra: Any = reply.model_extra
+    lines = extra["generation_context"]["generated_usage"]
     assert lines and all(Decimal(repr(line["amount"])) == 0 for line in lines)
     sent = [r for r in sim.get("/sim/requests").json() if "mine" in json.dumps(r.get("body"))]
     assert sent[-1]["headers"]["x-api-key"] == "tenant…"  # the tenant's key, redacted by the simulator

@@ -84,7 +84,7 @@ def test_a_tool_loops_rounds_add_their_cache_writes_and_reasoning() -> None:
 def _target(api: str) -> UpstreamTarget:
     return UpstreamTarget(
         id="@p/m", kind="catalog", provider="p", model="m", base_url="https://h/v1", prices=P, api=api
-    )  # type: ignore[arg-type]
+    )
 
 
 def _anthropic(body: dict[str, Any]) -> dict[str, Any]:

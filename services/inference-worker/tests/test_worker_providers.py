@@ -102,7 +102,8 @@ async def answer(h: Harness, env: ChatEnvelope) -> dict[str, Any]:
         }
     if not env.request.stream:
         return dict(json.loads(last.body))
-    content, calls, finish, usage = "", {}, None, None
+    content, finish, usage = "", None, None
+    calls: dict[int, dict[str, Any]] = {}
     for event in events:
         for line in event.body.split(b"\n"):
             if not line.startswith(b"data: {"):
@@ -168,7 +169,7 @@ async def test_tool_results_go_back_to_the_provider(h: Harness, sim: Sim, adapte
     """A whole tool round in the conversation: the provider's rules (Anthropic: every tool_use
     answered by a tool_result in the next user turn; Gemini: functionResponse named after its call)
     are what the simulator checks."""
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "weather in two places"},
         {
             "role": "assistant",
