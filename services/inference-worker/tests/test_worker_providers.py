@@ -397,3 +397,12 @@ async def test_a_prefill_is_continued_and_the_answer_starts_with_it(
     env.route.prefill = "PREFILL:"
     (choice,) = (await answer(h, env))["choices"]
     assert choice["message"]["content"] == "PREFILL:sim0 sim1"
+
+
+async def test_a_rate_limit_keeps_the_providers_retry_after(h: Harness, sim: Sim, adapter: str) -> None:
+    """Anthropic and OpenAI say it in a header, Gemini in its error body's RetryInfo; the client
+    gets it as Retry-After either way (here past the worker's wait, so it is not retried)."""
+    got = await answer(h, envelope(sim, adapter, "slow down [sim fault=429 retry_after=42]"))
+    assert got["status"] == 429
+    if adapter != "bedrock":  # Bedrock's throttling says no time
+        assert got["events"][-1].headers[headers.RETRY_AFTER] == "42"

@@ -51,9 +51,10 @@ _THINKING = "Let me think about this. sim"  # a thinking block's text (3 words: 
 
 
 class ProviderError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
+        self.retry_after = retry_after  # a 429's: in a header (Anthropic) or the body (Gemini)
 
 
 def _dumps(data: Any) -> bytes:
@@ -251,7 +252,10 @@ async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Se
         fault = knobs.fault
         if fault == "429":
             raise ProviderError(
-                429, "rate_limit_error", "Number of request tokens has exceeded your rate limit"
+                429,
+                "rate_limit_error",
+                "Number of request tokens has exceeded your rate limit",
+                knobs.retry_after,
             )
         if fault == "500":
             raise ProviderError(500, "api_error", "Internal server error")
@@ -262,7 +266,7 @@ async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Se
                 400, "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum"
             )
     except ProviderError as refused:
-        extra = [(b"retry-after", b"%d" % app.config.defaults.retry_after)] if refused.status == 429 else []
+        extra = [(b"retry-after", b"%d" % refused.retry_after)] if refused.status == 429 else []
         await send_response(
             send, refused.status, (*responses.JSON_HEADERS, *extra), _anthropic_error(refused)
         )
@@ -419,7 +423,12 @@ _GEMINI_FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
 
 def _gemini_error(error: ProviderError) -> bytes:
     status = _GEMINI_STATUS.get(error.status, "UNKNOWN")
-    return _dumps({"error": {"code": error.status, "message": error.message, "status": status}})
+    body: dict[str, Any] = {"code": error.status, "message": error.message, "status": status}
+    if error.status == 429:  # Google says when to retry in the body, not in a Retry-After header
+        body["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{error.retry_after}s"}
+        ]
+    return _dumps({"error": body})
 
 
 def _parts_text(parts: Any) -> str:
@@ -522,7 +531,12 @@ async def gemini(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send)
         knobs = _knobs(app.config.defaults, headers, last_text)
         fault = knobs.fault
         if fault == "429":
-            raise ProviderError(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).")
+            raise ProviderError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                knobs.retry_after,
+            )
         if fault == "500":
             raise ProviderError(500, "INTERNAL", "An internal error has occurred.")
         if fault == "overloaded":

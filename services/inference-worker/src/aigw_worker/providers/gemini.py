@@ -167,13 +167,29 @@ class Gemini:
                 401,
                 code="upstream_auth_failed",
             )
-        return mapped_error(
+        err = mapped_error(
             status,
             raw,
             headers,
             overloaded=lambda s, m: s == 503,
             too_long=lambda m: "exceeds the maximum number of tokens" in m or "too long" in m.lower(),
         )
+        if status == 429 and err.retry_after is None:
+            err.retry_after = _retry_delay(raw)  # Google says it in the body (RetryInfo), not a header
+        return err
+
+
+def _retry_delay(raw: bytes) -> float | None:
+    """Seconds from a Google error's `RetryInfo` detail (`"retryDelay": "27s"`), if it has one."""
+    try:
+        details = loads(raw)["error"]["details"]
+        for detail in details:
+            delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+            if isinstance(delay, str) and delay.endswith("s"):
+                return max(0.0, float(delay[:-1]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
 
 
 def _blocked(data: dict[str, Any]) -> None:
