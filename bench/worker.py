@@ -134,14 +134,8 @@ async def end_to_end(url: str, sim_url: str, state: Path, streams: int, tokens: 
     }
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", type=int, default=40)
-    parser.add_argument("--tokens", type=int, default=200)
-    args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="aigw-bench-worker-"))
-    os.sched_setaffinity(0, {0})
-    server = NatsServer(state / "nats", cpus="0").start()
+def start_simulator(state: Path) -> tuple[Process, str]:
+    """The simulator on CPU 1, ready; its process and root URL."""
     sim_port = free_port()
     sim = Process(
         "simulator",
@@ -157,6 +151,18 @@ async def main() -> None:
             return False
 
     sim.wait_ready(sim_up)
+    return sim, sim_url
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--tokens", type=int, default=200)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="aigw-bench-worker-"))
+    os.sched_setaffinity(0, {0})
+    server = NatsServer(state / "nats", cpus="0").start()
+    sim, sim_url = start_simulator(state)
     try:
         print(f"end to end, {args.streams} streams x {args.tokens} tokens through the worker:")
         r = await end_to_end(server.url, sim_url, state, args.streams, args.tokens)

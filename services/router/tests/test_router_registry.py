@@ -68,6 +68,19 @@ def test_models_list_holds_own_gateways_and_catalog_only() -> None:
     assert OTHER not in ids and "other:ffff" not in ids
 
 
+def test_only_the_catalog_providers_the_deployment_offers_are_listed_and_callable() -> None:
+    reg = _registry()
+    everything = {mid for mid, _ in reg.models_for("t1")}
+    assert "@anthropic/claude-sonnet-4-5" in everything and "@groq/llama-3.1-8b-instant" in everything
+    reg.catalog_providers = frozenset({"openai"})
+    offered = {mid for mid, _ in reg.models_for("t1")}
+    assert "@openai/gpt-5-mini" in offered and GID in offered  # gateways are always listed
+    assert not {m for m in offered if m.startswith("@") and not m.startswith("@openai/")}
+    with pytest.raises(errors.NotFound):
+        reg.resolve("@anthropic/claude-sonnet-4-5", "t1")
+    assert reg.resolve("@openai/gpt-5-mini", "t1")[1].id == "@openai/gpt-5-mini"
+
+
 def test_fallbacks_keep_their_order_and_skip_what_the_tenant_cannot_use() -> None:
     chain = ["@openai/gpt-5-nano", "own-1", "gone", "@openai/gpt-5-mini"]
     mine = Gateway(id=GID, name="support", tenant="t1", upstream="own-1", fallbacks=chain)

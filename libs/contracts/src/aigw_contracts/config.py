@@ -23,11 +23,29 @@ from .knowledge import GatewayKnowledge
 
 
 class Prices(BaseModel):
-    """Per-token prices in USD, exact decimals (e.g. 2.5e-7 per input token)."""
+    """Per-token prices in USD, exact decimals (e.g. 2.5e-7 per input token).
+
+    `cache_write` is what a provider charges for writing a prompt prefix into its cache (Anthropic's
+    5-minute cache writes), `cache_write_1h` for a one-hour cache write (Anthropic), `reasoning` for
+    reasoning ("thinking") tokens where a provider bills them apart from output; unset, reasoning
+    tokens are output tokens (OpenAI, Anthropic and Gemini all bill them so)."""
 
     input: Decimal = Decimal(0)
     output: Decimal = Decimal(0)
     cached_input: Decimal = Decimal(0)
+    cache_write: Decimal = Decimal(0)
+    cache_write_1h: Decimal | None = None
+    reasoning: Decimal | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Unset and zero fields stay out, so an entry without them reads as it did before they existed.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("cache_write", "cache_write_1h", "reasoning"):
+                if name in data and (data[name] is None or data[name] in (0, "0")):
+                    del data[name]
+        return data
 
 
 class Timeouts(BaseModel):
@@ -65,6 +83,11 @@ class Timeouts(BaseModel):
             total=self.total if self.total is not None else base.total,
         )
 
+
+# The wire format an upstream speaks (`aigw_worker.providers`): OpenAI's chat completions (OpenAI
+# and every OpenAI-compatible provider or server), Anthropic's Messages, Gemini's generateContent,
+# Azure OpenAI's deployments, AWS Bedrock's Converse.
+Api = Literal["openai", "anthropic", "gemini", "azure", "bedrock"]
 
 MAX_RETRIES = 5  # the most `Upstream.max_retries` may ask for
 
@@ -106,10 +129,16 @@ class Upstream(BaseModel):
     # failures, timeouts; never once part of an answer reached the client). None: the worker's
     # `AIGW_UPSTREAM_MAX_RETRIES` (1).
     max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    # The wire format it speaks; None: OpenAI's chat completions.
+    api: Api | None = None
+    # What the model reads and writes ("text", "image", "audio", ...); None: not said.
+    modalities: dict[str, list[str]] | None = None
+    # The request parameters the provider honours for it (the catalog's data); None: not said.
+    parameters: list[str] | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_unset(handler(self), ("timeouts", "max_retries"))
+        return _without_unset(handler(self), ("timeouts", "max_retries", "api", "modalities", "parameters"))
 
     def billed_prices(self) -> Prices:
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""

@@ -18,6 +18,21 @@ REWRITE_OUT: Final = "inference.resolving.query_rewrite.out"
 RERANK_IN: Final = "inference.resolving.rerank.in"
 RERANK_IN_CACHED: Final = "inference.resolving.rerank.in.cached"
 RERANK_OUT: Final = "inference.resolving.rerank.out"
+# Prompt tokens written into a provider's prompt cache (Anthropic prices them apart: 1.25x input for
+# the 5-minute cache, 2x for the 1-hour one), and reasoning tokens where a provider bills them apart
+# from output (`Prices.reasoning`; otherwise they are in `.out`). One set per purpose.
+CHAT_IN_CACHE_WRITE: Final = "inference.chat_completions.in.cache_write"
+CHAT_IN_CACHE_WRITE_1H: Final = "inference.chat_completions.in.cache_write.1h"
+CHAT_OUT_REASONING: Final = "inference.chat_completions.out.reasoning"
+ROUTING_IN_CACHE_WRITE: Final = "inference.resolving.routing_complexity.in.cache_write"
+ROUTING_IN_CACHE_WRITE_1H: Final = "inference.resolving.routing_complexity.in.cache_write.1h"
+ROUTING_OUT_REASONING: Final = "inference.resolving.routing_complexity.out.reasoning"
+REWRITE_IN_CACHE_WRITE: Final = "inference.resolving.query_rewrite.in.cache_write"
+REWRITE_IN_CACHE_WRITE_1H: Final = "inference.resolving.query_rewrite.in.cache_write.1h"
+REWRITE_OUT_REASONING: Final = "inference.resolving.query_rewrite.out.reasoning"
+RERANK_IN_CACHE_WRITE: Final = "inference.resolving.rerank.in.cache_write"
+RERANK_IN_CACHE_WRITE_1H: Final = "inference.resolving.rerank.in.cache_write.1h"
+RERANK_OUT_REASONING: Final = "inference.resolving.rerank.out.reasoning"
 KNOWLEDGE_SEARCH: Final = "knowledge.search"
 KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
 
@@ -34,6 +49,18 @@ ALL: Final = (
     RERANK_IN,
     RERANK_IN_CACHED,
     RERANK_OUT,
+    CHAT_IN_CACHE_WRITE,
+    CHAT_IN_CACHE_WRITE_1H,
+    CHAT_OUT_REASONING,
+    ROUTING_IN_CACHE_WRITE,
+    ROUTING_IN_CACHE_WRITE_1H,
+    ROUTING_OUT_REASONING,
+    REWRITE_IN_CACHE_WRITE,
+    REWRITE_IN_CACHE_WRITE_1H,
+    REWRITE_OUT_REASONING,
+    RERANK_IN_CACHE_WRITE,
+    RERANK_IN_CACHE_WRITE_1H,
+    RERANK_OUT_REASONING,
     KNOWLEDGE_SEARCH,
     KNOWLEDGE_EMBEDDINGS_IN,
 )

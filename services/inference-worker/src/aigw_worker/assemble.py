@@ -117,10 +117,14 @@ class StreamAssembler:
         return {c.index: c.finish_reason or default for c in self._all()}
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, events: list[SSEvent]) -> list[bytes]:
-        """The client events (payloads) for the upstream events of one network read."""
+    def feed(self, events: list[SSEvent] | list[Any]) -> list[bytes]:
+        """The client events (payloads) for the upstream events of one network read: OpenAI SSE
+        events, or the OpenAI chunks (dicts) a provider's stream decoder made (`providers/`)."""
         out: list[bytes] = []
         for event in events:
+            if type(event) is dict:
+                self._absorb(event, out)
+                continue
             data = event.data
             if data == DONE:
                 self.done = True

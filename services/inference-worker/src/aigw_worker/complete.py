@@ -10,7 +10,6 @@ from aigw_contracts.api import AssistantMessage, ChatCompletion, Choice
 from aigw_contracts.errors import UpstreamError
 
 from .citations import citation_annotations
-from .jsonio import loads
 from .state import CallState
 from .timeouts import AttemptClock, limits_for
 from .toolloop import whole_rounds
@@ -32,11 +31,12 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
     upstream = state.worker.upstream
     limits = limits_for(state.worker.settings, state.route, False, remaining)
     clock = AttemptClock(limits)
+    adapter = state.adapter
     try:
         async with clock.scope:
-            body = state.upstream_body(False)
-            request = await upstream.build(state.route.upstream, body, remaining, False, limits)
-            response = await upstream.open(request)
+            prepared = adapter.prepare(state.route.upstream, state.route.body, False)
+            request = await upstream.build(state.route.upstream, prepared, remaining, False, limits, adapter)
+            response = await upstream.open(request, adapter)
             clock.first_token()
             content = await upstream.read_whole(response)
     except TimeoutError:
@@ -44,7 +44,7 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
             raise
         raise clock.error() from None
     try:
-        data = loads(content)
+        data = adapter.parse(content, prepared)
     except ValueError:  # not an answer (a proxy's page?): nothing billed, worth another attempt
         raise UpstreamError("The upstream model sent an answer that is not JSON") from None
     state.accepted = True

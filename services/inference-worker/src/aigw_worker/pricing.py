@@ -13,7 +13,9 @@ lines say "(estimated)": billing zero silently would be worse than an honest est
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from aigw_contracts import GeneratedUsage, Prices, Usage, skus
 from aigw_contracts.api import PromptTokensDetails
@@ -22,15 +24,52 @@ CHARS_PER_TOKEN = 4
 ESTIMATED = " (estimated)"
 
 
-# (in, out, in.cached) SKUs and the description, per purpose of the call (RoutedCall.purpose).
+class _Skus(NamedTuple):
+    inp: str
+    out: str
+    cached: str
+    cache_write: str
+    cache_write_1h: str
+    reasoning: str
+    describe: Callable[[str], str]
+
+
+# The SKUs and the description, per purpose of the call (RoutedCall.purpose).
 _SKUS = {
-    "chat": (skus.CHAT_IN, skus.CHAT_OUT, skus.CHAT_IN_CACHED, skus.chat_description),
-    "query_rewrite": (skus.REWRITE_IN, skus.REWRITE_OUT, skus.REWRITE_IN_CACHED, skus.rewrite_description),
-    "rerank": (skus.RERANK_IN, skus.RERANK_OUT, skus.RERANK_IN_CACHED, skus.rerank_description),
-    "routing": (
+    "chat": _Skus(
+        skus.CHAT_IN,
+        skus.CHAT_OUT,
+        skus.CHAT_IN_CACHED,
+        skus.CHAT_IN_CACHE_WRITE,
+        skus.CHAT_IN_CACHE_WRITE_1H,
+        skus.CHAT_OUT_REASONING,
+        skus.chat_description,
+    ),
+    "query_rewrite": _Skus(
+        skus.REWRITE_IN,
+        skus.REWRITE_OUT,
+        skus.REWRITE_IN_CACHED,
+        skus.REWRITE_IN_CACHE_WRITE,
+        skus.REWRITE_IN_CACHE_WRITE_1H,
+        skus.REWRITE_OUT_REASONING,
+        skus.rewrite_description,
+    ),
+    "rerank": _Skus(
+        skus.RERANK_IN,
+        skus.RERANK_OUT,
+        skus.RERANK_IN_CACHED,
+        skus.RERANK_IN_CACHE_WRITE,
+        skus.RERANK_IN_CACHE_WRITE_1H,
+        skus.RERANK_OUT_REASONING,
+        skus.rerank_description,
+    ),
+    "routing": _Skus(
         skus.ROUTING_IN,
         skus.ROUTING_OUT,
         skus.ROUTING_IN_CACHED,
+        skus.ROUTING_IN_CACHE_WRITE,
+        skus.ROUTING_IN_CACHE_WRITE_1H,
+        skus.ROUTING_OUT_REASONING,
         lambda _: skus.ROUTING_DESCRIPTION,
     ),
 }
@@ -38,19 +77,57 @@ _SKUS = {
 # Which usage-event source meters a call of each purpose.
 SOURCES = {"chat": "inference", "query_rewrite": "rewrite", "rerank": "rerank", "routing": "routing"}
 
+# Counts in `prompt_tokens_details` / `completion_tokens_details` priced as lines of their own
+# (`providers/base.py` says who reports them), summed across a tool loop's rounds.
+CACHE_WRITE = "cache_write_tokens"
+CACHE_WRITE_1H = "cache_write_1h_tokens"
+REASONING = "reasoning_tokens"
+
+
+def _detail(details: Any, name: str) -> int:
+    """A count an upstream reported beyond OpenAI's fields (0 when absent or not a count)."""
+    if not isinstance(details, dict):
+        details = getattr(details, "model_extra", None) or {}
+    value = details.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
 
 def price_lines(
     usage: Usage, prices: Prices, upstream_id: str, estimated: bool = False, purpose: str = "chat"
 ) -> list[GeneratedUsage]:
-    sku_in, sku_out, sku_cached, describe = _SKUS[purpose]
-    description = describe(upstream_id) + (ESTIMATED if estimated else "")
-    cached = max(0, min(usage.cached_tokens, usage.prompt_tokens))
+    """The lines of one usage: uncached input, output, then (only when there are any) cache reads,
+    cache writes (5 minutes, 1 hour) and separately billed reasoning. A count the upstream's prices
+    have no price of its own for is billed as what it is part of (a cache write with no
+    `cache_write` price as input, a 1-hour write with no `cache_write_1h` price as a write,
+    reasoning with no `reasoning` price as output), never at 0."""
+    names = _SKUS[purpose]
+    description = names.describe(upstream_id) + (ESTIMATED if estimated else "")
+    prompt = usage.prompt_tokens
+    cached = max(0, min(usage.cached_tokens, prompt))
+    details = usage.prompt_tokens_details
+    write = min(_detail(details, CACHE_WRITE), prompt - cached)
+    write_1h = min(_detail(details, CACHE_WRITE_1H), prompt - cached - write)
+    if prices.cache_write_1h is None:
+        write, write_1h = write + write_1h, 0  # priced as a five-minute write
+    if not prices.cache_write:
+        write = 0  # billed as input
+    reasoning = min(_reasoning(usage), usage.completion_tokens) if prices.reasoning is not None else 0
     lines = [
-        GeneratedUsage.priced(sku_in, prices.input, usage.prompt_tokens - cached, description),
-        GeneratedUsage.priced(sku_out, prices.output, usage.completion_tokens, description),
+        GeneratedUsage.priced(names.inp, prices.input, prompt - cached - write - write_1h, description),
+        GeneratedUsage.priced(names.out, prices.output, usage.completion_tokens - reasoning, description),
     ]
     if cached > 0:
-        lines.append(GeneratedUsage.priced(sku_cached, prices.cached_input, cached, description))
+        lines.append(GeneratedUsage.priced(names.cached, prices.cached_input, cached, description))
+    if write > 0:
+        lines.append(GeneratedUsage.priced(names.cache_write, prices.cache_write, write, description))
+    if write_1h > 0:
+        lines.append(
+            GeneratedUsage.priced(
+                names.cache_write_1h, prices.cache_write_1h or Decimal(0), write_1h, description
+            )
+        )
+    if reasoning > 0 and prices.reasoning is not None:
+        lines.append(GeneratedUsage.priced(names.reasoning, prices.reasoning, reasoning, description))
     return lines
 
 
@@ -60,12 +137,26 @@ def add_usage(a: Usage | None, b: Usage) -> Usage:
         return b
     prompt = a.prompt_tokens + b.prompt_tokens
     completion = a.completion_tokens + b.completion_tokens
-    return Usage(
+    details = PromptTokensDetails(cached_tokens=a.cached_tokens + b.cached_tokens)
+    for name in (CACHE_WRITE, CACHE_WRITE_1H):
+        total = _detail(a.prompt_tokens_details, name) + _detail(b.prompt_tokens_details, name)
+        if total:
+            setattr(details, name, total)
+    usage = Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=a.total_tokens + b.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=a.cached_tokens + b.cached_tokens),
+        prompt_tokens_details=details,
     )
+    reasoning = _reasoning(a) + _reasoning(b)
+    if reasoning:
+        usage.completion_tokens_details = {REASONING: reasoning}  # type: ignore[attr-defined]
+    return usage
+
+
+def _reasoning(usage: Usage) -> int:
+    extra = usage.model_extra or {}
+    return _detail(extra.get("completion_tokens_details") or {}, REASONING)
 
 
 def merge_lines(lines: list[GeneratedUsage]) -> list[GeneratedUsage]:

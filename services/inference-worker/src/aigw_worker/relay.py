@@ -17,7 +17,6 @@ from aigw_contracts.errors import UpstreamError
 from .assemble import StreamAssembler
 from .chunks import ChunkWriter
 from .citations import citation_annotations
-from .sse import SSEParser
 from .state import CallState
 from .timeouts import AttemptClock, limits_for
 from .toolloop import streamed_rounds
@@ -63,16 +62,17 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
     upstream = state.worker.upstream
     limits = limits_for(state.worker.settings, state.route, True, remaining)
     clock = AttemptClock(limits)
-    parser = SSEParser(state.worker.settings.upstream_max_sse_line_bytes)
+    adapter = state.adapter
     events = state.events
     ledger = state.ledger
     watch_idle = limits.idle_on_clock  # else the transport keeps the idle gap: nothing per read
     started = False
     try:
         async with clock.scope:
-            body = state.upstream_body(True)
-            request = await upstream.build(state.route.upstream, body, remaining, True, limits)
-            response = await upstream.open(request)
+            prepared = adapter.prepare(state.route.upstream, state.route.body, True)
+            parser = adapter.decoder(state.worker.settings.upstream_max_sse_line_bytes, prepared)
+            request = await upstream.build(state.route.upstream, prepared, remaining, True, limits, adapter)
+            response = await upstream.open(request, adapter)
             try:
                 try:
                     async for raw in body_chunks(response):

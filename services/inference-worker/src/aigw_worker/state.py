@@ -6,9 +6,7 @@ runs the request's lifecycle on top of it.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
 from aigw_contracts.knowledge import Grounding
@@ -17,6 +15,7 @@ from .accounting import Ledger
 from .context import WorkerContext
 from .events import Events
 from .knowledge_tool import KnowledgeLoop
+from .providers import Adapter, adapter_for
 
 
 def answer_model(target: UpstreamTarget) -> str:
@@ -57,14 +56,7 @@ class CallState:
             return self.route.grounding
         return [*self.route.grounding, *self.loop.grounding]
 
-    def upstream_body(self, stream: bool) -> bytes:
-        """The request body for the current upstream."""
-        body: dict[str, Any] = dict(self.route.body)
-        body["model"] = self.route.upstream.model
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}  # always: usage is what we bill
-        else:
-            body.pop("stream", None)
-            body.pop("stream_options", None)
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    @property
+    def adapter(self) -> Adapter:
+        """The wire format of the current upstream (a fallback may speak another)."""
+        return adapter_for(self.route.upstream)

@@ -27,7 +27,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -46,6 +46,9 @@ from .limits import response_too_large
 from .settings import WorkerSettings
 from .timeouts import Limits, limits_for
 from .transport import Http11Transport
+
+if TYPE_CHECKING:  # the providers build on this module's error mapping
+    from .providers import Adapter, Prepared
 
 _MESSAGE_LIMIT = 300  # characters of an upstream's error message passed on to the client
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -129,47 +132,60 @@ class Upstream:
         self._resolved[base_url] = resolved
         return resolved
 
-    def _endpoint(self, base: str) -> tuple[httpx.URL, bytes]:
-        """The parsed URL of `{base}/chat/completions` and its Host header, parsed once per base."""
-        found = self._urls.get(base)
+    def _endpoint(self, base: str, path: str = "chat/completions") -> tuple[httpx.URL, bytes]:
+        """The parsed URL of `{base}/{path}` and its Host header, parsed once per base and path."""
+        found = self._urls.get(base + "\n" + path)
         if found is None:
-            url = httpx.URL(base.rstrip("/") + "/chat/completions")
+            url = httpx.URL(base.rstrip("/") + "/" + path)
             if url.raw_scheme not in (b"http", b"https") or not url.raw_host:
                 raise UpstreamError(f"The upstream's base URL is not an http(s) URL: {base!r}")
             if len(self._urls) > 10_000:
                 self._urls.clear()
-            found = self._urls[base] = (url, url.netloc)
+            found = self._urls[base + "\n" + path] = (url, url.netloc)
         return found
 
     async def build(
         self,
         target: UpstreamTarget,
-        body: bytes,
+        prepared: Prepared | bytes,
         remaining: float,
         stream: bool,
         limits: Limits | None = None,
+        adapter: Adapter | None = None,
     ) -> httpx.Request:
-        """The POST to `{base_url}/chat/completions`, with the transport's share of `limits`
-        (`timeouts.py`; the worker's settings when not given), bounded by the time left."""
+        """The POST to `{base_url}/{path}` (`path`, body and headers from the provider's adapter:
+        `providers/`), with the transport's share of `limits` (`timeouts.py`; the worker's
+        settings when not given), bounded by the time left. A bare body is OpenAI's."""
+        if isinstance(prepared, bytes):
+            from .providers import Prepared  # the providers build on this module: import late
+
+            prepared = Prepared("chat/completions", prepared)
+        body = prepared.body
         key = self._auth(target)
         extensions: dict[str, Any] = {}
+        base = prepared.base or target.base_url
         if target.kind == "own":
-            resolved = await self._own_endpoint(target.base_url)
-            url, _ = self._endpoint(resolved.url)
+            resolved = await self._own_endpoint(base)
+            url, _ = self._endpoint(resolved.url, prepared.path)
             host = resolved.host.encode("idna")
             if resolved.sni:
                 extensions["sni_hostname"] = resolved.sni
         else:
-            url, host = self._endpoint(target.base_url)
+            url, host = self._endpoint(base, prepared.path)
         headers = [
             (b"Host", host),
             (b"Content-Type", b"application/json"),
             (b"Accept", _ACCEPT_STREAM if stream else _ACCEPT_JSON),
             (b"User-Agent", _USER_AGENT),
             (b"Content-Length", b"%d" % len(body)),
+            *prepared.headers,
         ]
         if key:
-            headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
+            if adapter is None:
+                headers.append((b"Authorization", b"Bearer " + key.encode("latin-1")))
+            else:
+                signed = f"{url.scheme}://{host.decode('ascii')}{url.raw_path.decode('ascii')}"
+                headers.extend(adapter.auth(key, signed, prepared))
         if limits is None:
             limits = limits_for(self.settings, None, stream, remaining)
         extensions["timeout"] = limits.transport()
@@ -177,9 +193,10 @@ class Upstream:
             "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
         )
 
-    async def open(self, request: httpx.Request) -> httpx.Response:
+    async def open(self, request: httpx.Request, adapter: Adapter | None = None) -> httpx.Response:
         """Send, for a streamed answer: the 2xx response, its body still to read (the caller closes
-        it). A non-2xx answer becomes its GatewayError (its body read and the response closed)."""
+        it). A non-2xx answer becomes its GatewayError (its body read and the response closed), as
+        the provider's adapter maps it (OpenAI's mapping when none is given)."""
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
@@ -193,6 +210,8 @@ class Upstream:
             raw = b""
         finally:
             await response.aclose()
+        if adapter is not None:
+            raise adapter.error(response.status_code, raw, response.headers)
         raise status_error(response.status_code, raw, response.headers)
 
     async def fetch(self, request: httpx.Request) -> bytes:

@@ -189,6 +189,8 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     (loaded whole before the first subscription, then watched)."""
     watch_store = registry is None
     registry = registry or Registry.from_snapshot(ConfigSnapshot())
+    if settings.catalog_providers is not None:
+        registry.catalog_providers = frozenset(settings.catalog_providers)
     router = Router(settings, registry)
     handlers = Handlers(
         router, settings.router_id, ComplexityRouter(registry, None, settings.classifier_timeout)

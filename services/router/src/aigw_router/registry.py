@@ -20,6 +20,16 @@ class Registry:
     # (tenant, slug) and (tenant, name) -> gateway id
     _by_slug: dict[tuple[str, str], str] = field(default_factory=dict)
     _by_name: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # The catalog providers offered (`RouterSettings.catalog_providers`); None: all of them.
+    catalog_providers: frozenset[str] | None = None
+
+    def offered(self, upstream: Upstream) -> bool:
+        """A catalog model of a provider this deployment has credentials for (own endpoints: yes)."""
+        return (
+            upstream.kind != "catalog"
+            or self.catalog_providers is None
+            or upstream.provider in self.catalog_providers
+        )
 
     @classmethod
     def from_snapshot(cls, snapshot: ConfigSnapshot, catalog: list[Upstream] | None = None) -> Registry:
@@ -75,7 +85,7 @@ class Registry:
             if key_kind == "public":
                 raise errors.Forbidden("public keys may only use gateways by their full id", param="model")
             upstream = self.upstreams.get(model)
-            if upstream is None or upstream.kind != "catalog":
+            if upstream is None or upstream.kind != "catalog" or not self.offered(upstream):
                 raise errors.NotFound(f"The model '{model}' does not exist in the catalog", param="model")
             return None, upstream
         gateway = self._gateway(model, tenant, key_kind)
@@ -122,5 +132,7 @@ class Registry:
         out = [(g.id, g.tenant) for g in self.gateways.values() if g.tenant == tenant]
         if key_kind == "private":
             out += [(g.slug, g.tenant) for g in self.gateways.values() if g.tenant == tenant]
-            out += [(u.id, u.provider) for u in self.upstreams.values() if u.kind == "catalog"]
+            out += [
+                (u.id, u.provider) for u in self.upstreams.values() if u.kind == "catalog" and self.offered(u)
+            ]
         return out

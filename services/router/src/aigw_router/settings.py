@@ -13,6 +13,10 @@ class RouterSettings(BaseSettings):
     router_id: str = uuid.uuid4().hex[:12]
     max_output_tokens: int | None = None  # operator cap on max_(completion_)tokens (OWASP LLM10)
     log_level: str = "INFO"
+    # The catalog providers this deployment holds credentials for (the workers' AIGW_PROVIDER_KEYS),
+    # e.g. '["openai", "anthropic"]': only their catalog models are listed by /v1/models and callable
+    # by tag. Unset: every catalog model.
+    catalog_providers: list[str] | None = None
     # Seconds an auto-routing gateway's complexity classifier may take; past that the gateway's own
     # upstream answers (`complexity.py`).
     classifier_timeout: float = Field(default=3.0, gt=0)

@@ -174,12 +174,16 @@ def register(commands: Any) -> None:
         help="add your own endpoint (operators: a catalog model)",
         description="Add your own OpenAI-compatible endpoint (or, as operator, a catalog model).",
     )
+    p.add_argument("--base-url", help="the upstream's API, e.g. https://…/v1 (unless --from-catalog)")
+    p.add_argument("--model", help="the model name the upstream expects (unless --from-catalog)")
     p.add_argument(
-        "--base-url", required=True, help="the upstream's OpenAI-compatible API, e.g. https://…/v1"
+        "--from-catalog", help="your own --api-key for this catalog model (e.g. @anthropic/claude-sonnet-4-5)"
     )
-    p.add_argument("--model", required=True, help="the model name the upstream expects")
     p.add_argument("--api-key", help="the upstream's API key (stored sealed)")
     p.add_argument("--provider")
+    p.add_argument(
+        "--api", choices=("openai", "anthropic", "gemini", "azure"), help="its wire format (default: openai)"
+    )
     p.add_argument("--kind", choices=("own", "catalog"))
     p.add_argument("--id", help="catalog ids: @provider/model")
     p.add_argument("--prices", help='JSON per token, e.g. \'{"input": "2.5e-7", "output": "2e-6"}\'')
@@ -190,6 +194,8 @@ def register(commands: Any) -> None:
         "model": "str",
         "api_key": "str",
         "provider": "str",
+        "api": "str",
+        "from_catalog": "str",
         "kind": "str",
         "id": "str",
         "prices": "json",

@@ -24,6 +24,8 @@ _KNOB_HELP = {
     "token_ms": "time between streamed tokens, in ms",
     "tokens": "completion length in words (max_tokens caps it)",
     "cached_tokens": "reported cached prompt tokens (clamped to prompt_tokens)",
+    "cache_write": "Anthropic route: prompt tokens reported as written to the cache",
+    "cache_write_1h": "Anthropic route: of cache_write, those written to the one-hour cache",
     "fault": f"answer every request with a fault: {', '.join(FAULTS)} or none",
     "echo": "answer with the JSON of the received messages",
     "reply": "answer with exactly this text (no whitespace)",

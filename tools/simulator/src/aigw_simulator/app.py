@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
-from aigw_simulator import choices, responses
+from aigw_simulator import choices, providers, responses
 from aigw_simulator.asgi import (
     ClientDisconnected,
     DisconnectWatch,
@@ -83,23 +83,62 @@ class SimulatorApp:
             handler = self._routes.get((scope["method"], scope["path"]))
             if handler is not None:
                 await handler(scope, receive, send)
-            else:
+            elif scope["method"] != "POST" or not await self._provider(scope, receive, send):
                 await self._not_routed(scope, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
+
+    async def _provider(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A provider's own wire format (`providers.py`); False when the path is no provider's.
+        Recorded in /sim/requests like the OpenAI route's requests (secrets redacted)."""
+        path: str = scope["path"]
+        if path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
+            found = providers.azure_scope(scope)
+            if isinstance(found, providers.ProviderError):
+                body = error_body(found.message, "invalid_request_error", None, found.kind)
+                await send_response(send, found.status, responses.JSON_HEADERS, body)
+            else:
+                await self._chat(found[0], receive, send)
+            return True
+        if path == "/v1/messages":
+            handler = providers.anthropic
+        elif path.startswith("/v1beta/models/"):
+            handler = providers.gemini
+        elif path.startswith("/model/"):
+            handler = providers.bedrock
+        else:
+            return False
+        received = await self._received(scope, receive)
+        if received is None:
+            return True
+        record, raw = received
+        try:
+            record.body = json.loads(raw)
+        except ValueError:
+            record.body = None
+        await handler(self, scope, raw, receive, send)
+        record.outcome = COMPLETED
+        return True
+
+    async def _received(self, scope: Scope, receive: Receive) -> tuple[RequestRecord, bytes] | None:
+        """A request's record (kept for /sim/requests) and its body; None if the client left first."""
+        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", scope["headers"], time.time())
+        if self._recording:
+            self.history.add(record)
+        try:
+            return record, await read_body(receive)
+        except ClientDisconnected:
+            record.outcome = CLIENT_DISCONNECTED
+            return None
 
     # --- chat completions -------------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
-        record = RequestRecord(f"{self._id_prefix}{next(self._counter):08d}", headers, time.time())
-        if self._recording:
-            self.history.add(record)
-        try:
-            raw = await read_body(receive)
-        except ClientDisconnected:
-            record.outcome = CLIENT_DISCONNECTED
+        received = await self._received(scope, receive)
+        if received is None:
             return
+        record, raw = received
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -169,6 +208,11 @@ class SimulatorApp:
         if fault == "500":
             record.outcome = fault
             await send_response(send, 500, (*responses.JSON_HEADERS, id_header), _SERVER_ERROR)
+            return
+        if fault in _OPENAI_FAULTS:
+            record.outcome = fault
+            status, body = _OPENAI_FAULTS[fault]
+            await send_response(send, status, (*responses.JSON_HEADERS, id_header), body)
             return
         if fault == "drop" and not request.stream:
             record.outcome = fault
@@ -400,7 +444,7 @@ async def _stream(
     headers = [*responses.SSE_HEADERS, id_header]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    drop_at = knobs.drop_after if knobs.fault in ("drop", "stall") else None
+    drop_at = knobs.drop_after if knobs.fault in ("drop", "stall", "stream_error") else None
     if knobs.token_ms <= 0 and drop_at is None:
         # Nothing to pace: one write. A zero-latency upstream's tokens arrive together anyway.
         await send({"type": "http.response.body", "body": b"".join((first, *body, *end))})
@@ -419,6 +463,10 @@ async def _stream(
         if watch is not None:
             await watch.gone.wait()
         return CLIENT_DISCONNECTED
+    if knobs.fault == "stream_error":
+        # OpenAI's mid-stream error: an error object as a data event, then the stream ends.
+        await send({"type": "http.response.body", "body": b"data: " + _SERVER_ERROR + b"\n\n"})
+        return "stream_error"
     if drop_at is not None:
         # Cut mid-stream: no finish chunk, no [DONE].
         await drop_connection(send, receive, watch)
@@ -461,3 +509,28 @@ _SERVER_ERROR = error_body(
     None,
     None,
 )
+_OPENAI_FAULTS = {
+    "overloaded": (
+        503,
+        error_body("The engine is currently overloaded, please try again later", "server_error", None, None),
+    ),
+    "context": (
+        400,
+        error_body(
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+            "more tokens. Please reduce the length of the messages. (simulated by aigw-simulator)",
+            "invalid_request_error",
+            "messages",
+            "context_length_exceeded",
+        ),
+    ),
+    "safety": (
+        400,
+        error_body(
+            "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+            "invalid_request_error",
+            None,
+            "invalid_prompt",
+        ),
+    ),
+}

@@ -15,7 +15,22 @@ from dataclasses import dataclass, field
 # `stall`: the answer starts (a stream's first `drop_after` tokens; a whole answer's headers), then
 # nothing more comes until the client leaves. `malformed`: a 200 whose body is not what it should be
 # (a stream's first event is not JSON; a whole answer is cut JSON).
-FAULTS = ("429", "500", "hang", "drop", "stall", "malformed")
+# Provider faults (`providers.py` answers them in each provider's own shape; the OpenAI route too):
+# `overloaded` (Anthropic's 529, Gemini's and OpenAI's 503), `context` (the prompt is longer than
+# the context window: a 400), `safety` (the provider's filter blocks the prompt), `stream_error`
+# (a stream sends `drop_after` tokens, then the provider's error event).
+FAULTS = (
+    "429",
+    "500",
+    "hang",
+    "drop",
+    "stall",
+    "malformed",
+    "overloaded",
+    "context",
+    "safety",
+    "stream_error",
+)
 
 MODEL_ID = "sim-model"
 
@@ -31,6 +46,10 @@ class Knobs:
     token_ms: float = 0.0  # time between streamed tokens; non-stream waits tokens * token_ms in total
     tokens: int = 16  # completion length in words, before max_tokens caps it
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens, clamped to prompt_tokens
+    # Prompt tokens reported as written to the provider's cache (Anthropic's cache_creation tokens;
+    # `cache_write_1h` of them as one-hour writes), clamped to what is left of the prompt.
+    cache_write: int = 0
+    cache_write_1h: int = 0
     fault: str | None = None  # one of FAULTS, or None for a normal answer
     echo: bool = False  # answer with the JSON of the received messages instead of words
     reply: str | None = None  # answer with exactly this text (no whitespace: directives split on it)
@@ -50,6 +69,8 @@ class Knobs:
             "token_ms",
             "tokens",
             "cached_tokens",
+            "cache_write",
+            "cache_write_1h",
             "drop_after",
             "retry_after",
             "fault_times",

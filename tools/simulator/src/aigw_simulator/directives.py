@@ -96,6 +96,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "token_ms": _millis,
     "tokens": _count,
     "cached_tokens": _count,
+    "cache_write": _count,
+    "cache_write_1h": _count,
     "fault": _fault,
     "echo": _flag,
     "reply": _text,

@@ -22,7 +22,9 @@ COMPLETED = "completed"
 TOOL_CALLS = "tool_calls"
 CLIENT_DISCONNECTED = "client_disconnected"
 
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "x-api-key", "x-goog-api-key"}
+)
 
 
 def redact(value: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aigw_contracts import ApiKey, Gateway, Upstream
 from aigw_contracts.config import (
     PUBLIC_KEY_DEFAULT_RPM_PER_IP,
+    Api,
     AutoRouting,
     KeyLimits,
     ParameterRule,
@@ -87,13 +88,36 @@ class UpstreamIn(_In):
     id: str | None = Field(default=None, description="catalog entries: '@provider/model'; own: generated")
     kind: Literal["catalog", "own"] = "own"
     provider: str = "openai"
-    model: str
-    base_url: str
+    model: str | None = Field(default=None, description="required unless `from_catalog` gives it")
+    base_url: str | None = Field(default=None, description="required unless `from_catalog` gives it")
     api_key: str | None = Field(default=None, description="stored encrypted; never shown again")
+    from_catalog: str | None = Field(
+        default=None,
+        description="your own key for a catalog model (e.g. '@anthropic/claude-sonnet-4-5'): an own "
+        "endpoint with that model's provider, base URL, wire format and model, called with `api_key`",
+    )
     prices: Prices = Field(default_factory=Prices, description="per token, USD (catalog entries)")
     context_window: int | None = None
     description: str = ""
     tenant: str | None = Field(default=None, description="operators only: the owner of an own endpoint")
+    api: Api | None = Field(
+        default=None,
+        description="the wire format it speaks: openai (default: OpenAI-compatible), anthropic, gemini, azure",
+    )
+    modalities: dict[str, list[str]] | None = Field(
+        default=None, description='e.g. {"input": ["text", "image"]}'
+    )
+    parameters: list[str] | None = Field(default=None, description="the request parameters it honours")
+
+    @model_validator(mode="after")
+    def _where(self) -> UpstreamIn:
+        if self.from_catalog is None:
+            for name in ("model", "base_url"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"'{name}' is required (or 'from_catalog')")
+        elif self.kind != "own":
+            raise ValueError("'from_catalog' makes an own endpoint (kind 'own')")
+        return self
 
 
 class UpstreamPatch(_In):
@@ -103,6 +127,9 @@ class UpstreamPatch(_In):
     prices: Prices | None = None
     context_window: int | None = None
     description: str | None = None
+    api: Api | None = None
+    modalities: dict[str, list[str]] | None = None
+    parameters: list[str] | None = None
 
 
 class UpstreamOut(BaseModel):
@@ -117,6 +144,9 @@ class UpstreamOut(BaseModel):
     tenant: str | None
     context_window: int | None
     description: str
+    api: Api | None = None
+    modalities: dict[str, list[str]] | None = None
+    parameters: list[str] | None = None
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamOut:

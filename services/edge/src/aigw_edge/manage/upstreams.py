@@ -72,9 +72,32 @@ async def build(rules: UpstreamRules, data: dict[str, Any], upstream_id: str, te
     return Upstream(id=upstream_id, tenant=tenant if data["kind"] == "own" else None, **data)
 
 
+_FROM_CATALOG = ("provider", "model", "base_url", "api", "context_window", "modalities", "parameters")
+
+
+def from_catalog(config: ManagedConfig, data: dict[str, Any], catalog_id: str, given: set[str]) -> None:
+    """Fill `data` (an own endpoint) from a catalog model, for a tenant bringing its own key for
+    that provider: what the tenant sets itself wins, prices never come along (own endpoints bill
+    tokens at 0: the tenant pays the provider)."""
+    entry = config.upstream(catalog_id)
+    if entry is None or entry.kind != "catalog":
+        raise errors.InvalidRequest(f"'{catalog_id}' is not a catalog model", param="from_catalog")
+    if not data.get("api_key"):
+        raise errors.InvalidRequest(
+            "bringing your own key for a catalog model needs 'api_key'", param="api_key"
+        )
+    for name in _FROM_CATALOG:
+        if name not in given or data.get(name) is None:
+            data[name] = getattr(entry, name)
+    if not data.get("description"):
+        data["description"] = f"{catalog_id} with the tenant's own key"
+
+
 @router.post("", status_code=201, summary="Add an upstream (own endpoint, or a catalog model for operators)")
 async def create(body: UpstreamIn, key: AdminKey, config: Config, rules: Rules) -> UpstreamOut:
-    data = body.model_dump(exclude={"id", "tenant"})
+    data = body.model_dump(exclude={"id", "tenant", "from_catalog"})
+    if body.from_catalog is not None:
+        from_catalog(config, data, body.from_catalog, body.model_fields_set)
     if body.kind == "catalog":
         if not key.operator:
             raise errors.Forbidden("Only operator keys can add catalog models.", param="kind")
