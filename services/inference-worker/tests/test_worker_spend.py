@@ -56,6 +56,32 @@ def test_the_hold_covers_every_prompt_token_and_the_output_asked_for() -> None:
     assert sum(line.amount for line in price_lines(worst, CHEAP, "a")) <= held
 
 
+def test_the_hold_covers_a_prompt_written_to_the_cache_and_output_billed_as_reasoning() -> None:
+    """Anthropic-priced: cache writes cost more than input, reasoning may cost more than output."""
+    prices = Prices(
+        input=Decimal("3E-6"),
+        output=Decimal("1.5E-5"),
+        cache_write=Decimal("3.75E-6"),
+        cache_write_1h=Decimal("6E-6"),
+        reasoning=Decimal("2E-5"),
+    )
+    route = RoutedCall(upstream=_target("a", prices), body=BODY, response_model="a")
+    held = max_cost(route, SETTINGS)
+    body_bytes = len(json.dumps(BODY, separators=(",", ":"), ensure_ascii=False).encode())
+    worst = Usage.model_validate(
+        {
+            "prompt_tokens": body_bytes,
+            "completion_tokens": 50,
+            "total_tokens": body_bytes + 50,
+            "prompt_tokens_details": {"cache_write_1h_tokens": body_bytes},
+            "completion_tokens_details": {"reasoning_tokens": 50},
+        }
+    )
+    billed = sum(line.amount for line in price_lines(worst, prices, "a"))
+    assert billed == body_bytes * prices.cache_write_1h + 50 * prices.reasoning  # type: ignore[operator]
+    assert billed <= held
+
+
 def test_without_max_tokens_the_context_window_or_the_setting_bounds_the_output() -> None:
     body = {"messages": BODY["messages"], "n": 3}
     windowed = max_cost(_route(body), SETTINGS)

@@ -30,6 +30,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent, subjects
+from aigw_contracts.config import Prices
 from aigw_contracts.errors import InsufficientQuota, Unavailable
 from aigw_contracts.spend import ZERO, Shortfall, SpendAlert, period_id
 from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
@@ -71,9 +72,19 @@ def max_cost(route: RoutedCall, settings: WorkerSettings) -> Decimal:
     output *= choices
     rounds = route.knowledge_tool.max_rounds + 1 if route.knowledge_tool is not None else 1
     round_prompt = prompt + (rounds - 1) * (output + settings.spend_tool_result_tokens)
-    dearest = max(rounds * (round_prompt * t.prices.input + output * t.prices.output) for t in targets)
+    dearest = max(rounds * (round_prompt * _in(t.prices) + output * _out(t.prices)) for t in targets)
     searches = (rounds - 1) * settings.spend_tool_round_cost
     return dearest + searches + prior_knowledge(route)
+
+
+def _in(p: Prices) -> Decimal:
+    """The dearest an input token can be billed: a cache write costs more than a plain input."""
+    return max(p.input, p.cache_write, p.cache_write_1h or ZERO)
+
+
+def _out(p: Prices) -> Decimal:
+    """The dearest an output token can be billed (reasoning, where priced apart)."""
+    return max(p.output, p.reasoning or ZERO)
 
 
 class SpendControl:
