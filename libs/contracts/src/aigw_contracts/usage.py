@@ -20,7 +20,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from . import subjects
 from .api import GeneratedUsage
 
 USAGE_SCHEMA_VERSION = 1
@@ -44,6 +45,8 @@ class UsageEvent(BaseModel):
     Published to `subjects.usage_subject(tenant)` with `Nats-Msg-Id: msg_id()`; metering stores one
     ClickHouse row per line. Times are UTC; a line's billing time is `finished_at`.
     """
+
+    stream_name: ClassVar[str] = subjects.USAGE_STREAM
 
     schema_version: Literal[1] = 1
     request_id: str
@@ -65,6 +68,9 @@ class UsageEvent(BaseModel):
 
     def msg_id(self) -> str:
         return f"{self.request_id}:{self.source}"
+
+    def subject(self) -> str:
+        return subjects.usage_subject(self.tenant)
 
     def total(self) -> Decimal:
         return sum((line.amount for line in self.lines), Decimal(0))

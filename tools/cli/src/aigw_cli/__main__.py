@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from . import bootstrap, knowledge, resources, usage
+from . import bootstrap, knowledge, requests, resources, usage
 from .client import DEFAULT_GATEWAY_URL, Api, CliError, resolve_gateway_url, resolve_key
 
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.register(commands)
     bootstrap.register(commands)
     usage.register(commands)
+    requests.register(commands)
     knowledge.register(commands)
     for sub in _commands(parser):
         _global_options(sub, top=False)

@@ -38,6 +38,9 @@ class GatewayIn(_In):
     routing: AutoRouting | None = Field(
         default=None, description="pick the upstream by the request's complexity (a classifier model)"
     )
+    log_payloads: bool | None = Field(
+        default=None, description="keep request and answer bodies in the request log (secrets redacted)"
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -52,6 +55,7 @@ class GatewayPatch(_In):
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
     fallbacks: list[str] | None = Field(default=None, max_length=4)
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
+    log_payloads: bool | None = None
 
 
 class GatewayOut(BaseModel):
@@ -69,6 +73,7 @@ class GatewayOut(BaseModel):
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
+    log_payloads: bool | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod
