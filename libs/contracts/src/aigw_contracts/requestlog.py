@@ -47,6 +47,7 @@ class RequestLogEvent(BaseModel):
     error_code: str = ""  # the OpenAI-shaped error's code (or how the request ended), "" on success
     model: str = ""  # the `model` the client asked for
     gateway: str = ""  # the gateway's slug, when one answered
+    gateway_id: str = ""  # and its id (usage lines name gateways by id)
     fallback: str = ""  # the fallback upstream that answered, when the gateway's own failed
     stream: bool = False
     started_at: datetime
@@ -114,6 +115,7 @@ class RequestLogRow(BaseModel):
     error_code: str
     model: str
     gateway: str
+    gateway_id: str
     fallback: str
     stream: bool
     started_at: datetime

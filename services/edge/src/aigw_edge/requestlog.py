@@ -126,10 +126,13 @@ class RequestLog:
         self.edge_id = edge_id
         self.enabled = enabled
         self.payload_gateways: frozenset[str] = frozenset()  # slugs of gateways with log_payloads
+        self.gateway_ids: dict[str, str] = {}  # slug → id (events name the slug; usage, the id)
         self.publisher: UsagePublisher | None = None
 
     def gateways_changed(self, gateways: Iterable[Gateway]) -> None:
+        gateways = list(gateways)
         self.payload_gateways = frozenset(g.slug for g in gateways if g.log_payloads)
+        self.gateway_ids = {g.slug: g.id for g in gateways}
 
     async def start(self, nc: NatsClient) -> None:
         if not self.enabled:
@@ -183,6 +186,7 @@ class RequestLog:
             error_code=error_code,
             model=fields.get("model") or "",
             gateway=gateway,
+            gateway_id=self.gateway_ids.get(gateway, "") if gateway else "",
             fallback=fields.get("fallback") or "",
             stream=bool(fields.get("stream")),
             started_at=datetime.fromtimestamp(started_wall, UTC),

@@ -188,7 +188,8 @@ def _token(seqs: list[int]) -> str:
 # Queries (`GET /v1/requests`)
 
 _COLUMNS = (
-    "request_id, tenant, key_id, method, path, status, error_code, model, gateway, fallback, stream, "
+    "request_id, tenant, key_id, method, path, status, error_code, model, gateway, gateway_id, fallback, "
+    "stream, "
     "ts AS started_at, latency_ms, ttft_ms, request_payload, response_payload"
 )
 _SETTINGS = {"do_not_merge_across_partitions_select_final": 1}  # copies share ts: one partition
@@ -204,7 +205,10 @@ def build_sql(query: RequestLogQuery, table: str) -> tuple[str, dict[str, Any]]:
         where.append("tenant = {tenant:String}")
     if query.gateway is not None:
         params["gateway"] = query.gateway
-        where.append("(gateway = {gateway:String} OR startsWith(gateway, concat({gateway:String}, ':')))")
+        where.append(
+            "(gateway = {gateway:String} OR gateway_id = {gateway:String} "
+            "OR startsWith(gateway, concat({gateway:String}, ':')))"
+        )
     if query.status is not None:
         if query.status.endswith("xx"):
             params["status_class"] = int(query.status[0])

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS {db}.request_log
     error_code       LowCardinality(String),
     model            LowCardinality(String),
     gateway          LowCardinality(String) COMMENT 'slug of the gateway that answered',
+    gateway_id       LowCardinality(String) COMMENT 'its id, as usage_lines.gateway_id',
     fallback         LowCardinality(String) COMMENT 'the fallback upstream that answered, if one did',
     stream           Bool,
     latency_ms       Float64,
