@@ -121,7 +121,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("deploy") / "deploy"
     shutil.copytree(DEPLOY, tmp, ignore=shutil.ignore_patterns("nats", "secrets"))
     dev = str(Path(sys.executable).parent / "aigw-dev")
-    for args in (["nats-config", "--out", str(tmp / "k8s/nats")], ["secrets", "--out", str(tmp / "k8s/secrets")]):
+    for args in (
+        ["nats-config", "--out", str(tmp / "k8s/nats")],
+        ["secrets", "--out", str(tmp / "k8s/secrets")],
+    ):
         subprocess.run([dev, *args], check=True, capture_output=True, timeout=120)
     return render(tmp / "k8s")
 
@@ -130,7 +133,9 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(rendered: list[dict[str, Any]]) -> None:
+def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(
+    rendered: list[dict[str, Any]],
+) -> None:
     assert len(rendered) > 40
     for doc in rendered:
         try:
@@ -175,7 +180,9 @@ def _health_port(container: dict[str, Any], configmap: dict[str, str]) -> int:
     return int(env["AIGW_HEALTH_PORT"])
 
 
-def test_every_k8s_service_has_probes_on_its_health_port_and_is_scraped(rendered: list[dict[str, Any]]) -> None:
+def test_every_k8s_service_has_probes_on_its_health_port_and_is_scraped(
+    rendered: list[dict[str, Any]],
+) -> None:
     configmap = _by_kind(rendered, "ConfigMap")["aigw-env"]["data"]
     scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus-k8s.yml").read_text())
     assert scrape["scrape_configs"][0]["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["aigw"]
@@ -282,7 +289,10 @@ def test_generated_secrets_hold_what_the_services_need(rendered: list[dict[str, 
     secrets = _by_kind(rendered, "Secret")
     app = {k: base64.b64decode(v).decode() for k, v in secrets["aigw-secrets"]["data"].items()}
     assert len(app["AIGW_KEY_PEPPER"]) >= 32
-    assert len(base64.urlsafe_b64decode(app["AIGW_SECRETS_KEY"] + "=" * (-len(app["AIGW_SECRETS_KEY"]) % 4))) == 32
+    assert (
+        len(base64.urlsafe_b64decode(app["AIGW_SECRETS_KEY"] + "=" * (-len(app["AIGW_SECRETS_KEY"]) % 4)))
+        == 32
+    )
     password = base64.b64decode(secrets["clickhouse"]["data"]["CLICKHOUSE_PASSWORD"]).decode()
     assert app["AIGW_METERING_DSN"] == f"http://default:{password}@clickhouse:8123/aigw"
     grafana = {k: base64.b64decode(v).decode() for k, v in secrets["grafana"]["data"].items()}
@@ -293,7 +303,9 @@ def test_aigw_dev_secrets_keeps_what_it_generated(tmp_path: Path) -> None:
     dev = str(Path(sys.executable).parent / "aigw-dev")
     subprocess.run([dev, "secrets", "--out", str(tmp_path)], check=True, capture_output=True, timeout=60)
     first = _env_file(tmp_path / "aigw.env")
-    (tmp_path / "aigw.env").write_text((tmp_path / "aigw.env").read_text().replace("OPENAI_API_KEY=", "OPENAI_API_KEY=sk-x"))
+    (tmp_path / "aigw.env").write_text(
+        (tmp_path / "aigw.env").read_text().replace("OPENAI_API_KEY=", "OPENAI_API_KEY=sk-x")
+    )
     subprocess.run([dev, "secrets", "--out", str(tmp_path)], check=True, capture_output=True, timeout=60)
     assert _env_file(tmp_path / "aigw.env") == {**first, "OPENAI_API_KEY": "sk-x"}
     for name in ("secrets.json", "aigw.env", "clickhouse.env", "grafana.env", "compose.env"):
@@ -330,7 +342,9 @@ def test_compose_runs_the_whole_product() -> None:
 
 
 def test_compose_services_run_shipped_console_scripts() -> None:
-    commands = [svc["command"][0] for svc in _compose()["services"].values() if svc.get("image") == AIGW_IMAGE]
+    commands = [
+        svc["command"][0] for svc in _compose()["services"].values() if svc.get("image") == AIGW_IMAGE
+    ]
     assert commands and set(commands) <= _scripts()
 
 
@@ -348,7 +362,9 @@ def test_every_compose_service_has_a_healthcheck_and_is_scraped() -> None:
     services = _compose()["services"]
     scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     targets = {
-        (sd["names"][0], sd["port"]) for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+        (sd["names"][0], sd["port"])
+        for job in scrape["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
     }
     for name, svc in services.items():
         # The collector's image is distroless (no shell, no HTTP client) and its binary has no check
@@ -411,7 +427,9 @@ def test_both_dashboards_and_datasources_are_provisioned_in_compose_and_k8s() ->
     generated = yaml.safe_load((GRAFANA / "kustomization.yaml").read_text())["configMapGenerator"]
     files = {f for g in generated for f in g["files"]}
     assert {f"dashboards/{name}" for name in dashboards} <= files
-    assert {f"provisioning/datasources/{p.name}" for p in (GRAFANA / "provisioning/datasources").glob("*.yaml")} <= files
+    assert {
+        f"provisioning/datasources/{p.name}" for p in (GRAFANA / "provisioning/datasources").glob("*.yaml")
+    } <= files
     grafana = _compose()["services"]["grafana"]
     assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
 
@@ -445,7 +463,9 @@ def _promql_targets() -> Iterator[Any]:
             if panel.get("datasource", {}).get("type") != "prometheus":
                 continue
             for target in panel["targets"]:
-                yield pytest.param(dashboard, panel, target, id=f"{Path(name).stem}:{panel['title']}:{target['refId']}")
+                yield pytest.param(
+                    dashboard, panel, target, id=f"{Path(name).stem}:{panel['title']}:{target['refId']}"
+                )
 
 
 def _expand(expr: str, dashboard: dict[str, Any]) -> str:

@@ -114,7 +114,11 @@ def test_every_request_lands_once_with_status_tokens_cost_and_redacted_payloads(
     env = {**os.environ, "AIGW_GATEWAY_URL": logged.base_url, "AIGW_API_KEY": logged.demo.key}
     aigw = str(Path(sys.executable).parent / "aigw")
     out = subprocess.run(
-        [aigw, "--json", "requests", "--gateway", kept["slug"]], capture_output=True, text=True, env=env, timeout=30
+        [aigw, "--json", "requests", "--gateway", kept["slug"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert [r["request_id"] for r in json.loads(out.stdout)["rows"]] == [answered_id]

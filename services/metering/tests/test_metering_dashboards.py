@@ -236,7 +236,9 @@ def test_the_spend_and_requests_stats_match_the_events(dashboard_db: tuple[Any, 
     assert requests == len(events)
     errors = client.query(expand(by_title["Errors"], variables, {})).result_rows[0][0]
     assert math.isclose(errors, 60 / (len(events) + 60))  # refusals included: 401s have no tenant
-    one_errors = client.query(expand(by_title["Errors"], variables, {"tenant": ["tenant-1"]})).result_rows[0][0]
+    one_errors = client.query(expand(by_title["Errors"], variables, {"tenant": ["tenant-1"]})).result_rows[0][
+        0
+    ]
     refused_one = sum(1 for i, e in enumerate(events[:60]) if i % 3 and e.tenant == "tenant-1")
     assert math.isclose(one_errors, refused_one / (len(one) + refused_one))
 

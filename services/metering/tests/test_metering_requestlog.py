@@ -45,7 +45,9 @@ async def test_every_request_is_stored_once_and_listed_with_its_tokens_and_cost(
         _event(billed.request_id, 200, gateway="support:ab12", model="support", key_id="k1", ttft_ms=3.0),
         _event("r-401", 401, tenant="", error_code="invalid_api_key"),
         _event("r-429", 429, gateway="support:ab12", error_code="rate_limit_exceeded"),
-        _event("r-502", 502, tenant="other", gateway="faq:cd34", error_code="upstream_error", fallback="@b/m"),
+        _event(
+            "r-502", 502, tenant="other", gateway="faq:cd34", error_code="upstream_error", fallback="@b/m"
+        ),
     ]
     settings = settings_for(fresh_nats.url, f"chdb://{chdb_dir}", database)
     async with running(settings) as service:
