@@ -48,3 +48,54 @@ def test_error_code_of_openai_shaped_bodies() -> None:
         _error_code(b'{"error": {"code": null, "type": "invalid_request_error"}}') == "invalid_request_error"
     )
     assert _error_code(b"not json") == "" and _error_code(b"[1]") == ""
+
+
+def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
+    """The edge builds its events as dicts (cheaper than the model): every field, nothing else,
+    in the types the model validates, under the model's subject and message id."""
+    import time
+
+    from aigw_contracts.requestlog import RequestLogEvent
+    from aigw_edge.requestlog import LoggedRequest, RequestLog
+    from aigw_runtime.usage_publisher import UsagePublisher
+
+    class _NoBus:
+        async def start_usage_acks(self, on_ack: object) -> None: ...
+
+        async def send_usage(
+            self, token: int, subject: str, payload: bytes, headers: dict[str, str]
+        ) -> None: ...
+
+    log = RequestLog("edge-1")
+    log.publisher = UsagePublisher(_NoBus())
+    fields = {
+        "request_id": "r-1",
+        "tenant": "acme",
+        "key_id": "k",
+        "model": "m",
+        "stream": True,
+        "outcome": "error_502",
+        "gateway": "gw:ab12",
+        "fallback": "@b/m",
+        "ttft_ms": 4.5,
+    }
+    log.gateways_changed([])
+    log.record("POST", "/v1/chat/completions", 200, time.time(), time.perf_counter(), fields, None, None, b"")
+    (sent,) = list(log.publisher._submitted)
+    assert isinstance(sent, LoggedRequest)
+    assert set(sent.data) == set(RequestLogEvent.model_fields)
+    event = RequestLogEvent.model_validate_json(sent.model_dump_json())
+    assert (event.status, event.error_code, event.gateway, event.fallback, event.ttft_ms, event.stream) == (
+        200,
+        "error_502",
+        "gw:ab12",
+        "@b/m",
+        4.5,
+        True,
+    )
+    assert (sent.subject(), sent.msg_id(), sent.stream_name) == (
+        event.subject(),
+        event.msg_id(),
+        event.stream_name,
+    )
+    assert event.started_at.tzinfo is not None

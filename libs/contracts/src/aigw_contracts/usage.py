@@ -263,12 +263,17 @@ _SCHEMA_BASE = "https://aigw.dev/schemas/"
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name → JSON Schema: what travels on the wire (serialization form)."""
+    from .requestlog import RequestLogEvent, RequestLogReport  # it builds on this module
+
     out: dict[str, dict[str, Any]] = {}
-    for name, model, mode in (
+    models: tuple[tuple[str, type[BaseModel], str], ...] = (
         (f"usage-event.v{USAGE_SCHEMA_VERSION}.json", UsageEvent, "serialization"),
         ("usage-query.v1.json", UsageQuery, "validation"),
         ("usage-report.v1.json", UsageReport, "serialization"),
-    ):
+        ("request-log-event.v1.json", RequestLogEvent, "serialization"),
+        ("request-log-report.v1.json", RequestLogReport, "serialization"),
+    )
+    for name, model, mode in models:
         schema = model.model_json_schema(mode=mode)  # type: ignore[arg-type]
         out[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
