@@ -69,7 +69,13 @@ def test_every_request_lands_once_with_status_tokens_cost_and_redacted_payloads(
         intruder.chat.completions.create(model=kept["slug"], messages=[{"role": "user", "content": "x"}])
 
     mine = {answered_id, streamed_id, missing_id}
-    eventually(lambda: mine <= {r["request_id"] for r in _listed(http)}, 30.0, "requests logged")
+
+    def logged_with_usage() -> bool:
+        # The request log and the usage lines are stored by two consumers: both, eventually.
+        rows = {r["request_id"]: r for r in _listed(http)}
+        return mine <= set(rows) and all(rows[i]["output_tokens"] > 0 for i in (answered_id, streamed_id))
+
+    eventually(logged_with_usage, 30.0, "requests logged with their usage")
     rows = {r["request_id"]: r for r in _listed(http)}
 
     answered = rows[answered_id]
