@@ -35,6 +35,14 @@ def _listed(http: httpx.Client, **params: Any) -> list[dict[str, Any]]:
     return resp.json()["rows"] if resp.status_code == 200 else []  # 503 while metering opens its store
 
 
+def _accepted(client: OpenAI, model: str) -> bool:
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    except openai.AuthenticationError:  # not on this edge yet
+        return False
+    return True
+
+
 def test_every_request_lands_once_with_status_tokens_cost_and_redacted_payloads(logged: Stack) -> None:
     assert logged.demo is not None
     http = api_client(logged, logged.demo.key)
@@ -67,8 +75,17 @@ def test_every_request_lands_once_with_status_tokens_cost_and_redacted_payloads(
     intruder = OpenAI(base_url=logged.base_url, api_key="aigw_" + "x" * 43, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         intruder.chat.completions.create(model=kept["slug"], messages=[{"role": "user", "content": "x"}])
+    # 413 before the body is read, 429 from a key's rate limit.
+    too_big = http.post("/chat/completions", content=b"x" * (1024 * 1024 + 1))
+    assert too_big.status_code == 413
+    limited = http.post("/keys", json={"name": "slow", "limits": {"requests_per_minute": 1}}).json()
+    slow = OpenAI(base_url=logged.base_url, api_key=limited["secret"], max_retries=0, timeout=20)
+    eventually(lambda: _accepted(slow, plain["slug"]), 2.0, "the new key accepted")
+    with pytest.raises(openai.RateLimitError) as limited_err:
+        slow.chat.completions.create(model=plain["slug"], messages=[{"role": "user", "content": "again"}])
+    limited_id = limited_err.value.response.headers["x-request-id"]
 
-    mine = {answered_id, streamed_id, missing_id}
+    mine = {answered_id, streamed_id, missing_id, limited_id}
 
     def logged_with_usage() -> bool:
         # The request log and the usage lines are stored by two consumers: both, eventually.
@@ -98,6 +115,18 @@ def test_every_request_lands_once_with_status_tokens_cost_and_redacted_payloads(
 
     refused = rows[missing_id]
     assert (refused["status"], refused["error_code"], refused["input_tokens"]) == (404, "model_not_found", 0)
+
+    assert (rows[limited_id]["status"], rows[limited_id]["error_code"]) == (429, "rate_limit_exceeded")
+    assert rows[limited_id]["key_id"] == limited["id"]
+    # Refused before its key was read (the body limit comes first): no tenant, like the 401.
+    eventually(
+        lambda: any(
+            r["status"] == 413 and r["error_code"] == "request_too_large" and r["tenant"] == ""
+            for r in _listed(operator, tenant="all", status="413")
+        ),
+        10.0,
+        "the 413 logged",
+    )
 
     # The 401 has no tenant: only an operator listing every tenant sees it.
     assert not any(r["status"] == 401 for r in rows.values())
