@@ -50,13 +50,17 @@ def test_error_code_of_openai_shaped_bodies() -> None:
     assert _error_code(b"not json") == "" and _error_code(b"[1]") == ""
 
 
-def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
-    """The edge builds its events as dicts (cheaper than the model): every field, nothing else,
-    in the types the model validates, under the model's subject and message id."""
+async def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
+    """The edge builds its events as dicts (cheaper than the model) and sends one batch per tenant
+    per linger window: every field, nothing else, in the types the model validates."""
+    import asyncio
     import time
 
+    from pydantic import TypeAdapter
+
+    from aigw_contracts import subjects
     from aigw_contracts.requestlog import RequestLogEvent
-    from aigw_edge.requestlog import LoggedRequest, RequestLog
+    from aigw_edge.requestlog import LoggedBatch, RequestLog
     from aigw_runtime.usage_publisher import UsagePublisher
 
     class _NoBus:
@@ -66,25 +70,27 @@ def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
             self, token: int, subject: str, payload: bytes, headers: dict[str, str]
         ) -> None: ...
 
-    log = RequestLog("edge-1")
-    log.publisher = UsagePublisher(_NoBus())
-    fields = {
-        "request_id": "r-1",
-        "tenant": "acme",
-        "key_id": "k",
-        "model": "m",
-        "stream": True,
-        "outcome": "error_502",
-        "gateway": "gw:ab12",
-        "fallback": "@b/m",
-        "ttft_ms": 4.5,
-    }
-    log.gateways_changed([])
-    log.record("POST", "/v1/chat/completions", 200, time.time(), time.perf_counter(), fields, None, None, b"")
-    (sent,) = list(log.publisher._submitted)
-    assert isinstance(sent, LoggedRequest)
-    assert set(sent.data) == set(RequestLogEvent.model_fields)
-    event = RequestLogEvent.model_validate_json(sent.model_dump_json())
+    log = RequestLog("edge-1", linger=0.01)
+    publisher = log.publisher = UsagePublisher(_NoBus())  # not started: submitted batches queue
+    base = {"key_id": "k", "model": "m", "stream": True, "outcome": "error_502", "fallback": "@b/m"}
+    for i, tenant in enumerate(("acme", "acme", "other", "")):
+        fields = {**base, "request_id": f"r-{i}", "tenant": tenant, "gateway": "gw:ab12", "ttft_ms": 4.5}
+        log.record(
+            "POST", "/v1/chat/completions", 200, time.time(), time.perf_counter(), fields, None, None, b""
+        )
+    assert not publisher._submitted  # gathered for the linger window
+    await asyncio.wait_for(publisher._wake.wait(), 5)  # one flush hands every tenant's batch over
+    batches = list(publisher._submitted)
+    assert all(isinstance(b, LoggedBatch) for b in batches)
+    by_subject = {b.subject(): b for b in batches}
+    assert set(by_subject) == {subjects.requests_subject(t) for t in ("acme", "other", "")}
+    assert len({b.msg_id() for b in batches}) == 3 and all(b.stream_name == "AIGW_REQUESTS" for b in batches)
+    acme = TypeAdapter(list[RequestLogEvent]).validate_json(
+        by_subject[subjects.requests_subject("acme")].model_dump_json()
+    )
+    assert [e.request_id for e in acme] == ["r-0", "r-1"]
+    assert set(by_subject[subjects.requests_subject("acme")].events[0]) == set(RequestLogEvent.model_fields)
+    event = acme[0]
     assert (event.status, event.error_code, event.gateway, event.fallback, event.ttft_ms, event.stream) == (
         200,
         "error_502",
@@ -93,9 +99,4 @@ def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
         4.5,
         True,
     )
-    assert (sent.subject(), sent.msg_id(), sent.stream_name) == (
-        event.subject(),
-        event.msg_id(),
-        event.stream_name,
-    )
-    assert event.started_at.tzinfo is not None
+    assert event.started_at.tzinfo is not None and event.edge_id == "edge-1"

@@ -31,10 +31,17 @@ def _event(request_id: str, status: int, tenant: str = "acme", **fields: object)
 
 
 async def _publish(js: object, events: list[RequestLogEvent]) -> None:
+    """One event per message (a message may hold one)."""
     for event in events:
         await js.publish(  # type: ignore[attr-defined]
             event.subject(), event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.msg_id()}
         )
+
+
+async def _publish_batch(js: object, events: list[RequestLogEvent], batch_id: str) -> None:
+    """As the edge does: one tenant's events in one message, a JSON array."""
+    body = b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]"
+    await js.publish(events[0].subject(), body, headers={"Nats-Msg-Id": batch_id})  # type: ignore[attr-defined]
 
 
 async def test_every_request_is_stored_once_and_listed_with_its_tokens_and_cost(
@@ -54,9 +61,10 @@ async def test_every_request_is_stored_once_and_listed_with_its_tokens_and_cost(
         async with connect(fresh_nats.url) as nc:
             js = nc.jetstream()
             await publish(js, [billed])
-            await _publish(js, events)
+            await _publish_batch(js, events[:1] + events[2:3], "batch-1")  # acme's, as the edge sends
+            await _publish(js, [events[1], events[3]])
             # A republish with the same id inside the window: JetStream drops it.
-            await _publish(js, events[:1])
+            await _publish_batch(js, events[:1] + events[2:3], "batch-1")
             await js.publish(subjects.requests_subject("acme"), b'{"request_id": 1}')  # malformed
             await eventually(lambda: service.health.request_log_dead == 1, what="malformed dead-lettered")
             await eventually(lambda: service.health.inserted_lines == 3, what="usage stored")

@@ -2,9 +2,10 @@
 
 Usage events say what was billed; these say what every client saw, refusals (401, 403, 404, 413,
 429) and failures (502, 503, 504, a client that left: 499) included, which usage never sees. The
-edge publishes one per request to `subjects.requests_subject(tenant)` with
-`Nats-Msg-Id: msg_id()` (the request id), so a republish inside the stream's duplicate window is
-dropped, and metering stores it in ClickHouse (`request_log`, a ReplacingMergeTree keyed on the
+edge publishes them to `subjects.requests_subject(tenant)` gathered per tenant for 20 ms, as one
+message holding a JSON array of events (a message may also hold one event, as an object), with a
+`Nats-Msg-Id` unique to the batch, so a republish inside the stream's duplicate window is dropped;
+metering stores each event in ClickHouse (`request_log`, a ReplacingMergeTree keyed on the
 request: a copy delivered twice collapses, every read uses FINAL).
 
 Tokens and cost are not repeated here: the usage lines of the same request id hold them exactly,

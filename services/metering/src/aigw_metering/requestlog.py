@@ -1,13 +1,14 @@
 """The request log: its durable consumer (stream → ClickHouse `request_log`) and its query.
 
 The same path as usage, smaller: pull (`pull.Puller`) from the request log stream, validate each
-event (`RequestLogEvent`; one that does not validate is dead-lettered with the reason, like a
+message (a JSON array of `RequestLogEvent`s, one tenant's from one edge in one 20 ms window, or a
+single event; a message that does not validate is dead-lettered whole with the reason, like a
 usage event), insert the batch with an `insert_deduplication_token` derived from its stream
 sequences, and ack only after the insert. While the store is down the batch is retried with
 backoff and kept alive with in-progress acks; nothing is acked, nothing is lost.
 
-Exactly once, as for usage: the edge publishes with `Nats-Msg-Id` (JetStream drops a republish
-inside the duplicate window), a batch holds one copy per request id, a retried insert carries the
+Exactly once, as for usage: the edge publishes with `Nats-Msg-Id` (one per batch: JetStream drops
+a republish inside the duplicate window), an insert holds one copy per request id, a retried insert carries the
 same token, and the table (ReplacingMergeTree on the request) collapses what still gets through;
 every read uses FINAL. Request log events are one small row each, so this consumer validates
 through the model rather than the usage consumer's hand-checked fast path.
@@ -28,7 +29,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from aigw_contracts import skus
 from aigw_contracts.requestlog import RequestLogEvent, RequestLogQuery, RequestLogReport, RequestLogRow
@@ -42,6 +43,17 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger("aigw.metering.requests")
 
 _IDLE_FETCH_S = 1.0
+
+
+_BATCH: TypeAdapter[list[RequestLogEvent]] = TypeAdapter(list[RequestLogEvent])
+
+
+def parse(data: bytes) -> list[RequestLogEvent]:
+    """A message's events: the edge sends a JSON array per tenant and batch; one object is one
+    event. Raises ValidationError (the message is then dead-lettered whole)."""
+    if data.lstrip()[:1] == b"[":
+        return _BATCH.validate_json(data)
+    return [RequestLogEvent.model_validate_json(data)]
 
 
 def row(event: RequestLogEvent, seq: int) -> dict[str, Any]:
@@ -98,17 +110,18 @@ class RequestLogConsumer:
             for msg in msgs:
                 seq = delivery(msg)[0]
                 try:
-                    event = RequestLogEvent.model_validate_json(msg.data)
+                    events = parse(msg.data)
                 except ValidationError as err:
                     first = err.errors()[0]
                     where = ".".join(str(p) for p in first["loc"]) or "event"
                     dead.append((msg, f"invalid request log event: {where}: {first['msg']}"))
                     continue
-                if event.request_id in seen:
-                    continue  # JetStream delivered it twice into one batch: acked with the first
-                seen.add(event.request_id)
-                rows.append(json.dumps(row(event, seq)).encode())
                 seqs.append(seq)
+                for event in events:
+                    if event.request_id in seen:
+                        continue  # delivered twice into one batch: stored (and acked) once
+                    seen.add(event.request_id)
+                    rows.append(json.dumps(row(event, seq)).encode())
             for msg, reason in dead:
                 if await dead_letter(self.js, msg, reason, kind="requests"):
                     self.health.request_log_dead += 1
