@@ -44,6 +44,16 @@ async def _publish_batch(js: object, events: list[RequestLogEvent], batch_id: st
     await js.publish(events[0].subject(), body, headers={"Nats-Msg-Id": batch_id})  # type: ignore[attr-defined]
 
 
+async def _all_acked(js: object) -> None:
+    """Nothing pending or unacked on the request log's durable (acks follow the insert, unawaited)."""
+
+    async def settled() -> bool:
+        info = await js.consumer_info(streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)  # type: ignore[attr-defined]
+        return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+    await eventually(settled, what="every event acked")
+
+
 async def test_every_request_is_stored_once_and_listed_with_its_tokens_and_cost(
     fresh_nats: NatsServer, chdb_dir: Path, database: str
 ) -> None:
@@ -74,8 +84,7 @@ async def test_every_request_is_stored_once_and_listed_with_its_tokens_and_cost(
             copy = events[1]
             await js.publish(copy.subject(), copy.model_dump_json().encode(), headers={"Nats-Msg-Id": "x"})
             await eventually(lambda: service.health.request_log_rows == 5, what="the copy stored")
-            info = await js.consumer_info(streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
-            assert (info.num_pending, info.num_ack_pending) == (0, 0)  # all acked
+            await _all_acked(js)
             dead = await js.get_last_msg(streams.USAGE_DEAD_STREAM, subjects.USAGE_DEAD_LETTER)
             assert "request_id" in (dead.headers or {})[usage.DEAD_REASON]
 
@@ -128,8 +137,7 @@ async def test_request_log_waits_in_the_stream_while_the_store_is_down(
             js = nc.jetstream()
             await _publish(js, [_event("r-1", 200), _event("r-2", 503)])
             await eventually(lambda: service.health.request_log_rows == 2, what="stored after the outage")
-            info = await js.consumer_info(streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
-            assert (info.num_pending, info.num_ack_pending) == (0, 0)
+            await _all_acked(js)
         assert len(refused) == 3 and len(set(refused)) == 1  # the same batch, the same dedup token
         rows = requestlog.run(store, RequestLogQuery(tenant="acme")).rows
         assert sorted(r.status for r in rows) == [200, 503]
