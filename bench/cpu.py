@@ -65,9 +65,10 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="streamed answers of 64 tokens")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-request-log", action="store_true", help="the edge publishes no request log")
     args = parser.parse_args()
 
-    stack = start_pinned_stack(metering=False)
+    stack = start_pinned_stack(metering=False, request_log=not args.no_request_log)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     try:
         pids = {name: proc.pid for name, proc in stack.procs.items() if name != "retrieval"}

@@ -39,7 +39,7 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def start_pinned_stack(metering: bool) -> Stack:
+def start_pinned_stack(metering: bool, request_log: bool = True) -> Stack:
     """The bench layout, started: nats-server and the services on CPU 0, the simulator and this
     process (the load generator) on CPU 1 (all on CPU 0 on a one-core machine)."""
     cpus = os.sched_getaffinity(0)
@@ -51,7 +51,13 @@ def start_pinned_stack(metering: bool) -> Stack:
         cpu_services=services_cpu,
         cpu_simulator=client_cpu,
         quiet=True,
-        env={"AIGW_LOG_LEVEL": "WARNING", "AIGW_ACCESS_LOG": "false"},
+        # The request log stays on (as deployed): its cost is part of the figures; --no-request-log
+        # measures without it.
+        env={
+            "AIGW_LOG_LEVEL": "WARNING",
+            "AIGW_ACCESS_LOG": "false",
+            "AIGW_REQUEST_LOG": "true" if request_log else "false",
+        },
     )
     _progress(f"starting the stack (services on CPU {services_cpu}, simulator and load on CPU {client_cpu})…")
     stack.start()
@@ -92,18 +98,32 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="completion tokens per non-stream answer")
     parser.add_argument("--stream-tokens", type=int, default=64)
     parser.add_argument("--metering", action="store_true", help="also run the metering service on CPU 0")
+    parser.add_argument("--no-request-log", action="store_true", help="the edge publishes no request log")
+    parser.add_argument(
+        "--only", help="comma list of scenarios to run, e.g. json/c1,json/c16 (the summary needs all)"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
 
-    stack = start_pinned_stack(args.metering)
+    stack = start_pinned_stack(args.metering, request_log=not args.no_request_log)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     try:
         for target in ("direct", "gateway"):
             for stream, conc in ((False, 1), (False, 16), (False, 64), (True, 1), (True, 16)):
                 tokens = args.stream_tokens if stream else args.tokens
-                key = f"{target}/{'stream' if stream else 'json'}/c{conc}"
+                name = f"{'stream' if stream else 'json'}/c{conc}"
+                if only is not None and name not in only:
+                    continue
+                key = f"{target}/{name}"
                 report[key] = scenario(stack, target, stream, conc, tokens, args.duration, args.runs)
     finally:
         stack.stop()
+
+    if only is not None:  # a partial run: the scenarios' own figures, no summary
+        out = Path(__file__).parent / "results" / f"gateway-partial-{report['when'].replace(':', '')}.json"
+        out.write_text(json.dumps(report, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if "/" in k}, indent=2))
+        return
 
     def added(name: str, field: str) -> float:
         return float(report[f"gateway/{name}"][field] - report[f"direct/{name}"][field])

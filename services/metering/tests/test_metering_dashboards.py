@@ -22,12 +22,16 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from aigw_metering import sample
+from aigw_contracts.requestlog import RequestLogEvent
+from aigw_metering import requestlog, sample
 from aigw_metering.rows import Batch
 from aigw_metering.store import Store
 
 GRAFANA = Path(__file__).resolve().parents[3] / "deploy" / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+# The dashboards over ClickHouse (the Prometheus one is checked in tests/test_deploy_files.py).
+DASHBOARDS = sorted(
+    p for p in (GRAFANA / "dashboards").glob("*.json") if "grafana-clickhouse-datasource" in p.read_text()
+)
 DATASOURCE = (GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml").read_text()
 DATASOURCE_UID = re.search(r"^\s*uid:\s*([\w-]+)", DATASOURCE, re.M).group(1)  # type: ignore[union-attr]
 
@@ -115,6 +119,40 @@ def dashboard_db(tmp_path_factory: pytest.TempPathFactory, chdb_dir: Path) -> It
     for i, e in enumerate(events):
         batch.add(e, seq=i + 1)
     store.insert(batch.block(), "grafana")
+    # The request log: one row per usage event's request, then refusals the usage never sees.
+    logged = [
+        RequestLogEvent(
+            request_id=e.request_id,
+            tenant=e.tenant,
+            key_id=e.key_id,
+            method="POST",
+            path="/v1/chat/completions",
+            status=200,
+            model=e.model,
+            gateway_id=e.gateway_id or "",
+            stream=i % 2 == 0,
+            started_at=e.started_at,
+            latency_ms=e.latency_ms or 10.0,
+            ttft_ms=e.ttft_ms if i % 2 == 0 else None,
+        )
+        for i, e in enumerate(events)
+    ]
+    for i, e in enumerate(events[:60]):
+        refused = 401 if i % 3 == 0 else 429 if i % 3 == 1 else 502
+        logged.append(
+            logged[i].model_copy(
+                update={
+                    "request_id": f"refused-{i}",
+                    "tenant": "" if refused == 401 else e.tenant,
+                    "status": refused,
+                    "error_code": {401: "invalid_api_key", 429: "rate_limit_exceeded", 502: "upstream_error"}[
+                        refused
+                    ],
+                }
+            )
+        )
+    rows = b"\n".join(json.dumps(requestlog.row(r, i + 1)).encode() for i, r in enumerate(logged))
+    store.insert(rows, "grafana-requests", store.requests_table)
     client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_dir), database=database)
     yield client, events
     client.close()
@@ -196,5 +234,25 @@ def test_the_spend_and_requests_stats_match_the_events(dashboard_db: tuple[Any, 
     assert math.isclose(spend, float(sum((e.total() for e in one), Decimal(0))), rel_tol=1e-12)
     requests = client.query(expand(by_title["Requests"], variables, {})).result_rows[0][0]
     assert requests == len(events)
-    failed = client.query(expand(by_title["Failed or cancelled"], variables, {})).result_rows[0][0]
-    assert math.isclose(failed, 1 / len(events))
+    errors = client.query(expand(by_title["Errors"], variables, {})).result_rows[0][0]
+    assert math.isclose(errors, 60 / (len(events) + 60))  # refusals included: 401s have no tenant
+    one_errors = client.query(expand(by_title["Errors"], variables, {"tenant": ["tenant-1"]})).result_rows[0][
+        0
+    ]
+    refused_one = sum(1 for i, e in enumerate(events[:60]) if i % 3 and e.tenant == "tenant-1")
+    assert math.isclose(one_errors, refused_one / (len(one) + refused_one))
+
+
+def test_the_request_panels_read_the_request_log(dashboard_db: tuple[Any, list[Any]]) -> None:
+    client, events = dashboard_db
+    dashboard = json.loads(DASHBOARDS[0].read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    by_title = {p["title"]: p["targets"][0]["rawSql"] for p in _panels(dashboard) if p.get("targets")}
+    by_status: dict[str, int] = {}
+    for _, status, n in client.query(expand(by_title["Requests by status"], variables, {})).result_rows:
+        by_status[status] = by_status.get(status, 0) + n
+    assert by_status == {"200": len(events), "401": 20, "429": 20, "502": 20}
+    codes = {r[1] for r in client.query(expand(by_title["Errors by code"], variables, {})).result_rows}
+    assert codes == {"401 invalid_api_key", "429 rate_limit_exceeded", "502 upstream_error"}
+    recent = client.query(expand(by_title["Recent errors"], variables, {})).result_rows
+    assert len(recent) == 60 and all(r[1] >= 400 for r in recent)

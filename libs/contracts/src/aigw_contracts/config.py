@@ -205,13 +205,16 @@ class Gateway(BaseModel):
     routing: AutoRouting | None = None  # pick the upstream by the request's complexity
     # Per attempt, for every upstream this gateway calls; over each upstream's own (see `Timeouts`).
     timeouts: Timeouts | None = None
+    # Keep each request's and answer's body in the request log (redacted of secrets). Off (None)
+    # unless asked: prompts are the tenant's data.
+    log_payloads: bool | None = None
     # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
     # it). Entries written before it existed read as 1.
     version: int = Field(default=1, ge=1)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_unset(handler(self), ("timeouts",))
+        return _without_unset(handler(self), ("timeouts", "log_payloads"))
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

@@ -29,6 +29,13 @@ USAGE_DEAD_STREAM: Final = "AIGW_USAGE_DEAD"
 USAGE_DEAD_SUBJECTS: Final = (subjects.USAGE_DEAD_LETTER,)
 USAGE_DEAD_MAX_AGE_S: Final = 90 * 24 * 3600.0
 
+# The request log (`requestlog.RequestLogEvent`, one per request the edge answered): created by the
+# edges and by metering alike, deduplicated by `Nats-Msg-Id` (the request id) like usage, kept a
+# week for consumers to catch up (ClickHouse keeps the rows).
+REQUESTS_STREAM: Final = subjects.REQUESTS_STREAM
+REQUESTS_SUBJECTS: Final = (subjects.REQUESTS_WILDCARD,)
+REQUESTS_MAX_AGE_S: Final = 7 * 24 * 3600.0
+
 # Answers kept for repeated calls with one `idempotency_key` (a JetStream key-value bucket, written
 # by the edges: `aigw_edge.idempotency`). Entries expire after the edges' idempotency window (the
 # bucket's TTL); one version per key is enough, since each is replaced at most twice (pending, done).

@@ -67,6 +67,23 @@ def spend_alert_subject(tenant: str) -> str:
     return f"{SPEND_SUBJECT_PREFIX}.alert.{tenant}"
 
 
+# The request log: one event per HTTP request the edge answered (refusals and failures included),
+# a JetStream stream of its own beside the usage stream, stored by metering's second durable.
+REQUESTS_STREAM = "AIGW_REQUESTS"
+REQUESTS_SUBJECT_PREFIX = f"{PREFIX}.requests"
+REQUESTS_WILDCARD = f"{REQUESTS_SUBJECT_PREFIX}.>"
+REQUESTS_DURABLE = "aigw-metering-requests"
+# `RequestLogQuery` → `RequestLogReport` (`GET /v1/requests`), answered by metering.
+METERING_REQUESTS = f"{PREFIX}.metering.requests"
+# The subject token of requests refused before any key said whose they were (401s, 413s…).
+NO_TENANT = "_"
+
+
+def requests_subject(tenant: str) -> str:
+    """Split by tenant like usage; requests with no tenant yet go under `NO_TENANT`."""
+    return f"{REQUESTS_SUBJECT_PREFIX}.{tenant or NO_TENANT}"
+
+
 def usage_subject(tenant: str) -> str:
     """Usage events are split by tenant so a team can consume one tenant's usage alone."""
     return f"{USAGE_SUBJECT_PREFIX}.{tenant}"

@@ -20,7 +20,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from . import subjects
 from .api import GeneratedUsage
 
 USAGE_SCHEMA_VERSION = 1
@@ -44,6 +45,8 @@ class UsageEvent(BaseModel):
     Published to `subjects.usage_subject(tenant)` with `Nats-Msg-Id: msg_id()`; metering stores one
     ClickHouse row per line. Times are UTC; a line's billing time is `finished_at`.
     """
+
+    stream_name: ClassVar[str] = subjects.USAGE_STREAM
 
     schema_version: Literal[1] = 1
     request_id: str
@@ -65,6 +68,9 @@ class UsageEvent(BaseModel):
 
     def msg_id(self) -> str:
         return f"{self.request_id}:{self.source}"
+
+    def subject(self) -> str:
+        return subjects.usage_subject(self.tenant)
 
     def total(self) -> Decimal:
         return sum((line.amount for line in self.lines), Decimal(0))
@@ -257,12 +263,17 @@ _SCHEMA_BASE = "https://aigw.dev/schemas/"
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name → JSON Schema: what travels on the wire (serialization form)."""
+    from .requestlog import RequestLogEvent, RequestLogReport  # it builds on this module
+
     out: dict[str, dict[str, Any]] = {}
-    for name, model, mode in (
+    models: tuple[tuple[str, type[BaseModel], str], ...] = (
         (f"usage-event.v{USAGE_SCHEMA_VERSION}.json", UsageEvent, "serialization"),
         ("usage-query.v1.json", UsageQuery, "validation"),
         ("usage-report.v1.json", UsageReport, "serialization"),
-    ):
+        ("request-log-event.v1.json", RequestLogEvent, "serialization"),
+        ("request-log-report.v1.json", RequestLogReport, "serialization"),
+    )
+    for name, model, mode in models:
         schema = model.model_json_schema(mode=mode)  # type: ignore[arg-type]
         out[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

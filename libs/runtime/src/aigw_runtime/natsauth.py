@@ -24,6 +24,8 @@ How the lists are built:
 * only the worker and retrieval publish usage events: metering stores what the usage stream holds,
   and the stream holds only what those two users published. Metering alone consumes it (its
   durable) and answers usage queries.
+* only the edge publishes the request log (`requestlog.RequestLogEvent`); metering stores it (a
+  second durable on its own stream) and answers `GET /v1/requests`.
 
 A limit of nats-server (2.15, its issue #8274): creating a push consumer does not check the consumer's
 deliver subject against the creator's publish rights, so a config reader can have the server deliver
@@ -133,6 +135,13 @@ def usage_producer() -> Permissions:
     return stream_keeper(streams.USAGE_STREAM) + Permissions(publish=streams.USAGE_SUBJECTS, subscribe=())
 
 
+def request_log_producer() -> Permissions:
+    """Publish request-log events (the edge: it knows how every request ended)."""
+    return stream_keeper(streams.REQUESTS_STREAM) + Permissions(
+        publish=streams.REQUESTS_SUBJECTS, subscribe=()
+    )
+
+
 def durable_puller(stream: str, durable: str) -> Permissions:
     """Create (or update) one durable consumer, pull from it and acknowledge what it delivers.
     Both create forms: nats-py uses the legacy one for a consumer named by `durable_name` alone."""
@@ -175,6 +184,7 @@ def _table() -> dict[str, Permissions]:
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
         + spend_keeper()  # balances and budgets (management API)
         + kv_writer(RATE_BUCKET)  # plan rate limits shared by the edges
+        + request_log_producer()
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -183,6 +193,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.RETRIEVAL_MANAGE,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
+                subjects.METERING_REQUESTS,
             ),
             subscribe=(subjects.REPLY_WILDCARD,),
         ),
@@ -228,9 +239,11 @@ def _table() -> dict[str, Permissions]:
         + stream_keeper(streams.USAGE_STREAM)
         + stream_keeper(streams.USAGE_DEAD_STREAM)
         + durable_puller(streams.USAGE_STREAM, subjects.METERING_DURABLE)
+        + stream_keeper(streams.REQUESTS_STREAM)
+        + durable_puller(streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
         + Permissions(
             publish=(*streams.USAGE_DEAD_SUBJECTS,),
-            subscribe=(subjects.METERING_QUERY, subjects.METERING_BILLED),
+            subscribe=(subjects.METERING_QUERY, subjects.METERING_BILLED, subjects.METERING_REQUESTS),
         ),
         ADMIN: _own_inbox(ADMIN) + kv_writer(BUCKET),
     }

@@ -39,6 +39,9 @@ modest request rate each event costs a fraction of the syscalls and process wake
 (on a core shared with the request path, that was about a seventh of a request's latency). Billing
 data reaches the stream 20 ms later; nothing waits for it.
 
+The same publisher carries the edge's request log (`aigw_contracts.requestlog.RequestLogEvent`):
+any event that names its subject, stream and `Nats-Msg-Id` (`StreamEvent`) travels this way.
+
 On shutdown `close` waits for everything queued and in flight to settle, within a deadline.
 """
 
@@ -50,16 +53,15 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, Header, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from aigw_contracts import streams, subjects
-from aigw_contracts.usage import UsageEvent
+from aigw_contracts import streams
 
 log = logging.getLogger("aigw.usage")
 
@@ -68,6 +70,22 @@ NATS_EXPECTED_STREAM = "Nats-Expected-Stream"
 
 # Longest a `durable` event waits for the acks of events already in flight (group commit).
 GROUP_COMMIT_WAIT = 0.002
+
+
+class StreamEvent(Protocol):
+    """An event published to a JetStream stream with deduplication: a usage event, a request log."""
+
+    stream_name: ClassVar[str]
+    request_id: str
+
+    def msg_id(self) -> str: ...
+
+    def subject(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, Any]: ...
+
 
 # (token, duplicate, error): the stream's answer to the publish sent under `token`.
 OnAck = Callable[[int, bool, str | None], None]
@@ -98,16 +116,16 @@ class _Pending:
 
     def __init__(
         self,
-        event: UsageEvent,
+        event: StreamEvent,
         retry_window: float,
         first_backoff: float,
         waiter: asyncio.Future[bool] | None = None,
     ) -> None:
         self.event = event
         self.waiter = waiter  # resolved True when the stream stored it, False when it is given up
-        self.subject = subjects.usage_subject(event.tenant)
+        self.subject = event.subject()
         self.payload = event.model_dump_json().encode()
-        self.headers = {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: streams.USAGE_STREAM}
+        self.headers = {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: event.stream_name}
         self.give_up = time.monotonic() + retry_window
         self.backoff = first_backoff
         self.attempts = 0
@@ -124,22 +142,24 @@ class UsagePublisher:
         first_backoff: float = 0.05,
         max_backoff: float = 5.0,
         linger: float = 0.02,
+        what: str = "usage event",
     ) -> None:
         self._bus = bus
+        self._what = what  # in log lines: what was lost
         self._linger = linger
         self._max_in_flight = max_in_flight
         self._retry_window = retry_window
         self._attempt_timeout = attempt_timeout
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
-        self._submitted: deque[UsageEvent] = deque()  # handed over, not serialized yet
+        self._submitted: deque[StreamEvent] = deque()  # handed over, not serialized yet
         self._retries: deque[_Pending] = deque()  # due to be sent again
         self._in_flight: dict[int, _Pending] = {}  # token -> awaiting its ack; send (= deadline) order
         self._backing_off: dict[_Pending, asyncio.TimerHandle] = {}
         self._token = 0
         self._wake = asyncio.Event()  # something to send
         self._urgent = asyncio.Event()  # someone waits for an ack: no linger
-        self._waited: deque[tuple[UsageEvent, asyncio.Future[bool]]] = deque()  # `durable` events
+        self._waited: deque[tuple[StreamEvent, asyncio.Future[bool]]] = deque()  # `durable` events
         self._room = asyncio.Event()  # an ack made room under max_in_flight
         self._acked = asyncio.Event()  # an ack came back (group commit, see `_send_loop`)
         self._settled = asyncio.Event()  # nothing left anywhere
@@ -159,12 +179,12 @@ class UsagePublisher:
             asyncio.create_task(self._sweep_loop(), name="aigw-usage-sweep"),
         ]
 
-    def submit(self, event: UsageEvent) -> None:
+    def submit(self, event: StreamEvent) -> None:
         self._submitted.append(event)
         self._settled.clear()
         self._wake.set()
 
-    async def durable(self, events: list[UsageEvent], within: float) -> bool:
+    async def durable(self, events: Sequence[StreamEvent], within: float) -> bool:
         """Publish `events` now and wait until the usage stream stored them all (True), or until
         `within` seconds passed or one was given up (False; the publisher keeps trying the rest).
 
@@ -236,7 +256,7 @@ class UsagePublisher:
                     try:
                         item = _Pending(event, self._retry_window, self._first_backoff, waiter)
                     except Exception:
-                        self._lose(event, "usage event lost: it could not be serialized", exc_info=True)
+                        self._lose(event, f"{self._what} lost: it could not be serialized", exc_info=True)
                         if waiter is not None and not waiter.done():
                             waiter.set_result(False)
                         continue
@@ -278,14 +298,14 @@ class UsagePublisher:
             if item.waiter is not None and not item.waiter.done():
                 item.waiter.set_result(False)
             log.error(
-                "usage event lost: the usage stream did not accept it",
+                f"{self._what} lost: the stream did not accept it",
                 extra={"attempts": item.attempts, "error": error, "usage_event": _dump(item.event)},
             )
             self._check_settled()
             return
         if item.attempts == 1:
             log.warning(
-                "usage publish failed; retrying",
+                f"{self._what} publish failed; retrying",
                 extra={"request_id": item.event.request_id, "error": error},
             )
         self.retried += 1
@@ -325,7 +345,7 @@ class UsagePublisher:
         if not self.pending:
             self._settled.set()
 
-    def _lose(self, event: UsageEvent, message: str, exc_info: bool = False) -> None:
+    def _lose(self, event: StreamEvent, message: str, exc_info: bool = False) -> None:
         self.lost += 1
         log.error(message, extra={"usage_event": _dump(event)}, exc_info=exc_info)
 
@@ -353,13 +373,13 @@ class UsagePublisher:
         self._backing_off.clear()
         self._in_flight.clear()
         for event in left:
-            self._lose(event, "usage event lost at shutdown")
+            self._lose(event, f"{self._what} lost at shutdown")
         for event in unconfirmed:
-            self._lose(event, "usage event unconfirmed at shutdown (published, no ack yet)")
+            self._lose(event, f"{self._what} unconfirmed at shutdown (published, no ack yet)")
         self._settled.set()
 
 
-def _dump(event: UsageEvent) -> object:
+def _dump(event: StreamEvent) -> object:
     return event.model_dump(mode="json")
 
 
@@ -399,12 +419,17 @@ class JetStreamUsageBus:
 
     async def ensure_usage_stream(self) -> None:
         """Create the usage stream if it is missing (never changes an existing one)."""
+        await self.ensure_stream(usage_stream_config())
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create a stream if it is missing (never changes an existing one)."""
+        assert config.name is not None
         with contextlib.suppress(NotFoundError):
-            await self.js.stream_info(streams.USAGE_STREAM)
+            await self.js.stream_info(config.name)
             return
         try:
-            await self.js.add_stream(usage_stream_config())
-            log.info("created the usage stream", extra={"stream": streams.USAGE_STREAM})
+            await self.js.add_stream(config)
+            log.info("created a stream", extra={"stream": config.name})
         except BadRequestError as exc:
             # Metering (or another producer) created it between our look and our create.
             if exc.err_code != 10058:  # JSStreamNameExistErr
@@ -419,6 +444,19 @@ def usage_stream_config() -> StreamConfig:
         discard=DiscardPolicy(streams.USAGE_DISCARD),
         duplicate_window=streams.USAGE_DUPLICATE_WINDOW_S,
         max_age=streams.USAGE_MAX_AGE_S,
+    )
+
+
+def requests_stream_config(num_replicas: int = 1) -> StreamConfig:
+    """The request log's stream: created by the edges and metering alike, so defined once."""
+    return StreamConfig(
+        name=streams.REQUESTS_STREAM,
+        subjects=list(streams.REQUESTS_SUBJECTS),
+        storage=StorageType(streams.USAGE_STORAGE),
+        discard=DiscardPolicy(streams.USAGE_DISCARD),
+        duplicate_window=streams.USAGE_DUPLICATE_WINDOW_S,
+        max_age=streams.REQUESTS_MAX_AGE_S,
+        num_replicas=num_replicas,
     )
 
 

@@ -35,11 +35,13 @@ from . import errors, manage
 from .auth import KeyStore
 from .bus import Bus
 from .limits import BodyLimitMiddleware
-from .logs import AccessLog, AccessLogMiddleware
+from .logs import AccessLog
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
 from .ratelimit import SharedLimits
+from .requestlog import RequestLog, RequestLogMiddleware
 from .routes import chat, health, models, usage
+from .routes import requests as requests_route
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
@@ -105,10 +107,13 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     keys = KeyStore([], settings.key_pepper.get_secret_value())
     managed = ManagedConfig()
     bus = Bus(settings)
+    requests = RequestLog(settings.edge_id, settings.request_log)
 
     def keys_changed(kind: str, *_: object) -> None:
         if kind == "key":
             keys.replace(managed.view.keys.values())
+        elif kind == "gateway":
+            requests.gateways_changed(managed.view.gateways.values())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +123,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         watcher = ConfigWatcher(js, managed.view)
         await watcher.start()
         keys.replace(managed.view.keys.values())
+        requests.gateways_changed(managed.view.gateways.values())
         watcher.listeners.append(keys_changed)
         bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
@@ -125,6 +131,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         await ensure_spend_stream(js)
         app.state.spend = await SpendAccounts.open(js)  # read and written by `manage.spend`
         endpoint.shared = await SharedLimits.open(js)  # plan rate limits, across replicas
+        await requests.start(bus.nc)
         log.info(
             "connected to nats",
             extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
@@ -133,6 +140,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
             yield
         finally:
             await watcher.stop()
+            await requests.close()  # what is queued goes out before the connection closes
             await bus.close()
 
     api = EdgeAPI(
@@ -150,7 +158,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
-    for router in (models.router, health.router, usage.router, manage.router):
+    for router in (models.router, health.router, usage.router, requests_route.router, manage.router):
         api.include_router(router)
     errors.install(api)
 
@@ -160,6 +168,6 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     # the connection too, and inside the access log, so their 401s and 408s are logged.
     app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout)
-    if settings.access_log:  # outermost: its line has the status of every refusal too
-        app.add_middleware(AccessLogMiddleware, access=AccessLog(True))
+    if settings.access_log or settings.request_log:  # outermost: it sees every refusal's status too
+        app.add_middleware(RequestLogMiddleware, access=AccessLog(settings.access_log), requests=requests)
     return app

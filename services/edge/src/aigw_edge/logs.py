@@ -1,6 +1,6 @@
 """The access log: one JSON line per request (via the runtime's JSON formatter), never a secret.
 
-`AccessLogMiddleware` writes every line, chat completions included; routes add what they learned
+`requestlog.RequestLogMiddleware` writes every line, chat completions included; routes add what they learned
 (tenant, key, request id, model, how the request ended) to a dict it puts in the ASGI scope, and
 may set `status` there when the client got none (499: it left first). Off for benchmarks: then
 the middleware is not in the stack at all.
@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SCOPE_KEY = "aigw.access"  # a dict in the ASGI scope that routes fill with what they learned
 
@@ -36,30 +34,3 @@ class AccessLog:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         self._log.info("request", extra=fields)
-
-
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, access: AccessLog) -> None:
-        self.app = app
-        self.access = access
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.access.enabled:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-        fields: dict[str, Any] = {}
-        scope[SCOPE_KEY] = fields
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            status = fields.pop("status", status)
-            self.access.write(scope["method"], scope["path"], status, started, **fields)

@@ -56,6 +56,10 @@ class EdgeSettings(BaseSettings):
     backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before the edge accepts them
     log_level: str = "INFO"
     access_log: bool = True  # one JSON line per request; off for benchmarks
+    # One `RequestLogEvent` per API request to the request log stream (metering stores it in
+    # ClickHouse: `GET /v1/requests`, the Grafana error and latency panels). Published in batches,
+    # never awaited by a request.
+    request_log: bool = True
     # Reverse proxies trusted to say the client's address in X-Forwarded-For (comma-separated IPs or
     # CIDRs, or "*"), for per-IP key limits behind a load balancer. Unset: the peer's own address.
     forwarded_allow_ips: str | None = None

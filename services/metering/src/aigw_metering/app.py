@@ -15,12 +15,14 @@ from nats.aio.client import Client as NATS
 
 from aigw_contracts import streams, subjects
 from aigw_runtime.service import Service
+from aigw_runtime.usage_publisher import requests_stream_config
 
 from . import billed, jetstream
 from .consumer import Consumer
 from .health import Health
 from .pull import Puller
-from .responder import answer
+from .requestlog import RequestLogConsumer
+from .responder import answer, answer_requests
 from .settings import MeteringSettings
 from .store import Store, parse_dsn
 
@@ -62,7 +64,14 @@ class MeteringService:
             "billed query",
             queue=subjects.METERING_DURABLE,
         )
+        self.service.reply_route(
+            subjects.METERING_REQUESTS,
+            lambda data: answer_requests(self.store, data),
+            "request log query",
+            queue=subjects.METERING_DURABLE,
+        )
         self.consumer: Consumer | None = None
+        self.requests: RequestLogConsumer | None = None
 
     @property
     def nc(self) -> NATS:
@@ -85,10 +94,19 @@ class MeteringService:
         self.health.nats_ok = True
         self.consumer = Consumer(s, self.store, self.health, js, puller)
         self.consumer.start()
+        # The request log: its own stream and durable, the same store.
+        await jetstream.ensure_stream(js, requests_stream_config(s.metering_stream_replicas))
+        await jetstream.ensure_consumer(js, s, streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
+        requests_puller = Puller(self.nc, streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
+        await requests_puller.start()
+        self.requests = RequestLogConsumer(s, self.store, self.health, js, requests_puller)
+        self.requests.start()
 
     async def _stop_consumer(self) -> None:
         """Let the batch being inserted finish and ack it, give held events back to JetStream,
         flush the acks, close the store."""
+        if self.requests is not None:
+            await self.requests.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         with contextlib.suppress(Exception):

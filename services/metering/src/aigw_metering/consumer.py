@@ -72,6 +72,26 @@ def delivery(msg: Msg) -> tuple[int, int]:
     return meta.sequence.stream, meta.num_delivered
 
 
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, kind: str = "usage") -> bool:
+    """Publish a malformed event to the dead-letter stream with why, then ack it (True); False
+    when the publish failed (it stays unacked and comes back later)."""
+    seq = delivery(msg)[0]
+    hdrs = {
+        usage.DEAD_REASON: " ".join(reason.split())[:1000],
+        usage.DEAD_SUBJECT: msg.subject,
+        usage.DEAD_SEQUENCE: str(seq),
+        "Nats-Msg-Id": f"aigw-{kind}-dead-{seq}",
+    }
+    try:
+        await js.publish(subjects.USAGE_DEAD_LETTER, msg.data, headers=hdrs, timeout=5)
+        await msg.ack()
+    except (nats.errors.Error, TimeoutError) as err:
+        log.warning("could not dead-letter an event", extra={"seq": seq, "error": repr(err)})
+        return False
+    log.warning("event dead-lettered", extra={"seq": seq, "kind": kind, "reason": hdrs[usage.DEAD_REASON]})
+    return True
+
+
 class Consumer:
     def __init__(
         self,
@@ -306,21 +326,8 @@ class Consumer:
         """Malformed events go to the dead-letter stream with the reason, then are acked: they
         never block the stream. If that publish fails they stay unacked and come back later."""
         for msg, reason in batch.dead:
-            seq = delivery(msg)[0]
-            hdrs = {
-                usage.DEAD_REASON: " ".join(reason.split())[:1000],
-                usage.DEAD_SUBJECT: msg.subject,
-                usage.DEAD_SEQUENCE: str(seq),
-                "Nats-Msg-Id": f"aigw-usage-dead-{seq}",
-            }
-            try:
-                await self.js.publish(subjects.USAGE_DEAD_LETTER, msg.data, headers=hdrs, timeout=5)
-                await msg.ack()
-            except (nats.errors.Error, TimeoutError) as err:
-                log.warning("could not dead-letter an event", extra={"seq": seq, "error": repr(err)})
-                continue
-            self.health.dead_letters += 1
-            log.warning("usage event dead-lettered", extra={"seq": seq, "reason": hdrs[usage.DEAD_REASON]})
+            if await dead_letter(self.js, msg, reason):
+                self.health.dead_letters += 1
         batch.dead.clear()
 
     # ------------------------------------------------------------------ keeping things alive

@@ -28,6 +28,8 @@ class Health:
     reserialized_batches: int = 0  # refused by ClickHouse as published, stored re-serialized
     noncanonical_events: int = 0  # not in the contract's exact JSON shape: validated via the model
     held_events: int = 0  # received, not yet acknowledged
+    request_log_rows: int = 0  # request log rows stored
+    request_log_dead: int = 0  # request log events dead-lettered
     started_at: float = field(default_factory=time.time)
 
     @property

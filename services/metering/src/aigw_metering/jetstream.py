@@ -53,10 +53,14 @@ def dead_letter_stream(settings: MeteringSettings) -> StreamConfig:
     )
 
 
-def consumer(settings: MeteringSettings) -> ConsumerConfig:
+def consumer(
+    settings: MeteringSettings,
+    durable: str = subjects.METERING_DURABLE,
+    filter_subject: str = subjects.USAGE_WILDCARD,
+) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=subjects.METERING_DURABLE,
-        filter_subject=subjects.USAGE_WILDCARD,
+        durable_name=durable,
+        filter_subject=filter_subject,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,  # not ALL: another replica's unstored events must not be acked
         ack_wait=settings.metering_ack_wait_s,
@@ -82,10 +86,17 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise
 
 
-async def ensure_consumer(js: JetStreamContext, settings: MeteringSettings) -> None:
-    config = consumer(settings)
+async def ensure_consumer(
+    js: JetStreamContext,
+    settings: MeteringSettings,
+    stream: str = streams.USAGE_STREAM,
+    durable: str = subjects.METERING_DURABLE,
+) -> None:
+    """The usage stream's durable, or (with `stream` and `durable`) the request log's."""
+    wildcard = subjects.REQUESTS_WILDCARD if stream == streams.REQUESTS_STREAM else subjects.USAGE_WILDCARD
+    config = consumer(settings, durable, wildcard)
     try:
-        await js.add_consumer(streams.USAGE_STREAM, config)
+        await js.add_consumer(stream, config)
     except BadRequestError as err:
         # An existing durable whose fixed fields differ (changed by an operator): use it as it is.
         log.warning("could not update the metering consumer", extra={"error": err.description})

@@ -15,6 +15,7 @@ from typing import Any
 
 USAGE_TABLE = "usage_lines"
 MIGRATIONS_TABLE = "schema_migrations"
+REQUESTS_TABLE = "request_log"  # one row per request the edge answered (requestlog.py)
 
 EVENTS_TABLE = "usage_events_in"  # Null engine: the consumer inserts here, a view writes usage_lines
 

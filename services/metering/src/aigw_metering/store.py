@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .schema import EVENTS_TABLE, USAGE_TABLE, migrate
+from .schema import EVENTS_TABLE, REQUESTS_TABLE, USAGE_TABLE, migrate
 
 log = logging.getLogger("aigw.metering.store")
 
@@ -86,6 +86,7 @@ class Store:
         self.database = target.database
         self.table = f"{target.database}.{USAGE_TABLE}"
         self.events_table = f"{target.database}.{EVENTS_TABLE}"
+        self.requests_table = f"{target.database}.{REQUESTS_TABLE}"
         self._insert_timeout_s = insert_timeout_s
         self._writer: Any = None
         self._reader: Any = None
@@ -141,16 +142,16 @@ class Store:
             self._writer = self._reader = None
 
     # ------------------------------------------------------------------ writes
-    def insert(self, block: bytes, token: str) -> None:
+    def insert(self, block: bytes, token: str, table: str | None = None) -> None:
         """Insert one batch of events (JSONEachRow, see `rows.Batch`); ClickHouse's view writes
         their lines. `token` is the batch's insert_deduplication_token: retrying the same batch
         with the same token after an insert that succeeded but whose answer was lost (a server
-        timeout) stores it once."""
+        timeout) stores it once. `table`: another table than the usage events' (the request log)."""
         with self._write_lock:
             client = self._require(self._writer)
             try:
                 client.raw_insert(
-                    self.events_table,
+                    table or self.events_table,
                     insert_block=block,
                     fmt="JSONEachRow",
                     settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from . import bootstrap, knowledge, resources, spend, usage
+from . import bootstrap, knowledge, requests, resources, spend, usage
 from .client import DEFAULT_GATEWAY_URL, Api, CliError, resolve_gateway_url, resolve_key
 
 
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.register(commands)
     usage.register(commands)
     spend.register(commands)
+    requests.register(commands)
     knowledge.register(commands)
     for sub in _commands(parser):
         _global_options(sub, top=False)

@@ -104,6 +104,7 @@ GATEWAY_FIELDS = {
     "knowledge": "json",
     "fallbacks": "json",
     "routing": "json",
+    "log_payloads": "json",
 }
 
 
@@ -123,6 +124,9 @@ def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
         "--routing",
         help='JSON, e.g. \'{"classifier": "@openai/gpt-5-nano", "low": "…", "medium": "…", "high": "…"}\' '
         "(null: none)",
+    )
+    p.add_argument(
+        "--log-payloads", help="true: keep request and answer bodies in the request log (secrets redacted)"
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aigw_runtime.logs import JsonFormatter
 
+from .deploysecrets import write_secrets
 from .natsconf import deploy_files
 from .stack import Stack
 from .supervise import Supervisor
@@ -75,9 +76,23 @@ def main(argv: list[str] | None = None) -> None:
     conf.add_argument("--store-dir", default="/data", help="nats-server's JetStream directory")
     conf.add_argument("--tls-cert", help="server certificate (PEM): clients then connect with tls://")
     conf.add_argument("--tls-key", help="server certificate's key (PEM)")
+    sec = sub.add_parser(
+        "secrets",
+        help="generate a deployment's application secrets (pepper, sealing key, ClickHouse, Grafana)",
+        description="Writes <out>/aigw.env, clickhouse.env, grafana.env and compose.env (0600) from "
+        "<out>/secrets.json, made once: re-running keeps every value (and a filled-in OPENAI_API_KEY).",
+    )
+    sec.add_argument("--out", type=Path, required=True, help="directory to write into")
+    sec.add_argument(
+        "--clickhouse-url", default="http://clickhouse:8123/aigw", help="ClickHouse as metering reaches it"
+    )
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         nats_config(args)
+        return
+    if args.command == "secrets":
+        for name, path in write_secrets(args.out, args.clickhouse_url).items():
+            print(f"{name:>10}: {path}")
         return
 
     stack = Stack(

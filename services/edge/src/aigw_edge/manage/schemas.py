@@ -46,6 +46,9 @@ class GatewayIn(_In):
     routing: AutoRouting | None = Field(
         default=None, description="pick the upstream by the request's complexity (a classifier model)"
     )
+    log_payloads: bool | None = Field(
+        default=None, description="keep request and answer bodies in the request log (secrets redacted)"
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -60,6 +63,7 @@ class GatewayPatch(_In):
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
     fallbacks: list[str] | None = Field(default=None, max_length=4)
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
+    log_payloads: bool | None = None
 
 
 class GatewayOut(BaseModel):
@@ -77,6 +81,7 @@ class GatewayOut(BaseModel):
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
+    log_payloads: bool | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod

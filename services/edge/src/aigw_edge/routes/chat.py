@@ -73,6 +73,7 @@ _SURFACED = (
     (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
 )
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
+_GATEWAY, _FALLBACK = headers.GATEWAY, headers.FALLBACK
 
 
 def _holder_lost() -> Unavailable:
@@ -93,6 +94,9 @@ class _Call:
     """What one request learned on its way, for the access log and for error responses."""
 
     __slots__ = (
+        "arrived",
+        "fallback",
+        "gateway",
         "headers",
         "ip_bucket",
         "key",
@@ -103,9 +107,14 @@ class _Call:
         "status",
         "stream",
         "taken",
+        "ttft_ms",
     )
 
     def __init__(self) -> None:
+        self.arrived = time.perf_counter()
+        self.gateway: str | None = None  # the slug of the gateway that answered
+        self.fallback: str | None = None  # the fallback upstream that answered, if one did
+        self.ttft_ms: float | None = None  # streams: until the first event was relayed
         self.request_id: str | None = None
         self.key: ApiKey | None = None
         self.model: str | None = None
@@ -244,6 +253,9 @@ class ChatEndpoint:
                     model=call.model,
                     stream=call.stream,
                     outcome=call.outcome,
+                    gateway=call.gateway,
+                    fallback=call.fallback,
+                    ttft_ms=call.ttft_ms,
                 )
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
@@ -348,6 +360,8 @@ class ChatEndpoint:
             value = hdrs.get(event_header)
             if value:
                 call.headers.append((http_header, value.encode()))
+        call.gateway = hdrs.get(_GATEWAY)
+        call.fallback = hdrs.get(_FALLBACK)
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:
@@ -425,6 +439,7 @@ class ChatEndpoint:
             await self._send_error_event(first, hdrs, send, call)
             return
         call.status, call.outcome, call.started = 200, "streaming", True
+        call.ttft_ms = round((time.perf_counter() - call.arrived) * 1000, 3)
         await send({"type": "http.response.start", "status": 200, "headers": sse.HEADERS + call.headers})
 
         loop = asyncio.get_running_loop()
