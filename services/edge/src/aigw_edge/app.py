@@ -37,13 +37,17 @@ from .limits import BodyLimitMiddleware
 from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
-from .routes import chat, health, models, usage
+from .routes import chat, health, messages, models, usage
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
 log = logging.getLogger("aigw.edge")
 
 _CHAT_PATHS = frozenset(chat.PATHS)
+# Other APIs, translated onto the chat endpoint (`bridge.py`): they check the key before reading
+# the body themselves, and answer a refusal in their own error shape.
+_BRIDGED_PATHS = frozenset(messages.PATHS)
+OTHER_API_MODELS = (messages.MessagesRequest,)
 
 
 class EdgeAPI(FastAPI):
@@ -61,7 +65,7 @@ class EdgeAPI(FastAPI):
                 servers=self.servers,
                 separate_input_output_schemas=self.separate_input_output_schemas,
             )
-            add_components(schema, ChatCompletionChunk)
+            add_components(schema, ChatCompletionChunk, *OTHER_API_MODELS)
             self.openapi_schema = schema
         return self.openapi_schema
 
@@ -145,7 +149,8 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
-    for router in (models.router, health.router, usage.router, manage.router):
+    api.state.chat_endpoint = endpoint
+    for router in (models.router, health.router, usage.router, manage.router, messages.router):
         api.include_router(router)
     errors.install(api)
 
@@ -153,7 +158,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Slow and keyless clients (see slowclients.py); outside the body limit, so its refusals close
     # the connection too, and inside the access log, so their 401s and 408s are logged.
-    app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS)
+    app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS | _BRIDGED_PATHS)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout)
     if settings.access_log:  # outermost: its line has the status of every refusal too
         app.add_middleware(AccessLogMiddleware, access=AccessLog(True))
