@@ -35,3 +35,10 @@ USAGE_DEAD_MAX_AGE_S: Final = 90 * 24 * 3600.0
 IDEMPOTENCY_BUCKET: Final = "aigw_idempotency"
 IDEMPOTENCY_STORAGE: Final = "file"  # JetStream StorageType: a kept answer survives a NATS restart
 IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' setting
+
+# Responses kept for `previous_response_id` (`POST /v1/responses` with `store` not false), written
+# by the edges: `aigw_edge.responsestore`. Keyed by tenant and response id; entries expire after the
+# edges' `AIGW_RESPONSES_RETENTION` (the bucket's TTL).
+RESPONSES_BUCKET: Final = "aigw_responses"
+RESPONSES_STORAGE: Final = "file"
+RESPONSES_RETENTION_S: Final = 30 * 24 * 3600.0

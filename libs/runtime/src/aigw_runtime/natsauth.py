@@ -161,6 +161,7 @@ def _table() -> dict[str, Permissions]:
         EDGE: _own_inbox(EDGE)
         + kv_writer(BUCKET)
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
+        + kv_owner(streams.RESPONSES_BUCKET)  # stored Responses API answers: the edge's alone
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,

@@ -37,7 +37,8 @@ from .limits import BodyLimitMiddleware
 from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
-from .routes import chat, health, messages, models, usage
+from .responsestore import ResponseStore
+from .routes import chat, health, messages, models, responses, usage
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
@@ -46,8 +47,8 @@ log = logging.getLogger("aigw.edge")
 _CHAT_PATHS = frozenset(chat.PATHS)
 # Other APIs, translated onto the chat endpoint (`bridge.py`): they check the key before reading
 # the body themselves, and answer a refusal in their own error shape.
-_BRIDGED_PATHS = frozenset(messages.PATHS)
-OTHER_API_MODELS = (messages.MessagesRequest,)
+_BRIDGED_PATHS = frozenset((*messages.PATHS, *responses.PATHS))
+OTHER_API_MODELS = (messages.MessagesRequest, responses.ResponsesRequest)
 
 
 class EdgeAPI(FastAPI):
@@ -150,7 +151,9 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
     api.state.chat_endpoint = endpoint
-    for router in (models.router, health.router, usage.router, manage.router, messages.router):
+    api.state.responses = ResponseStore(bus, settings.responses_retention)
+    other_apis = (messages.router, responses.router)
+    for router in (models.router, health.router, usage.router, manage.router, *other_apis):
         api.include_router(router)
     errors.install(api)
 

@@ -39,6 +39,7 @@ _KEPT = frozenset(
         b"retry-after-ms",
         b"x-should-retry",
         headers.HTTP_IDEMPOTENT_REPLAY.encode(),
+        headers.HTTP_ROUTED_COMPLEXITY.encode(),
     }
 )
 _EVENT_STREAM = b"text/event-stream"
@@ -107,8 +108,9 @@ class Translator(Protocol):
         """The stream ended normally (`[DONE]`): this API's closing events."""
         ...
 
-    def finished(self) -> None:
-        """Called once the answer went out whole (stream or not), e.g. to store it."""
+    async def finished(self) -> None:
+        """The answer is complete (stream or not); called before its last bytes go out, so a
+        client that reads them can rely on what this did (e.g. stored the answer)."""
         ...
 
 
@@ -163,10 +165,7 @@ class Bridged(Response):
                 return {"type": "http.request", "body": self.chat_body, "more_body": False}
             return await receive()
 
-        relay = _Relay(send, self.translator, self.extra_headers)
-        await self.chat(inner, inner_receive, relay)
-        if relay.complete:
-            self.translator.finished()
+        await self.chat(inner, inner_receive, _Relay(send, self.translator, self.extra_headers))
 
 
 class _Relay:
@@ -215,7 +214,10 @@ class _Relay:
             if not more:
                 await self._whole(b"".join(self.parts))
             return
+        done = self.complete
         out = self._frames(message.get("body", b""))
+        if self.complete and not done:
+            await self.t.finished()
         await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
 
     async def _whole(self, body: bytes) -> None:
@@ -223,6 +225,7 @@ class _Relay:
         if 200 <= self.status < 300:
             translated = self.t.answer(parsed)
             self.complete = True
+            await self.t.finished()
         else:
             translated = self.t.error(self.status, parsed)
         await self.send(

@@ -231,22 +231,23 @@ class Idempotency:
             return self._kv
 
 
-async def open_bucket(js: Any, window: float) -> KeyValue:
-    """The answers' bucket, its TTL set to `window` (an edge started with a new window updates it)."""
+async def open_bucket(
+    js: Any, window: float, bucket: str = IDEMPOTENCY_BUCKET, storage: str = IDEMPOTENCY_STORAGE
+) -> KeyValue:
+    """A bucket of kept answers (by default the idempotency one), its TTL set to `window` (an edge
+    started with a new window updates it)."""
     try:
-        kv: KeyValue = await js.key_value(IDEMPOTENCY_BUCKET)
+        kv: KeyValue = await js.key_value(bucket)
     except BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=IDEMPOTENCY_BUCKET, history=1, ttl=window, storage=StorageType(IDEMPOTENCY_STORAGE)
-        )
+        config = KeyValueConfig(bucket=bucket, history=1, ttl=window, storage=StorageType(storage))
         try:
             kv = await js.create_key_value(config)
         except Exception:  # another edge created it at the same moment
-            kv = await js.key_value(IDEMPOTENCY_BUCKET)
+            kv = await js.key_value(bucket)
     status = await kv.status()
     if status.ttl is None or abs(status.ttl - window) > 1e-3:
         stream = status.stream_info.config
         stream.max_age = window
         await js.update_stream(stream)
-        log.info("idempotency window set", extra={"seconds": window})
+        log.info("bucket retention set", extra={"bucket": bucket, "seconds": window})
     return kv

@@ -456,8 +456,8 @@ class AnthropicTranslator:
         out.append(sse_event("message_stop", {"type": "message_stop"}))
         return out
 
-    def finished(self) -> None:
-        pass
+    async def finished(self) -> None:
+        pass  # nothing is kept
 
 
 # ---------------------------------------------------------------------------------------- route
