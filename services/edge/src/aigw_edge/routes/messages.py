@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigw_contracts.errors import GatewayError, InvalidRequest
 
 from ..bridge import Bridged, error_response, read_body, sse_event
+from ..deps import bearer
 from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
 
@@ -467,6 +468,7 @@ def _refused(err: GatewayError) -> Response:
 
 @router.post(
     PATHS[0],
+    dependencies=[Security(bearer)],  # documents the key; `read_body` checks it
     summary="Create a message (Anthropic's Messages API)",
     response_model=Message,
     response_description="The message as JSON or, with `stream: true`, Anthropic's server-sent events",

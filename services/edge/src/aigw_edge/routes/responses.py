@@ -25,14 +25,14 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Security
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigw_contracts.errors import GatewayError, InvalidRequest, NotFound
 
 from ..bridge import Bridged, error_response, read_body, sse_event
-from ..deps import PrivateKey
+from ..deps import PrivateKey, bearer
 from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
 from ..openapi import sse_of
@@ -544,6 +544,7 @@ def _store(request: Request) -> ResponseStore:
 
 @router.post(
     PATHS[0],
+    dependencies=[Security(bearer)],  # documents the key; `read_body` checks it
     summary="Create a model response (OpenAI's Responses API)",
     response_model=ResponseObject,
     response_description="The response as JSON or, with `stream: true`, typed server-sent events",
