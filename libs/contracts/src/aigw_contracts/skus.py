@@ -20,6 +20,8 @@ RERANK_IN_CACHED: Final = "inference.resolving.rerank.in.cached"
 RERANK_OUT: Final = "inference.resolving.rerank.out"
 KNOWLEDGE_SEARCH: Final = "knowledge.search"
 KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
+# `POST /v1/embeddings`: per token the embedding model read for a client (not for a knowledge search).
+EMBEDDINGS_IN: Final = "inference.embeddings.in"
 
 ALL: Final = (
     CHAT_IN,
@@ -36,6 +38,7 @@ ALL: Final = (
     RERANK_OUT,
     KNOWLEDGE_SEARCH,
     KNOWLEDGE_EMBEDDINGS_IN,
+    EMBEDDINGS_IN,
 )
 
 
@@ -52,3 +55,7 @@ def rewrite_description(model: str) -> str:
 
 def rerank_description(model: str) -> str:
     return f"Search result reranking with AI model '{model}'"
+
+
+def embeddings_description(model: str) -> str:
+    return f"Embeddings with model '{model}'"

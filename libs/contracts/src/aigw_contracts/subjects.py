@@ -36,6 +36,9 @@ RETRIEVAL_MANAGE = f"{PREFIX}.retrieval.manage"
 # Request-reply, from a worker running a `QueryFunction` gateway's tool loop: `ToolSearch` in,
 # `ToolSearchResult` (or an error) out.
 RETRIEVAL_TOOL = f"{PREFIX}.retrieval.tool"
+# Request-reply, from the edge's `POST /v1/embeddings`: `EmbedJob` in, `EmbedResult` (a JSON line
+# then the raw float32 vectors) or an error out. Metered by retrieval (`inference.embeddings.in`).
+RETRIEVAL_EMBED = f"{PREFIX}.retrieval.embed"
 
 CHAT_CANCEL = f"{PREFIX}.chat.cancel"
 

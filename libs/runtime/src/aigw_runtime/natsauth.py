@@ -168,6 +168,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.ROUTER_MODELS,
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
+                subjects.RETRIEVAL_EMBED,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
             ),
@@ -205,6 +206,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.RETRIEVAL_CHAT,
                 subjects.RETRIEVAL_MANAGE,
                 subjects.RETRIEVAL_TOOL,
+                subjects.RETRIEVAL_EMBED,
                 subjects.BOUNCE_WILDCARD,
                 subjects.CHAT_CANCEL,  # stops a grounding whose client left
             ),

@@ -38,7 +38,7 @@ from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
 from .responsestore import ResponseStore
-from .routes import chat, health, messages, models, responses, usage
+from .routes import chat, embeddings, health, messages, models, responses, usage
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
@@ -152,7 +152,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
     api.state.chat_endpoint = endpoint
     api.state.responses = ResponseStore(bus, settings.responses_retention)
-    other_apis = (messages.router, responses.router)
+    other_apis = (messages.router, responses.router, embeddings.router)
     for router in (models.router, health.router, usage.router, manage.router, *other_apis):
         api.include_router(router)
     errors.install(api)
