@@ -22,6 +22,9 @@ KNOWLEDGE_SEARCH: Final = "knowledge.search"
 KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
 # `POST /v1/embeddings`: per token the embedding model read for a client (not for a knowledge search).
 EMBEDDINGS_IN: Final = "inference.embeddings.in"
+# A chat answer served from a gateway's response cache (one per hit; price per gateway, default 0).
+CACHE_HIT: Final = "inference.cache.hit"
+CACHE_HIT_DESCRIPTION: Final = "Answer served from the response cache"
 
 ALL: Final = (
     CHAT_IN,
@@ -39,6 +42,7 @@ ALL: Final = (
     KNOWLEDGE_SEARCH,
     KNOWLEDGE_EMBEDDINGS_IN,
     EMBEDDINGS_IN,
+    CACHE_HIT,
 )
 
 

@@ -42,3 +42,9 @@ IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' 
 RESPONSES_BUCKET: Final = "aigw_responses"
 RESPONSES_STORAGE: Final = "file"
 RESPONSES_RETENTION_S: Final = 30 * 24 * 3600.0
+
+# Gateways' response caches (`Gateway.cache`), written by the edges: `aigw_edge.respcache`. Each
+# entry holds its own expiry (the gateway's TTL); the bucket's TTL is the longest a gateway may set.
+CACHE_BUCKET: Final = "aigw_response_cache"
+CACHE_STORAGE: Final = "file"
+CACHE_MAX_TTL_S: Final = 30 * 24 * 3600.0

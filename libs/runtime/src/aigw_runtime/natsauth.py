@@ -22,7 +22,8 @@ How the lists are built:
   config bucket; the router, retrieval and the edge read it. The idempotency bucket (kept answers)
   is the edge's alone;
 * only the worker and retrieval publish usage events: metering stores what the usage stream holds,
-  and the stream holds only what those two users published. Metering alone consumes it (its
+  and the stream holds only what those two users published. (A response-cache hit served by the
+  edge is billed by retrieval, priced from the gateway's config: the edge never writes a bill.) Metering alone consumes it (its
   durable) and answers usage queries.
 
 A limit of nats-server (2.15, its issue #8274): creating a push consumer does not check the consumer's
@@ -162,6 +163,7 @@ def _table() -> dict[str, Permissions]:
         + kv_writer(BUCKET)
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
         + kv_owner(streams.RESPONSES_BUCKET)  # stored Responses API answers: the edge's alone
+        + kv_writer(streams.CACHE_BUCKET)  # gateways' response caches: the edge's alone
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -169,6 +171,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
                 subjects.RETRIEVAL_EMBED,
+                subjects.RETRIEVAL_CACHE_HIT,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
             ),
@@ -207,6 +210,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.RETRIEVAL_MANAGE,
                 subjects.RETRIEVAL_TOOL,
                 subjects.RETRIEVAL_EMBED,
+                subjects.RETRIEVAL_CACHE_HIT,
                 subjects.BOUNCE_WILDCARD,
                 subjects.CHAT_CANCEL,  # stops a grounding whose client left
             ),

@@ -37,6 +37,7 @@ from .limits import BodyLimitMiddleware
 from .logs import AccessLog, AccessLogMiddleware
 from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
+from .respcache import ResponseCache
 from .responsestore import ResponseStore
 from .routes import chat, embeddings, health, messages, models, responses, usage
 from .settings import EdgeSettings
@@ -121,7 +122,10 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         watcher = ConfigWatcher(js, managed.view)
         await watcher.start()
         keys.replace(managed.view.keys.values())
+        cache.refresh("gateway")
         watcher.listeners.append(keys_changed)
+        watcher.listeners.append(cache.refresh)
+        managed.listeners.append(cache.refresh)
         bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
         managed.attach(await ConfigWriter.open(js))
@@ -147,17 +151,19 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         parse_allowlist(settings.upstream_allowlist), settings.secrets_key.get_secret_value() or None
     )
     endpoint = chat.ChatEndpoint(settings, bus, keys)
+    # Gateways' response caches in front of it (a pass-through while no gateway has one).
+    cache = ResponseCache(endpoint, keys, managed.view, bus, settings.request_timeout)
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
-    api.state.chat_endpoint = endpoint
+    api.state.chat_endpoint = cache
     api.state.responses = ResponseStore(bus, settings.responses_retention)
     other_apis = (messages.router, responses.router, embeddings.router)
     for router in (models.router, health.router, usage.router, manage.router, *other_apis):
         api.include_router(router)
     errors.install(api)
 
-    app = EdgeApp(api, endpoint, settings, bus, keys)
+    app = EdgeApp(api, cache, settings, bus, keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Slow and keyless clients (see slowclients.py); outside the body limit, so its refusals close
     # the connection too, and inside the access log, so their 401s and 408s are logged.

@@ -7,7 +7,14 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
+from aigw_contracts.config import (
+    PUBLIC_KEY_DEFAULT_RPM_PER_IP,
+    AutoRouting,
+    KeyLimits,
+    ParameterRule,
+    Prices,
+    ResponseCache,
+)
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 from ..tenancy import TENANT_ID_PATTERN
@@ -38,6 +45,9 @@ class GatewayIn(_In):
     routing: AutoRouting | None = Field(
         default=None, description="pick the upstream by the request's complexity (a classifier model)"
     )
+    cache: ResponseCache | None = Field(
+        default=None, description="reuse answers to equal requests (off when unset; see README)"
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -52,6 +62,7 @@ class GatewayPatch(_In):
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
     fallbacks: list[str] | None = Field(default=None, max_length=4)
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
+    cache: ResponseCache | None = Field(default=None, description="null turns the response cache off")
 
 
 class GatewayOut(BaseModel):
@@ -69,6 +80,7 @@ class GatewayOut(BaseModel):
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
+    cache: ResponseCache | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod
