@@ -126,7 +126,11 @@ def test_other_apis_share_the_cache(metered: Stack, cached: str, upstream_calls:
     assert metered.demo is not None
     root = metered.base_url.removesuffix("/v1")
     with anthropic.Anthropic(base_url=root, api_key=metered.demo.key, max_retries=0) as claude:
-        body: Any = {"model": cached, "max_tokens": 50, "messages": [{"role": "user", "content": "hi [sim tokens=4]"}]}
+        body: Any = {
+            "model": cached,
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hi [sim tokens=4]"}],
+        }
         first = claude.messages.with_raw_response.create(**body)
         second = claude.messages.with_raw_response.create(**body)
     assert (first.headers["x-aigw-cache"], second.headers["x-aigw-cache"]) == ("miss", "hit")
