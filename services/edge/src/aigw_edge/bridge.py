@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aigw_contracts import headers
+from aigw_contracts import ApiKey, headers
 from aigw_contracts.errors import GatewayError, InvalidRequest
 
 from .auth import KeyStore, duplicate_authorization
+from .errors import invalid_request
+
+M = TypeVar("M", bound=BaseModel)
 
 CHAT_PATH = "/v1/chat/completions"
 _KEPT = frozenset(
@@ -69,18 +73,15 @@ def bearer_or_api_key(scope: Scope) -> bytes | None:
     return found
 
 
-async def read_body(request: Request, keys: KeyStore) -> tuple[Any, bytes]:
+async def read_request(request: Request, keys: KeyStore, model: type[M]) -> tuple[ApiKey, M]:
     """Authenticate (before a byte of the body is read, as the chat endpoint does), then the body
-    as JSON; the key comes back too. Anything wrong is a `GatewayError` the route translates."""
+    as `model`. Anything wrong is a `GatewayError` the route renders in its API's error shape."""
     key = keys.authenticate(bearer_or_api_key(request.scope))
     body = await request.body()
     try:
-        return key, json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be a JSON object.",
-            code="invalid_json",
-        ) from None
+        return key, model.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
 
 
 class Translator(Protocol):

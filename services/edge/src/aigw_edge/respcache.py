@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw_contracts import ApiKey, Gateway, headers, subjects
@@ -49,8 +48,9 @@ from . import sse
 from .auth import KeyStore, authorization
 from .bus import Bus
 from .errors import JSON_TYPE, send_body, send_error
-from .idempotency import decode, encode, open_bucket
+from .idempotency import LazyBucket, decode, encode
 from .logs import SCOPE_KEY
+from .routes.chat import _ClientGone, _read_body
 
 log = logging.getLogger("aigw.edge.cache")
 
@@ -91,21 +91,6 @@ def completed_stream(answer: bytes) -> bool:
     return isinstance(last, dict) and "error" not in last
 
 
-class _ClientGone(Exception):
-    pass
-
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise _ClientGone
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
 class ResponseCache:
     """The chat endpoint with gateways' response caches in front (see the module doc)."""
 
@@ -118,8 +103,8 @@ class ResponseCache:
         self.bus = bus
         self.request_timeout = request_timeout
         self.by_tenant: dict[str, list[Gateway]] = {}
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
+        self._bucket = LazyBucket(bus, CACHE_MAX_TTL_S, CACHE_BUCKET, CACHE_STORAGE).get
+        self._storing: set[asyncio.Task[None]] = set()
 
     def refresh(self, kind: str, *_: object) -> None:
         """A config listener: which tenants have gateways with a cache."""
@@ -188,20 +173,9 @@ class ResponseCache:
         return None
 
     # ------------------------------------------------------------------ storage
-    async def _bucket(self) -> KeyValue | None:
-        if self._kv is None:
-            async with self._opening:
-                nc = self.bus.nc
-                if self._kv is None and nc is not None and nc.is_connected:
-                    self._kv = await open_bucket(nc.jetstream(), CACHE_MAX_TTL_S, CACHE_BUCKET, CACHE_STORAGE)
-        return self._kv
-
     async def _lookup(self, name: str) -> tuple[dict[str, Any], bytes] | None:
         try:
-            kv = await self._bucket()
-            if kv is None:
-                return None
-            entry = await kv.get(name)
+            entry = await (await self._bucket()).get(name)
         except KeyNotFoundError:
             return None
         except Exception:  # the cache is an optimization: without it, the request runs
@@ -239,7 +213,10 @@ class ResponseCache:
                             "request_id": request_id,
                             "headers": kept,
                         }
-                        await self._store(name, encode(meta, answer))
+                        # In the background: the client's next request on this connection need not wait.
+                        task = asyncio.get_running_loop().create_task(self._store(name, encode(meta, answer)))
+                        self._storing.add(task)
+                        task.add_done_callback(self._storing.discard)
                     return
             await send(message)
 
@@ -247,9 +224,7 @@ class ResponseCache:
 
     async def _store(self, name: str, value: bytes) -> None:
         try:
-            kv = await self._bucket()
-            if kv is not None:
-                await kv.put(name, value)
+            await (await self._bucket()).put(name, value)
         except Exception:
             log.warning("could not store an answer in the response cache", exc_info=True)
 

@@ -12,7 +12,6 @@ goes out; continuing it is then a 404, as for an expired one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -21,13 +20,12 @@ from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from aigw_contracts.errors import Unavailable
 from aigw_contracts.streams import RESPONSES_BUCKET, RESPONSES_STORAGE
 
 from .bus import Bus
-from .idempotency import open_bucket
+from .idempotency import LazyBucket
 
 log = logging.getLogger("aigw.edge.responses")
 
@@ -38,23 +36,7 @@ def entry_key(tenant: str, response_id: str) -> str:
 
 class ResponseStore:
     def __init__(self, bus: Bus, retention: float) -> None:
-        self.bus = bus
-        self.retention = retention
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
-
-    async def _bucket(self) -> KeyValue:
-        if self._kv is not None:
-            return self._kv
-        async with self._opening:
-            if self._kv is None:
-                nc = self.bus.nc
-                if nc is None or not nc.is_connected:
-                    raise Unavailable("The gateway is not connected to its message bus; try again shortly")
-                self._kv = await open_bucket(
-                    nc.jetstream(), self.retention, RESPONSES_BUCKET, RESPONSES_STORAGE
-                )
-            return self._kv
+        self._bucket = LazyBucket(bus, retention, RESPONSES_BUCKET, RESPONSES_STORAGE).get
 
     async def get(self, tenant: str, response_id: str) -> dict[str, Any] | None:
         """The stored entry (`response`, `conversation`), or None if there is none for this tenant."""

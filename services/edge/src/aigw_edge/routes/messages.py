@@ -24,13 +24,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts.errors import GatewayError, InvalidRequest
 
-from ..bridge import Bridged, error_response, read_body, sse_event
+from ..bridge import Bridged, error_response, read_request, sse_event
 from ..deps import bearer
-from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
 
 PATHS = ("/v1/messages",)
@@ -468,7 +467,7 @@ def _refused(err: GatewayError) -> Response:
 
 @router.post(
     PATHS[0],
-    dependencies=[Security(bearer)],  # documents the key; `read_body` checks it
+    dependencies=[Security(bearer)],  # documents the key; `read_request` checks it
     summary="Create a message (Anthropic's Messages API)",
     response_model=Message,
     response_description="The message as JSON or, with `stream: true`, Anthropic's server-sent events",
@@ -488,11 +487,7 @@ async def create_message(request: Request) -> Response:
     `x-api-key: <aigw key>` (Anthropic's SDKs) or `Authorization: Bearer`. Errors are Anthropic's
     error body with the same statuses as chat completions."""
     try:
-        _, raw = await read_body(request, request.app.state.keys)
-        try:
-            body = MessagesRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
+        _, body = await read_request(request, request.app.state.keys, MessagesRequest)
         chat = to_chat(body)
     except GatewayError as err:
         return _refused(err)

@@ -27,13 +27,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Security
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from aigw_contracts.errors import GatewayError, InvalidRequest, NotFound
 
-from ..bridge import Bridged, error_response, read_body, sse_event
+from ..bridge import Bridged, error_response, read_request, sse_event
 from ..deps import PrivateKey, bearer
-from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
 from ..openapi import sse_of
 from ..responsestore import ResponseStore
@@ -544,7 +543,7 @@ def _store(request: Request) -> ResponseStore:
 
 @router.post(
     PATHS[0],
-    dependencies=[Security(bearer)],  # documents the key; `read_body` checks it
+    dependencies=[Security(bearer)],  # documents the key; `read_request` checks it
     summary="Create a model response (OpenAI's Responses API)",
     response_model=ResponseObject,
     response_description="The response as JSON or, with `stream: true`, typed server-sent events",
@@ -564,11 +563,7 @@ async def create_response(request: Request) -> Response:
     tools and their outputs, stored responses continued by `previous_response_id` (per tenant,
     unless `store: false`), streaming as typed events. Adds `generation_context` to the response."""
     try:
-        key, raw = await read_body(request, request.app.state.keys)
-        try:
-            body = ResponsesRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
+        key, body = await read_request(request, request.app.state.keys, ResponsesRequest)
         history: list[dict[str, Any]] = []
         if body.previous_response_id is not None:
             found = await _store(request).get(key.tenant, body.previous_response_id)
