@@ -15,10 +15,15 @@ each scenario `--runs` times, medians reported.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread for the in-process model, as retrieval runs it (`AIGW_BLAS_THREADS`): set before
+# numpy loads. (Spinning BLAS threads on a busy 2-core box made one embedding ~10x slower.)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path

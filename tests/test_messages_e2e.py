@@ -13,7 +13,7 @@ import pytest
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
-from tests.conftest import PREFILLED
+from tests.conftest import PREFILLED, eventually
 
 WEATHER = {
     "name": "get_weather",
@@ -224,3 +224,34 @@ def test_a_stream_refused_before_it_starts_is_a_plain_http_error(stack: Stack) -
     )
     assert reply.status_code == 404
     assert reply.json()["error"]["type"] == "not_found_error"
+
+
+def test_an_upstream_drop_mid_stream_is_an_anthropic_error_event(claude: anthropic.Anthropic) -> None:
+    got: list[str] = []
+    dropped = [{"role": "user", "content": "x [sim fault=drop drop_after=3 tokens=20]"}]
+    with (
+        pytest.raises(anthropic.APIStatusError) as err,  # the SDK raises on `event: error`
+        claude.messages.stream(model="demo", max_tokens=100, messages=dropped) as stream,  # type: ignore[arg-type]
+    ):
+        got.extend(stream.text_stream)
+    assert got  # some text came before the drop
+    assert err.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_a_client_that_leaves_a_message_stream_cancels_the_upstream_call(
+    claude: anthropic.Anthropic, sim: httpx.Client
+) -> None:
+    with claude.messages.stream(
+        model="demo",
+        max_tokens=500,
+        messages=[{"role": "user", "content": "slow [sim tokens=200 token_ms=50]"}],
+    ) as stream:
+        for i, _ in enumerate(stream.text_stream):
+            if i == 2:
+                break
+
+    def cancelled() -> bool:
+        records = sim.get("/sim/requests").json()
+        return bool(records) and records[-1]["outcome"] == "client_disconnected"
+
+    eventually(cancelled, 10.0, "the upstream call cancelled")

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import NotFoundError, OpenAI
+from openai import APIError, NotFoundError, OpenAI
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
@@ -173,3 +173,14 @@ def test_bad_requests_get_openai_errors(stack: Stack) -> None:
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "bogus"
     reply = httpx.post(url, json={"model": "demo", "input": "x"}, headers={"Authorization": "Bearer nope"})
     assert reply.status_code == 401 and reply.json()["error"]["message"] == "Incorrect API key provided."
+
+
+def test_an_upstream_drop_mid_stream_raises_in_the_sdk(client: OpenAI) -> None:
+    events: list[Any] = []
+    with pytest.raises(APIError):  # the SDK raises on the `error` event
+        for event in client.responses.create(
+            model="demo", input="x [sim fault=drop drop_after=3 tokens=20]", stream=True
+        ):
+            events.append(event)
+    assert events[0].type == "response.created"
+    assert any(e.type == "response.output_text.delta" for e in events)
