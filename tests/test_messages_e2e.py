@@ -255,3 +255,16 @@ def test_a_client_that_leaves_a_message_stream_cancels_the_upstream_call(
         return bool(records) and records[-1]["outcome"] == "client_disconnected"
 
     eventually(cancelled, 10.0, "the upstream call cancelled")
+
+
+def test_count_tokens_estimates_the_requests_own_content(claude: anthropic.Anthropic) -> None:
+    short = claude.messages.count_tokens(model="demo", messages=[{"role": "user", "content": "hi"}])
+    text = "word " * 400
+    long = claude.messages.count_tokens(
+        model="demo",
+        system="Be brief.",
+        tools=[WEATHER],
+        messages=[{"role": "user", "content": text}],  # type: ignore[list-item]
+    )
+    assert 0 < short.input_tokens < 20
+    assert long.input_tokens >= len(text) // 4

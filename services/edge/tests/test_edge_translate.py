@@ -92,7 +92,6 @@ def test_anthropic_parameters_map_to_chats() -> None:
     "fields",
     [
         {"tools": [{"name": "web_search", "type": "web_search_20250305"}]},
-        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
         {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
         {"tool_choice": {"type": "tool"}},
     ],

@@ -49,7 +49,7 @@ _CHAT_PATHS = frozenset(chat.PATHS)
 # Other APIs, translated onto the chat endpoint (`bridge.py`): they check the key before reading
 # the body themselves, and answer a refusal in their own error shape.
 _BRIDGED_PATHS = frozenset((*messages.PATHS, *responses.PATHS))
-OTHER_API_MODELS = (messages.MessagesRequest, responses.ResponsesRequest)
+OTHER_API_MODELS = (messages.MessagesRequest, messages.CountTokensRequest, responses.ResponsesRequest)
 
 
 class EdgeAPI(FastAPI):

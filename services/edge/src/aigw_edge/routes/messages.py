@@ -14,7 +14,13 @@ their user turn; `tool_use` blocks become the assistant's `tool_calls`; images b
 `image_url` parts; `stop_sequences` → `stop`, `metadata.user_id` → `user`, `tool_choice`
 `auto/any/tool/none` → `auto/required/{function}/none` (`disable_parallel_tool_use` →
 `parallel_tool_calls: false`). Ignored, since chat completions has no counterpart: `top_k`,
-`cache_control` marks, `thinking` blocks in history. Refused (400): server tools, documents.
+`thinking` (the answer comes without thinking blocks), `cache_control` marks, `thinking` blocks in
+history. Refused (400): server tools, documents.
+
+`POST /v1/messages/count_tokens` (which Anthropic's SDKs and coding tools call before a request)
+answers an estimate: about four characters a token (the worker's rule for upstreams that report
+no usage) of the request's own messages, system prompt and tools; the gateway's instructions and
+knowledge are not in it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from ..bridge import Bridged, error_response, read_request, sse_event
 from ..deps import bearer
 from ..openapi import errors as openapi_errors
 
-PATHS = ("/v1/messages",)
+PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+CHARS_PER_TOKEN = 4  # as aigw_worker.pricing estimates tokens
 
 router = APIRouter(tags=["messages"])
 
@@ -95,6 +102,17 @@ class MessagesRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
     thinking: dict[str, Any] | None = None
+
+
+class CountTokensRequest(MessagesRequest):
+    """`POST /v1/messages/count_tokens`: a Messages request without `max_tokens`."""
+
+    max_tokens: int = Field(default=1, ge=1)
+    stream: None = None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
 
 
 class Usage(_Open):
@@ -267,8 +285,6 @@ def to_chat(request: MessagesRequest) -> dict[str, Any]:
             chat["parallel_tool_calls"] = parallel
     if request.metadata and isinstance(request.metadata.get("user_id"), str):
         chat["user"] = request.metadata["user_id"]
-    if request.thinking and request.thinking.get("type") not in (None, "disabled"):
-        raise InvalidRequest("Extended thinking is not supported through this gateway.", param="thinking")
     return chat
 
 
@@ -493,3 +509,34 @@ async def create_message(request: Request) -> Response:
         return _refused(err)
     payload = json.dumps(chat, separators=(",", ":"), ensure_ascii=False).encode()
     return Bridged(request.app.state.chat_endpoint, payload, AnthropicTranslator(body.model))
+
+
+@router.post(
+    PATHS[1],
+    dependencies=[Security(bearer)],
+    summary="Count a message's input tokens (an estimate)",
+    response_model=TokenCount,
+    responses={
+        status: {"model": AnthropicError, "description": spec["description"]}
+        for status, spec in openapi_errors(400, 401).items()
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountTokensRequest"}}},
+        }
+    },
+)
+async def count_tokens(request: Request) -> Response:
+    """About four characters a token of the request's messages, system prompt and tools (the
+    gateway's instructions are not counted): what a client needs to budget, not a bill."""
+    try:
+        _, body = await read_request(request, request.app.state.keys, CountTokensRequest)
+        chat = to_chat(body)
+    except GatewayError as err:
+        return _refused(err)
+    counted = [chat["messages"], chat.get("tools") or []]
+    chars = len(json.dumps(counted, separators=(",", ":"), ensure_ascii=False))
+    return Response(
+        TokenCount(input_tokens=-(-chars // CHARS_PER_TOKEN)).model_dump_json(), media_type="application/json"
+    )
