@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aigw_contracts import ApiKey, headers
 from aigw_contracts.errors import GatewayError, InvalidRequest
 
+from . import sse
 from .auth import KeyStore, duplicate_authorization
-from .errors import invalid_request
+from .errors import invalid_request, retry_after_headers
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,11 +48,6 @@ _KEPT = frozenset(
     }
 )
 _EVENT_STREAM = b"text/event-stream"
-SSE_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 def bearer_or_api_key(scope: Scope) -> bytes | None:
@@ -115,21 +111,14 @@ class Translator(Protocol):
         ...
 
 
-def error_body(err: GatewayError) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(err.to_json())
-    return parsed
-
-
-def error_response(
-    err: GatewayError, render: Callable[[int, dict[str, Any]], bytes], request_id: str | None = None
-) -> Response:
+def error_response(err: GatewayError, render: Callable[[int, dict[str, Any]], bytes]) -> Response:
     """A refusal raised before the pipeline ran (bad body, bad key), in the API's error shape."""
-    extra: dict[str, str] = {}
+    extra = {}
     if err.retry_after is not None:
-        extra["retry-after"] = str(max(0, int(-(-err.retry_after // 1))))
-    if request_id:
-        extra[headers.HTTP_REQUEST_ID] = request_id
-    return Response(render(err.status, error_body(err)), err.status, extra, media_type="application/json")
+        extra = {k.decode(): v.decode() for k, v in retry_after_headers(err.status, err.retry_after)}
+    return Response(
+        render(err.status, json.loads(err.to_json())), err.status, extra, media_type="application/json"
+    )
 
 
 class Bridged(Response):
@@ -143,10 +132,6 @@ class Bridged(Response):
         self.translator = translator
         self.background = None
         self.status_code = 200
-        self.extra_headers: list[tuple[bytes, bytes]] = []
-
-    def add_header(self, name: str, value: str) -> None:
-        self.extra_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hdrs = [(k, v) for k, v in scope["headers"] if k not in (b"authorization", b"x-api-key")]
@@ -166,16 +151,15 @@ class Bridged(Response):
                 return {"type": "http.request", "body": self.chat_body, "more_body": False}
             return await receive()
 
-        await self.chat(inner, inner_receive, _Relay(send, self.translator, self.extra_headers))
+        await self.chat(inner, inner_receive, _Relay(send, self.translator))
 
 
 class _Relay:
     """The chat endpoint's `send`, translating as it goes (see the module doc)."""
 
-    def __init__(self, send: Send, translator: Translator, extra: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, send: Send, translator: Translator) -> None:
         self.send = send
         self.t = translator
-        self.extra = extra
         self.status = 0
         self.kept: list[tuple[bytes, bytes]] = []
         self.streaming = False
@@ -202,7 +186,7 @@ class _Relay:
                     {
                         "type": "http.response.start",
                         "status": self.status,
-                        "headers": SSE_HEADERS + self.kept + self.extra,
+                        "headers": sse.HEADERS + self.kept,
                     }
                 )
             return
@@ -237,7 +221,6 @@ class _Relay:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(translated)).encode()),
                     *self.kept,
-                    *self.extra,
                 ],
             }
         )
