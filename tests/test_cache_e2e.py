@@ -136,3 +136,31 @@ def test_other_apis_share_the_cache(metered: Stack, cached: str, upstream_calls:
     assert (first.headers["x-aigw-cache"], second.headers["x-aigw-cache"]) == ("miss", "hit")
     assert upstream_calls() == 1
     assert second.parse().content[0].text == first.parse().content[0].text  # type: ignore[union-attr]
+
+
+def test_hit_ratio_and_savings_per_gateway(client: OpenAI, metered: Stack) -> None:
+    assert metered.demo is not None
+    with api_client(metered, metered.demo.key) as http:
+        made = http.post(
+            "/gateways", json={"name": "ratio", "upstream": "@sim/sim-model", "cache": {"ttl": 60}}
+        )
+        assert made.status_code == 201, made.text
+        slug = made.json()["slug"]
+        miss = _ask(client, "ratio", "ratio [sim tokens=5]")
+        assert miss.headers["x-aigw-cache"] == "miss"
+        for _ in range(3):
+            assert _ask(client, "ratio", "ratio [sim tokens=5]").headers["x-aigw-cache"] == "hit"
+        lines = (miss.parse().model_extra or {})["generation_context"]["generated_usage"]
+        miss_cost = sum(Decimal(repr(line["amount"])) for line in lines)
+
+        def stats() -> dict[str, Any]:
+            found: dict[str, Any] = http.get("/usage/cache").json()
+            return next(g for g in found["gateways"] if g["slug"] == slug)
+
+        eventually(
+            lambda: (stats()["hits"], stats()["misses"]) == (3, 1), 15.0, "the cache's usage in metering"
+        )
+        mine = stats()
+    assert mine["hit_ratio"] == 0.75
+    assert Decimal(mine["hit_amount"]) == 0  # the default price
+    assert Decimal(mine["estimated_savings"]) == (3 * miss_cost).quantize(Decimal("1E-12"))

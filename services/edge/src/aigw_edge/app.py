@@ -39,7 +39,7 @@ from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
 from .respcache import ResponseCache
 from .responsestore import ResponseStore
-from .routes import chat, embeddings, health, messages, models, responses, usage
+from .routes import cachestats, chat, embeddings, health, messages, models, responses, usage
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 
@@ -159,7 +159,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     api.state.chat_endpoint = cache
     api.state.responses = ResponseStore(bus, settings.responses_retention)
     other_apis = (messages.router, responses.router, embeddings.router)
-    for router in (models.router, health.router, usage.router, manage.router, *other_apis):
+    for router in (models.router, health.router, usage.router, cachestats.router, manage.router, *other_apis):
         api.include_router(router)
     errors.install(api)
 
