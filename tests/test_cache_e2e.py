@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
@@ -99,6 +99,10 @@ def test_parameters_cache_control_and_other_gateways_miss(
     assert unkept.headers["x-aigw-cache"] == "miss"
     assert _ask(client, cached, "not kept [sim tokens=3]").headers["x-aigw-cache"] == "miss"
     assert upstream_calls() == 5
+    # Fields left out of the entry key are still checked: a bad one is the 400 a miss would get.
+    too_many = {f"k{i}": "v" for i in range(17)}
+    with pytest.raises(BadRequestError):
+        _ask(client, cached, "params [sim tokens=3]", metadata=too_many)
     plain = _ask(client, "demo", "params [sim tokens=3]")  # no cache on this gateway
     assert "x-aigw-cache" not in plain.headers and upstream_calls() == 6
 

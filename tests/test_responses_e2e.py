@@ -75,6 +75,15 @@ def test_previous_response_id_continues_the_stored_conversation(client: OpenAI) 
         {"role": "user", "content": "three [sim echo]"},
     ]
     assert client.responses.retrieve(first.id).output_text == first.output_text
+    items = list(client.responses.input_items.list(third.id, order="asc"))
+    assert [(i.type, getattr(i, "role", None)) for i in items] == [
+        ("message", "user"),
+        ("message", "assistant"),
+        ("message", "user"),
+        ("message", "assistant"),
+        ("message", "user"),
+    ]
+    assert items[1].content[0].text == first.output_text  # type: ignore[union-attr]
 
 
 def test_store_false_is_not_kept_and_other_tenants_never_see_a_response(client: OpenAI, stack: Stack) -> None:
@@ -113,6 +122,9 @@ def test_function_call_round_trip(client: OpenAI) -> None:
     sent = _echoed(second.output_text)
     assert sent[-2]["tool_calls"][0]["id"] == calls[0].call_id
     assert sent[-1] == {"role": "tool", "tool_call_id": calls[0].call_id, "content": "sunny, 21 C"}
+    items = list(client.responses.input_items.list(second.id))  # newest first
+    assert [i.type for i in items] == ["function_call_output", "function_call", "message"]
+    assert items[1].call_id == items[0].call_id == calls[0].call_id  # type: ignore[union-attr]
 
 
 def test_stream_has_typed_events_in_order_and_a_completed_response(client: OpenAI) -> None:

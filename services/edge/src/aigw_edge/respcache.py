@@ -34,9 +34,10 @@ import time
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aigw_contracts import ApiKey, Gateway, headers, subjects
+from aigw_contracts import ApiKey, ChatCompletionRequest, Gateway, headers, subjects
 from aigw_contracts.cache import CacheHit, CacheHitBilled
 from aigw_contracts.errors import GatewayError
 from aigw_contracts.ids import uuid7
@@ -75,8 +76,16 @@ def entry_key(key: ApiKey, gateway: Gateway, request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _kept_header(name: bytes) -> bool:
-    return name.startswith(b"x-aigw-") or name == headers.HTTP_ROUTED_COMPLEXITY.encode()
+# What the gateway did for the answer (gateway, parameters, fallback, routing), replayed with it.
+_KEPT = frozenset(
+    h.encode()
+    for h in (
+        headers.HTTP_GATEWAY,
+        headers.HTTP_PARAMS_USED,
+        headers.HTTP_FALLBACK,
+        headers.HTTP_ROUTED_COMPLEXITY,
+    )
+)
 
 
 def completed_stream(answer: bytes) -> bool:
@@ -161,7 +170,11 @@ class ResponseCache:
         name = entry_key(key, gateway, request)
         if b"no-cache" not in control:
             found = await self._lookup(name)
-            if found is not None and await self._serve(found, key, gateway, request, scope, send):
+            if (
+                found is not None
+                and _valid(body)  # what the fields left out of the entry key hold, checked as on a miss
+                and await self._serve(found, key, gateway, request, scope, send)
+            ):
                 return
         await self.chat(scope, replay, self._recorder(send, name, gateway, bool(request.get("stream"))))
 
@@ -197,7 +210,7 @@ class ResponseCache:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 for k, v in message.get("headers", ()):
-                    if _kept_header(k):
+                    if k in _KEPT:
                         kept.append([k.decode("latin-1"), v.decode("latin-1")])
                     elif k == _REQUEST_ID:
                         request_id = v.decode()
@@ -328,6 +341,14 @@ class ResponseCache:
                 stream=bool(request.get("stream")),
                 outcome=outcome,
             )
+
+
+def _valid(body: bytes) -> bool:
+    try:
+        ChatCompletionRequest.model_validate_json(body)
+    except ValidationError:
+        return False
+    return True
 
 
 def _marked(send: Send, header: tuple[bytes, bytes]) -> Send:

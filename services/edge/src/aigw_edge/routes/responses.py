@@ -607,3 +607,89 @@ async def delete_response(response_id: ResponseId, key: PrivateKey, request: Req
     if not await _store(request).delete(key.tenant, response_id):
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     return DeletedResponse(id=response_id, deleted=True)
+
+
+def _parts(content: Any, kind: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": kind, "text": content}]
+    out = []
+    for part in content or ():
+        if part.get("type") == "image_url":
+            out.append({"type": "input_image", "image_url": (part.get("image_url") or {}).get("url")})
+        else:
+            out.append({"type": kind, "text": part.get("text", "")})
+    return out
+
+
+def as_items(conversation: list[dict[str, Any]], response_id: str) -> list[dict[str, Any]]:
+    """A stored conversation (chat messages) as the Responses API's input items."""
+    items: list[dict[str, Any]] = []
+    for index, message in enumerate(conversation):
+        role, item_id = message["role"], f"in_{response_id}_{index}"
+        if role == "tool":
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "id": item_id,
+                    "call_id": message["tool_call_id"],
+                    "output": message.get("content") or "",
+                }
+            )
+            continue
+        if role != "assistant" or message.get("content"):
+            kind = "output_text" if role == "assistant" else "input_text"
+            items.append(
+                {
+                    "type": "message",
+                    "id": item_id,
+                    "role": role,
+                    "status": "completed",
+                    "content": _parts(message.get("content") or "", kind),
+                }
+            )
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            items.append(
+                {
+                    "type": "function_call",
+                    "id": f"{item_id}_{position}",
+                    "call_id": call.get("id"),
+                    "name": function.get("name"),
+                    "arguments": function.get("arguments", ""),
+                    "status": "completed",
+                }
+            )
+    return items
+
+
+class InputItems(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool = False
+
+
+@router.get(
+    PATHS[0] + "/{response_id}/input_items",
+    summary="List a stored response's input items",
+    response_model=InputItems,
+    responses=openapi_errors(401, 403, 404, 503),
+)
+async def input_items(
+    response_id: ResponseId,
+    key: PrivateKey,
+    request: Request,
+    order: Literal["asc", "desc"] = "desc",
+) -> InputItems:
+    """Everything that led to the response (its conversation, earlier responses' included), without
+    its own output; newest first unless `order=asc`."""
+    found = await _store(request).get(key.tenant, response_id)
+    if found is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    items = as_items(found["conversation"][:-1], response_id)  # the last message is the answer
+    if order == "desc":
+        items.reverse()
+    return InputItems(
+        data=items, first_id=items[0]["id"] if items else None, last_id=items[-1]["id"] if items else None
+    )
