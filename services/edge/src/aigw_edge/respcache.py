@@ -114,6 +114,8 @@ class ResponseCache:
         self.by_tenant: dict[str, list[Gateway]] = {}
         self._bucket = LazyBucket(bus, CACHE_MAX_TTL_S, CACHE_BUCKET, CACHE_STORAGE).get
         self._storing: set[asyncio.Task[None]] = set()
+        # Requests to cache-enabled gateways, as counters for metrics: served from the cache, or not.
+        self.hits = self.misses = 0
 
     def refresh(self, kind: str, *_: object) -> None:
         """A config listener: which tenants have gateways with a cache."""
@@ -165,6 +167,7 @@ class ResponseCache:
             if name == b"cache-control":
                 control += value.lower()
         if b"no-store" in control:
+            self.misses += 1
             await self.chat(scope, replay, _marked(send, _MISS))
             return
         name = entry_key(key, gateway, request)
@@ -175,7 +178,9 @@ class ResponseCache:
                 and _valid(body)  # what the fields left out of the entry key hold, checked as on a miss
                 and await self._serve(found, key, gateway, request, scope, send)
             ):
+                self.hits += 1
                 return
+        self.misses += 1
         await self.chat(scope, replay, self._recorder(send, name, gateway, bool(request.get("stream"))))
 
     @staticmethod
