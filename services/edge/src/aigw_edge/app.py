@@ -152,7 +152,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     )
     endpoint = chat.ChatEndpoint(settings, bus, keys)
     # Gateways' response caches in front of it (a pass-through while no gateway has one).
-    cache = ResponseCache(endpoint, keys, managed.view, bus, settings.request_timeout)
+    cache = ResponseCache(endpoint, keys, managed.view, bus)
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))

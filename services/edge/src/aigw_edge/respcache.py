@@ -103,14 +103,13 @@ def completed_stream(answer: bytes) -> bool:
 class ResponseCache:
     """The chat endpoint with gateways' response caches in front (see the module doc)."""
 
-    def __init__(self, chat: Any, keys: KeyStore, view: ConfigView, bus: Bus, request_timeout: float) -> None:
+    def __init__(self, chat: Any, keys: KeyStore, view: ConfigView, bus: Bus) -> None:
         self.chat: ASGIApp = chat
         # What the chat endpoint counts a request against (a hit never reaches it).
         self.limiter, self.admission = chat.limiter, chat.admission
         self.keys = keys
         self.view = view
         self.bus = bus
-        self.request_timeout = request_timeout
         self.by_tenant: dict[str, list[Gateway]] = {}
         self._bucket = LazyBucket(bus, CACHE_MAX_TTL_S, CACHE_BUCKET, CACHE_STORAGE).get
         self._storing: set[asyncio.Task[None]] = set()
