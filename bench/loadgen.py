@@ -34,11 +34,13 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _request_bytes(host: str, port: int, path: str, body: dict[str, object], key: str | None) -> bytes:
+def _request_bytes(
+    host: str, port: int, path: str, body: dict[str, object], key: str | None, extra_headers: str = ""
+) -> bytes:
     payload = json.dumps(body).encode()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}{extra_headers}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
@@ -83,8 +85,9 @@ async def run_load(
     concurrency: int,
     duration: float,
     warmup: float = 0.5,
+    extra_headers: str = "",  # whole header lines, each ending with CRLF
 ) -> Result:
-    request = _request_bytes(host, port, path, body, key)
+    request = _request_bytes(host, port, path, body, key, extra_headers)
     result = Result()
     stop_at = time.perf_counter() + warmup + duration
     measure_from = time.perf_counter() + warmup

@@ -186,6 +186,18 @@ class AutoRouting(BaseModel):
         return [self.classifier, self.low, self.medium, self.high]
 
 
+class ResponseCache(BaseModel):
+    """A gateway's response cache (off unless set): a request equal to an earlier one (same gateway
+    version, messages and parameters, after normalization; same tenant and key kind) within `ttl`
+    seconds gets the earlier answer again, streamed if it asks for a stream, without an upstream
+    call. A hit is billed `price` on its own SKU (`inference.cache.hit`) instead of tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl: float = Field(default=3600.0, gt=0, le=30 * 24 * 3600.0, description="seconds an answer is reused")
+    price: Decimal = Field(default=Decimal(0), ge=0, description="USD per cache hit")
+
+
 class Gateway(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -211,10 +223,11 @@ class Gateway(BaseModel):
     # Counts this gateway's writes: 1 when created, +1 per update (the edge's management API sets
     # it). Entries written before it existed read as 1.
     version: int = Field(default=1, ge=1)
+    cache: ResponseCache | None = None  # answers reused for equal requests (off by default)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_unset(handler(self), ("timeouts", "log_payloads"))
+        return _without_unset(handler(self), ("timeouts", "log_payloads", "cache"))
 
     @model_validator(mode="after")
     def _known_parameters(self) -> Gateway:

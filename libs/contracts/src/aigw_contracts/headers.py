@@ -27,3 +27,4 @@ HTTP_ROUTED_COMPLEXITY = "x-model-routed-complexity"  # as the reference product
 HTTP_SHOULD_RETRY = "x-should-retry"
 # "true" on an answer replayed for a repeated `idempotency_key` (nothing ran, nothing was billed).
 HTTP_IDEMPOTENT_REPLAY = "x-aigw-idempotent-replay"
+HTTP_CACHE = "x-aigw-cache"  # hit or miss, on requests to a gateway with a response cache

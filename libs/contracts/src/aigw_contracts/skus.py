@@ -35,6 +35,11 @@ RERANK_IN_CACHE_WRITE_1H: Final = "inference.resolving.rerank.in.cache_write.1h"
 RERANK_OUT_REASONING: Final = "inference.resolving.rerank.out.reasoning"
 KNOWLEDGE_SEARCH: Final = "knowledge.search"
 KNOWLEDGE_EMBEDDINGS_IN: Final = "knowledge.embeddings.in"
+# `POST /v1/embeddings`: per token the embedding model read for a client (not for a knowledge search).
+EMBEDDINGS_IN: Final = "inference.embeddings.in"
+# A chat answer served from a gateway's response cache (one per hit; price per gateway, default 0).
+CACHE_HIT: Final = "inference.cache.hit"
+CACHE_HIT_DESCRIPTION: Final = "Answer served from the response cache"
 
 ALL: Final = (
     CHAT_IN,
@@ -63,6 +68,8 @@ ALL: Final = (
     RERANK_OUT_REASONING,
     KNOWLEDGE_SEARCH,
     KNOWLEDGE_EMBEDDINGS_IN,
+    EMBEDDINGS_IN,
+    CACHE_HIT,
 )
 
 
@@ -79,3 +86,7 @@ def rewrite_description(model: str) -> str:
 
 def rerank_description(model: str) -> str:
     return f"Search result reranking with AI model '{model}'"
+
+
+def embeddings_description(model: str) -> str:
+    return f"Embeddings with model '{model}'"

@@ -48,3 +48,15 @@ IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' 
 SPEND_STREAM: Final = subjects.SPEND_STREAM
 SPEND_SUBJECTS: Final = (subjects.SPEND_WILDCARD,)
 SPEND_MAX_AGE_S: Final = 400 * 24 * 3600.0  # a year and a month of credits and alerts
+# Responses kept for `previous_response_id` (`POST /v1/responses` with `store` not false), written
+# by the edges: `aigw_edge.responsestore`. Keyed by tenant and response id; entries expire after the
+# edges' `AIGW_RESPONSES_RETENTION` (the bucket's TTL).
+RESPONSES_BUCKET: Final = "aigw_responses"
+RESPONSES_STORAGE: Final = "file"
+RESPONSES_RETENTION_S: Final = 30 * 24 * 3600.0
+
+# Gateways' response caches (`Gateway.cache`), written by the edges: `aigw_edge.respcache`. Each
+# entry holds its own expiry (the gateway's TTL); the bucket's TTL is the longest a gateway may set.
+CACHE_BUCKET: Final = "aigw_response_cache"
+CACHE_STORAGE: Final = "file"
+CACHE_MAX_TTL_S: Final = 30 * 24 * 3600.0

@@ -36,6 +36,13 @@ RETRIEVAL_MANAGE = f"{PREFIX}.retrieval.manage"
 # Request-reply, from a worker running a `QueryFunction` gateway's tool loop: `ToolSearch` in,
 # `ToolSearchResult` (or an error) out.
 RETRIEVAL_TOOL = f"{PREFIX}.retrieval.tool"
+# Request-reply, from the edge's `POST /v1/embeddings`: `EmbedJob` in, `EmbedResult` (a JSON line
+# then the raw float32 vectors) or an error out. Metered by retrieval (`inference.embeddings.in`).
+RETRIEVAL_EMBED = f"{PREFIX}.retrieval.embed"
+# Request-reply, from the edge when it serves a gateway's response-cache hit: `CacheHit` in, its
+# priced lines out once the usage stream stored them. Retrieval bills it (a usage producer, with
+# the config to price it from) so that the internet-facing edge never publishes usage itself.
+RETRIEVAL_CACHE_HIT = f"{PREFIX}.retrieval.cache_hit"
 
 CHAT_CANCEL = f"{PREFIX}.chat.cancel"
 

@@ -51,7 +51,7 @@ class UsageEvent(BaseModel):
     schema_version: Literal[1] = 1
     request_id: str
     # Which producer priced these lines.
-    source: Literal["inference", "routing", "retrieval", "rewrite", "rerank"]
+    source: Literal["inference", "routing", "retrieval", "rewrite", "rerank", "cache"]
     tenant: str
     key_id: str
     gateway_id: str | None = None

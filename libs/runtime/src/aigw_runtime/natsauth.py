@@ -22,7 +22,8 @@ How the lists are built:
   config bucket; the router, retrieval and the edge read it. The idempotency bucket (kept answers)
   is the edge's alone;
 * only the worker and retrieval publish usage events: metering stores what the usage stream holds,
-  and the stream holds only what those two users published. Metering alone consumes it (its
+  and the stream holds only what those two users published. (A response-cache hit served by the
+  edge is billed by retrieval, priced from the gateway's config: the edge never writes a bill.) Metering alone consumes it (its
   durable) and answers usage queries.
 * only the edge publishes the request log (`requestlog.RequestLogEvent`); metering stores it (a
   second durable on its own stream) and answers `GET /v1/requests`.
@@ -185,12 +186,16 @@ def _table() -> dict[str, Permissions]:
         + spend_keeper()  # balances and budgets (management API)
         + kv_writer(RATE_BUCKET)  # plan rate limits shared by the edges
         + request_log_producer()
+        + kv_owner(streams.RESPONSES_BUCKET)  # stored Responses API answers: the edge's alone
+        + kv_writer(streams.CACHE_BUCKET)  # gateways' response caches: the edge's alone
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
                 subjects.ROUTER_MODELS,
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
+                subjects.RETRIEVAL_EMBED,
+                subjects.RETRIEVAL_CACHE_HIT,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
                 subjects.METERING_REQUESTS,
@@ -230,6 +235,8 @@ def _table() -> dict[str, Permissions]:
                 subjects.RETRIEVAL_CHAT,
                 subjects.RETRIEVAL_MANAGE,
                 subjects.RETRIEVAL_TOOL,
+                subjects.RETRIEVAL_EMBED,
+                subjects.RETRIEVAL_CACHE_HIT,
                 subjects.BOUNCE_WILDCARD,
                 subjects.CHAT_CANCEL,  # stops a grounding whose client left
             ),

@@ -40,7 +40,9 @@ from .manage import ManagedConfig, UpstreamRules
 from .openapi import add_components
 from .ratelimit import SharedLimits
 from .requestlog import RequestLog, RequestLogMiddleware
-from .routes import chat, health, models, usage
+from .respcache import ResponseCache
+from .responsestore import ResponseStore
+from .routes import cachestats, chat, embeddings, health, messages, models, responses, usage
 from .routes import requests as requests_route
 from .settings import EdgeSettings
 from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
@@ -48,6 +50,10 @@ from .slowclients import BodyTimeoutMiddleware, KeyBeforeBodyMiddleware
 log = logging.getLogger("aigw.edge")
 
 _CHAT_PATHS = frozenset(chat.PATHS)
+# Other APIs, translated onto the chat endpoint (`bridge.py`): they check the key before reading
+# the body themselves, and answer a refusal in their own error shape.
+_BRIDGED_PATHS = frozenset((*messages.PATHS, *responses.PATHS))
+OTHER_API_MODELS = (messages.MessagesRequest, messages.CountTokensRequest, responses.ResponsesRequest)
 
 
 class EdgeAPI(FastAPI):
@@ -65,7 +71,7 @@ class EdgeAPI(FastAPI):
                 servers=self.servers,
                 separate_input_output_schemas=self.separate_input_output_schemas,
             )
-            add_components(schema, ChatCompletionChunk)
+            add_components(schema, ChatCompletionChunk, *OTHER_API_MODELS)
             self.openapi_schema = schema
         return self.openapi_schema
 
@@ -124,7 +130,10 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         await watcher.start()
         keys.replace(managed.view.keys.values())
         requests.gateways_changed(managed.view.gateways.values())
+        cache.refresh("gateway")
         watcher.listeners.append(keys_changed)
+        watcher.listeners.append(cache.refresh)
+        managed.listeners.append(cache.refresh)
         bus.on_reconnect.append(watcher.reconnected)  # a NATS restart loses the watch: catch up
         managed.listeners.append(keys_changed)
         managed.attach(await ConfigWriter.open(js))
@@ -155,18 +164,31 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         parse_allowlist(settings.upstream_allowlist), settings.secrets_key.get_secret_value() or None
     )
     endpoint = chat.ChatEndpoint(settings, bus, keys, managed.view.tenants)
+    # Gateways' response caches in front of it (a pass-through while no gateway has one).
+    cache = ResponseCache(endpoint, keys, managed.view, bus)
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
-    for router in (models.router, health.router, usage.router, requests_route.router, manage.router):
+    api.state.chat_endpoint = cache
+    api.state.responses = ResponseStore(bus, settings.responses_retention)
+    other_apis = (messages.router, responses.router, embeddings.router)
+    routers = (
+        models.router,
+        health.router,
+        usage.router,
+        requests_route.router,
+        cachestats.router,
+        manage.router,
+    )
+    for router in (*routers, *other_apis):
         api.include_router(router)
     errors.install(api)
 
-    app = EdgeApp(api, endpoint, settings, bus, keys)
+    app = EdgeApp(api, cache, settings, bus, keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Slow and keyless clients (see slowclients.py); outside the body limit, so its refusals close
     # the connection too, and inside the access log, so their 401s and 408s are logged.
-    app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS)
+    app.add_middleware(KeyBeforeBodyMiddleware, keys=keys, skip_paths=_CHAT_PATHS | _BRIDGED_PATHS)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout)
     if settings.access_log or settings.request_log:  # outermost: it sees every refusal's status too
         app.add_middleware(RequestLogMiddleware, access=AccessLog(settings.access_log), requests=requests)

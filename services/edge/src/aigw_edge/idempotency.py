@@ -166,8 +166,7 @@ class Idempotency:
         self.bus = bus
         self.window = settings.idempotency_window
         self.hold = settings.request_timeout + TAKEOVER_GRACE_S
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
+        self._bucket = LazyBucket(bus, self.window).get
 
     async def begin(self, key: ApiKey, idempotency_key: str, body: bytes) -> Claim | Replay:
         """Claim the key for this request, or the answer to replay; raises when neither may be."""
@@ -218,8 +217,20 @@ class Idempotency:
             "Requests with this idempotency_key are racing; retry shortly.", param="idempotency_key"
         )
 
-    async def _bucket(self) -> KeyValue:
-        """The bucket, opened (and created, or its TTL brought to the window) on first use."""
+
+class LazyBucket:
+    """A key-value bucket of the edge's, opened (created, its TTL brought to `window`) on first use,
+    once, however many requests ask at the same moment."""
+
+    def __init__(
+        self, bus: Bus, window: float, bucket: str = IDEMPOTENCY_BUCKET, storage: str = IDEMPOTENCY_STORAGE
+    ) -> None:
+        self.bus = bus
+        self.window, self.bucket, self.storage = window, bucket, storage
+        self._kv: KeyValue | None = None
+        self._opening = asyncio.Lock()
+
+    async def get(self) -> KeyValue:
         if self._kv is not None:
             return self._kv
         async with self._opening:
@@ -227,26 +238,27 @@ class Idempotency:
                 nc = self.bus.nc
                 if nc is None or not nc.is_connected:
                     raise Unavailable("The gateway is not connected to its message bus; try again shortly")
-                self._kv = await open_bucket(nc.jetstream(), self.window)
+                self._kv = await open_bucket(nc.jetstream(), self.window, self.bucket, self.storage)
             return self._kv
 
 
-async def open_bucket(js: Any, window: float) -> KeyValue:
-    """The answers' bucket, its TTL set to `window` (an edge started with a new window updates it)."""
+async def open_bucket(
+    js: Any, window: float, bucket: str = IDEMPOTENCY_BUCKET, storage: str = IDEMPOTENCY_STORAGE
+) -> KeyValue:
+    """A bucket of kept answers (by default the idempotency one), its TTL set to `window` (an edge
+    started with a new window updates it)."""
     try:
-        kv: KeyValue = await js.key_value(IDEMPOTENCY_BUCKET)
+        kv: KeyValue = await js.key_value(bucket)
     except BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=IDEMPOTENCY_BUCKET, history=1, ttl=window, storage=StorageType(IDEMPOTENCY_STORAGE)
-        )
+        config = KeyValueConfig(bucket=bucket, history=1, ttl=window, storage=StorageType(storage))
         try:
             kv = await js.create_key_value(config)
         except Exception:  # another edge created it at the same moment
-            kv = await js.key_value(IDEMPOTENCY_BUCKET)
+            kv = await js.key_value(bucket)
     status = await kv.status()
     if status.ttl is None or abs(status.ttl - window) > 1e-3:
         stream = status.stream_info.config
         stream.max_age = window
         await js.update_stream(stream)
-        log.info("idempotency window set", extra={"seconds": window})
+        log.info("bucket retention set", extra={"bucket": bucket, "seconds": window})
     return kv

@@ -7,7 +7,7 @@ import uuid
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aigw_contracts.streams import IDEMPOTENCY_WINDOW_S
+from aigw_contracts.streams import IDEMPOTENCY_WINDOW_S, RESPONSES_RETENTION_S
 
 
 class EdgeSettings(BaseSettings):
@@ -68,3 +68,5 @@ class EdgeSettings(BaseSettings):
     shutdown_grace: float = Field(default=30.0, ge=0)  # in-flight requests may finish within this on SIGTERM
     # Seconds a repeated `idempotency_key` gets the first call's answer (the answers' bucket TTL).
     idempotency_window: float = Field(default=IDEMPOTENCY_WINDOW_S, gt=0)
+    # Seconds a stored `/v1/responses` answer can be continued (`previous_response_id`) or fetched.
+    responses_retention: float = Field(default=RESPONSES_RETENTION_S, gt=0)

@@ -5,6 +5,8 @@
 * `bounce_wildcard(retrieval_id)`: no-responders bounces of envelopes forwarded to the workers;
 * `RETRIEVAL_MANAGE` in the same queue group: management requests from the edge (`manage.py`);
 * `RETRIEVAL_TOOL` in the same queue group: knowledge-tool searches from workers (`tool.py`);
+* `RETRIEVAL_EMBED` in the same queue group: `POST /v1/embeddings` from the edge (`embeddings.py`);
+* `RETRIEVAL_CACHE_HIT` in the same queue group: response-cache hits to bill (`cachehits.py`);
 * `CHAT_CANCEL`, without a queue group: a grounding whose client went away is stopped, its model
   calls included, and never forwarded (`aigw_runtime.cancels`).
 
@@ -29,7 +31,9 @@ from aigw_runtime.service import Service
 from aigw_runtime.usage_publisher import JetStreamUsageBus, UsagePublisher
 from aigw_runtime.workercall import ask_worker
 
+from .cachehits import CacheHitBiller
 from .embed import Embedder, MiniLMEmbedder
+from .embeddings import EmbeddingsAPI
 from .factory import build_embedder, build_store
 from .grounding import Grounder
 from .manage import Manager
@@ -53,6 +57,8 @@ class Retrieval:
         self.manager: Manager | None = None
         self.grounder: Grounder | None = None
         self.tools: ToolSearcher | None = None
+        self.embeddings: EmbeddingsAPI | None = None
+        self.cache_hits: CacheHitBiller | None = None
 
     def parts(self) -> tuple[Manager, Grounder, ToolSearcher]:
         assert self.manager is not None and self.grounder is not None and self.tools is not None
@@ -113,6 +119,8 @@ def create_app(
             ModelReranker(calls),
         )
         retrieval.tools = ToolSearcher(knowledge)
+        retrieval.embeddings = EmbeddingsAPI(knowledge, bus.max_payload)
+        retrieval.cache_hits = CacheHitBiller(knowledge)
         service.ready_fields = {"store": settings.knowledge_store, "embedder": knowledge.embedder.name}
 
     async def stop() -> None:
@@ -151,6 +159,14 @@ def create_app(
     async def on_tool(data: bytes) -> tuple[bytes, dict[str, str] | None]:
         return await retrieval.parts()[2].answer(data)
 
+    async def on_embed(data: bytes) -> tuple[bytes, dict[str, str] | None]:
+        assert retrieval.embeddings is not None
+        return await retrieval.embeddings.answer(data)
+
+    async def on_cache_hit(data: bytes) -> tuple[bytes, dict[str, str] | None]:
+        assert retrieval.cache_hits is not None
+        return await retrieval.cache_hits.answer(data)
+
     service.on_start.append(start)
     service.on_stop.append(stop)
     # Bounces answer envelopes this replica already forwarded: they flow until the very end.
@@ -161,6 +177,10 @@ def create_app(
         subjects.RETRIEVAL_MANAGE, on_manage, "knowledge request", queue=subjects.RETRIEVAL_QUEUE
     )
     service.reply_route(subjects.RETRIEVAL_TOOL, on_tool, "knowledge search", queue=subjects.RETRIEVAL_QUEUE)
+    service.reply_route(subjects.RETRIEVAL_EMBED, on_embed, "embedding", queue=subjects.RETRIEVAL_QUEUE)
+    service.reply_route(
+        subjects.RETRIEVAL_CACHE_HIT, on_cache_hit, "cache hit billing", queue=subjects.RETRIEVAL_QUEUE
+    )
     # Every replica hears every cancel, until the very end (a grounding may still be running).
     service.route(subjects.CHAT_CANCEL, on_cancel, takes_work=False)
     return service, retrieval

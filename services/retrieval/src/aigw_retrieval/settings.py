@@ -43,6 +43,8 @@ class RetrievalSettings(BaseSettings):
     # Defaults: about what hosted vector search and OpenAI's text-embedding-3-small cost.
     price_knowledge_search: Decimal = Decimal("0.0001")
     price_knowledge_embedding_token: Decimal = Decimal("2E-8")
+    # `inference.embeddings.in`: per token read for `POST /v1/embeddings` (same default).
+    price_embeddings_token: Decimal = Decimal("2E-8")
 
     # The request path: a query term is cut to its last `max_query_chars` characters (the question
     # usually ends a message; the embedder reads 256 tokens at most anyway).

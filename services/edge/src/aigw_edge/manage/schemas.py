@@ -14,6 +14,7 @@ from aigw_contracts.config import (
     KeyLimits,
     ParameterRule,
     Prices,
+    ResponseCache,
     TenantLimits,
 )
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
@@ -49,6 +50,9 @@ class GatewayIn(_In):
     log_payloads: bool | None = Field(
         default=None, description="keep request and answer bodies in the request log (secrets redacted)"
     )
+    cache: ResponseCache | None = Field(
+        default=None, description="reuse answers to equal requests (off when unset; see README)"
+    )
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -64,6 +68,7 @@ class GatewayPatch(_In):
     fallbacks: list[str] | None = Field(default=None, max_length=4)
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
     log_payloads: bool | None = None
+    cache: ResponseCache | None = Field(default=None, description="null turns the response cache off")
 
 
 class GatewayOut(BaseModel):
@@ -82,6 +87,7 @@ class GatewayOut(BaseModel):
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
     log_payloads: bool | None = None
+    cache: ResponseCache | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod

@@ -1,0 +1,37 @@
+"""The response cache's entry keys and its test of a completed stream (the e2e tests drive the rest)."""
+
+from __future__ import annotations
+
+from aigw_contracts import ApiKey, Gateway
+from aigw_contracts.config import ResponseCache
+from aigw_edge.respcache import completed_stream, entry_key
+
+GATEWAY = Gateway(id="g1", name="cached", tenant="acme", upstream="@sim/sim-model", cache=ResponseCache())
+KEY = ApiKey(id="k1", tenant="acme", hash="h")
+REQUEST = {"model": "cached", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
+
+
+def test_entries_are_per_tenant_key_kind_and_gateway_version() -> None:
+    mine = entry_key(KEY, GATEWAY, REQUEST)
+    assert entry_key(KEY.model_copy(update={"tenant": "other"}), GATEWAY, REQUEST) != mine
+    assert entry_key(KEY.model_copy(update={"kind": "public"}), GATEWAY, REQUEST) != mine
+    assert entry_key(KEY, GATEWAY.model_copy(update={"version": 2}), REQUEST) != mine
+    assert entry_key(KEY, GATEWAY, {**REQUEST, "temperature": 0.3}) != mine
+    assert entry_key(KEY, GATEWAY, {**REQUEST, "stream": True}) != mine
+
+
+def test_what_does_not_change_the_answer_does_not_change_the_entry() -> None:
+    mine = entry_key(KEY, GATEWAY, REQUEST)
+    noisy = {**REQUEST, "metadata": {"run": "7"}, "user": "u", "idempotency_key": "i", "store": True}
+    assert entry_key(KEY, GATEWAY, noisy) == mine
+    assert entry_key(KEY, GATEWAY, dict(reversed(list(REQUEST.items())))) == mine
+    assert entry_key(KEY.model_copy(update={"id": "k2"}), GATEWAY, REQUEST) == mine  # the tenant's other key
+
+
+def test_only_a_stream_that_ended_with_its_final_chunk_is_kept() -> None:
+    final = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"choices":[],"usage":{}}\n\ndata: [DONE]\n\n'
+    assert completed_stream(final)
+    assert not completed_stream(
+        b'data: {"choices":[]}\n\ndata: {"error":{"message":"x"}}\n\ndata: [DONE]\n\n'
+    )
+    assert not completed_stream(b'data: {"choices":[]}\n\n')
