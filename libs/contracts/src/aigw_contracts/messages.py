@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import ROUTED, ChatCompletionRequest, ChatMessage, GeneratedUsage
-from .config import Prices, Timeouts, Upstream
+from .config import Deployment, Prices, Timeouts, Upstream
 from .knowledge import GatewayKnowledge, Grounding, KnowledgeTool
 
 _ROUTED_CONTEXT = {ROUTED: True}
@@ -27,6 +27,7 @@ class UpstreamTarget(BaseModel):
     prices: Prices  # already zero for own endpoints
     timeouts: Timeouts | None = None  # the upstream's own (`Upstream.timeouts`)
     max_retries: int | None = None  # the upstream's own (`Upstream.max_retries`)
+    deployments: list[Deployment] = Field(default_factory=list)  # `Upstream.deployments`, keys sealed
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamTarget:
@@ -41,6 +42,7 @@ class UpstreamTarget(BaseModel):
             prices=upstream.billed_prices(),
             timeouts=upstream.timeouts,
             max_retries=upstream.max_retries,
+            deployments=upstream.deployments,
         )
 
 

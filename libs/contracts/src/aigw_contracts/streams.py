@@ -35,3 +35,11 @@ USAGE_DEAD_MAX_AGE_S: Final = 90 * 24 * 3600.0
 IDEMPOTENCY_BUCKET: Final = "aigw_idempotency"
 IDEMPOTENCY_STORAGE: Final = "file"  # JetStream StorageType: a kept answer survives a NATS restart
 IDEMPOTENCY_WINDOW_S: Final = 24 * 3600.0  # seconds; the default of the edges' setting
+
+# Circuit breakers' states, as each inference worker sees them (`aigw_worker.circuits`): a JetStream
+# key-value bucket the workers write (key `<worker>.<upstream>.<deployment>`, base64url-encoded
+# parts) and the edge reads for `GET /v1/circuits`. Only circuits that are not closed have an entry
+# (a circuit that closes deletes its own); entries of a worker that died expire with the bucket's TTL.
+CIRCUITS_BUCKET: Final = "aigw_circuits"
+CIRCUITS_STORAGE: Final = "memory"  # JetStream StorageType: a view of live state, not a record
+CIRCUITS_TTL_S: Final = 600.0

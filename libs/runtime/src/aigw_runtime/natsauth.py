@@ -161,6 +161,7 @@ def _table() -> dict[str, Permissions]:
         EDGE: _own_inbox(EDGE)
         + kv_writer(BUCKET)
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
+        + kv_reader(streams.CIRCUITS_BUCKET)  # the workers' circuit states (`GET /v1/circuits`)
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -186,6 +187,7 @@ def _table() -> dict[str, Permissions]:
             ),
         ),
         WORKER: _own_inbox(WORKER)
+        + kv_writer(streams.CIRCUITS_BUCKET)  # its circuit breakers' states, for operators
         + events_to_edges
         + _answers(ROUTER, RETRIEVAL)  # the events of a model call a router or retrieval made
         + usage_producer()

@@ -35,8 +35,8 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
     try:
         async with clock.scope:
             body = state.upstream_body(False)
-            request = await upstream.build(state.route.upstream, body, remaining, False, limits)
-            response = await upstream.open(request)
+            request = await state.build(body, remaining, False, limits)
+            response = await upstream.open(request, state.headers_seen)
             clock.first_token()
             content = await upstream.read_whole(response)
     except TimeoutError:

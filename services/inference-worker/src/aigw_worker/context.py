@@ -12,6 +12,7 @@ from typing import Protocol
 from aigw_runtime.usage_publisher import UsagePublisher
 
 from .bus import Bus
+from .circuits import Circuits
 from .settings import WorkerSettings
 from .upstream import Upstream
 
@@ -21,3 +22,4 @@ class WorkerContext(Protocol):
     upstream: Upstream
     bus: Bus | None  # None until the worker has started
     usage: UsagePublisher | None
+    circuits: Circuits

@@ -71,8 +71,8 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
     try:
         async with clock.scope:
             body = state.upstream_body(True)
-            request = await upstream.build(state.route.upstream, body, remaining, True, limits)
-            response = await upstream.open(request)
+            request = await state.build(body, remaining, True, limits)
+            response = await upstream.open(request, state.headers_seen)
             try:
                 try:
                     async for raw in body_chunks(response):

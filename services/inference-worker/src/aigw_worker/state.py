@@ -10,13 +10,17 @@ import json
 import time
 from typing import Any
 
+import httpx
+
 from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
 from aigw_contracts.knowledge import Grounding
 
 from .accounting import Ledger
+from .balance import Pick, exhausted_for
 from .context import WorkerContext
 from .events import Events
 from .knowledge_tool import KnowledgeLoop
+from .timeouts import Limits
 
 
 def answer_model(target: UpstreamTarget) -> str:
@@ -45,6 +49,28 @@ class CallState:
         if route.knowledge_tool is not None and worker.bus is not None:
             self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
         self.ledger = Ledger(self.request_id, route, self.loop)
+        self.deployment: Pick | None = None  # where the current attempt goes (`fallback.py` picks)
+
+    async def build(self, body: bytes, remaining: float, stream: bool, limits: Limits) -> httpx.Request:
+        """The current attempt's upstream request, to the picked deployment."""
+        pick = self.deployment
+        return await self.worker.upstream.build(
+            self.route.upstream,
+            body,
+            remaining,
+            stream,
+            limits,
+            base_url=pick.base_url if pick else None,
+            api_key=pick.api_key if pick else None,
+        )
+
+    def headers_seen(self, headers: httpx.Headers) -> None:
+        """An upstream answer's headers: a deployment whose rate limit is used up is paused."""
+        pick = self.deployment
+        if pick is not None:
+            seconds = exhausted_for(headers)
+            if seconds is not None:
+                self.worker.circuits.pause(pick.circuit, seconds)
 
     @property
     def response_model(self) -> str:

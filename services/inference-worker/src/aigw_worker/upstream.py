@@ -25,7 +25,7 @@ import email.utils
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -86,17 +86,21 @@ class Upstream:
         await self.transport.aclose()
 
     # ------------------------------------------------------------------ request
-    def _auth(self, target: UpstreamTarget) -> str | None:
+    def _auth(self, target: UpstreamTarget, sealed: str | None = None) -> str | None:
+        """The key to send: a deployment's own (`sealed`), else an own endpoint's, else the
+        operator's key for the catalog provider."""
         if target.kind == "own":
-            if target.api_key and secretbox.is_sealed(target.api_key):
-                try:
-                    return secretbox.unseal(target.api_key, self.settings.secrets_key.get_secret_value())
-                except (secretbox.SecretError, ValueError) as exc:
-                    raise UpstreamError(
-                        "The upstream's API key cannot be opened with this worker's AIGW_SECRETS_KEY",
-                        code="upstream_not_configured",
-                    ) from exc
-            return target.api_key or None
+            sealed = sealed or target.api_key
+        if sealed and secretbox.is_sealed(sealed):
+            try:
+                return secretbox.unseal(sealed, self.settings.secrets_key.get_secret_value())
+            except (secretbox.SecretError, ValueError) as exc:
+                raise UpstreamError(
+                    "The upstream's API key cannot be opened with this worker's AIGW_SECRETS_KEY",
+                    code="upstream_not_configured",
+                ) from exc
+        if target.kind == "own" or sealed:
+            return sealed or None
         key = self.settings.provider_key(target.provider)
         if key is None and target.provider != "sim":  # the simulator needs no key
             raise UpstreamError(
@@ -148,19 +152,23 @@ class Upstream:
         remaining: float,
         stream: bool,
         limits: Limits | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
     ) -> httpx.Request:
         """The POST to `{base_url}/chat/completions`, with the transport's share of `limits`
-        (`timeouts.py`; the worker's settings when not given), bounded by the time left."""
-        key = self._auth(target)
+        (`timeouts.py`; the worker's settings when not given), bounded by the time left.
+        `base_url` and `api_key` (sealed): a deployment's (`balance.Pick`), instead of the target's."""
+        key = self._auth(target, api_key)
         extensions: dict[str, Any] = {}
+        base = base_url or target.base_url
         if target.kind == "own":
-            resolved = await self._own_endpoint(target.base_url)
+            resolved = await self._own_endpoint(base)
             url, _ = self._endpoint(resolved.url)
             host = resolved.host.encode("idna")
             if resolved.sni:
                 extensions["sni_hostname"] = resolved.sni
         else:
-            url, host = self._endpoint(target.base_url)
+            url, host = self._endpoint(base)
         headers = [
             (b"Host", host),
             (b"Content-Type", b"application/json"),
@@ -177,14 +185,19 @@ class Upstream:
             "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
         )
 
-    async def open(self, request: httpx.Request) -> httpx.Response:
+    async def open(
+        self, request: httpx.Request, seen: Callable[[httpx.Headers], None] | None = None
+    ) -> httpx.Response:
         """Send, for a streamed answer: the 2xx response, its body still to read (the caller closes
-        it). A non-2xx answer becomes its GatewayError (its body read and the response closed)."""
+        it). A non-2xx answer becomes its GatewayError (its body read and the response closed).
+        `seen` gets the response's headers, whatever its status (rate-limit headers: `balance.py`)."""
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise transport_error(exc, before_response=True) from None
         response.request = request
+        if seen is not None:
+            seen(response.headers)
         if response.status_code // 100 == 2:
             return response
         try:
