@@ -6,8 +6,19 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigw_contracts import ApiKey, Gateway, Upstream
-from aigw_contracts.config import PUBLIC_KEY_DEFAULT_RPM_PER_IP, AutoRouting, KeyLimits, ParameterRule, Prices
+from aigw_contracts import ApiKey, Gateway, Timeouts, Upstream
+from aigw_contracts.config import (
+    DEPLOYMENT_NAME,
+    MAX_DEPLOYMENTS,
+    MAX_RETRIES,
+    PUBLIC_KEY_DEFAULT_RPM_PER_IP,
+    AutoRouting,
+    Deployment,
+    KeyLimits,
+    ParameterRule,
+    Prices,
+    deployment_names,
+)
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
 from ..tenancy import TENANT_ID_PATTERN
@@ -15,6 +26,20 @@ from ..tenancy import TENANT_ID_PATTERN
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_GATEWAY_TIMEOUTS = (
+    "seconds per upstream attempt (connect, ttft: time to first token, idle, total), for every "
+    "upstream this gateway calls; over each upstream's own"
+)
+_UPSTREAM_TIMEOUTS = "seconds per attempt (connect, ttft, idle, total); a gateway's own win over these"
+_MAX_RETRIES = (
+    f"retries of this upstream (0-{MAX_RETRIES}) before the gateway's next fallback; unset: the worker's"
+)
+_DEPLOYMENTS = (
+    f"up to {MAX_DEPLOYMENTS} places serving this model (base_url and/or api_key, weight); requests "
+    "spread by weight, skipping open circuits and used-up rate limits"
+)
 
 
 class GatewayIn(_In):
@@ -38,6 +63,7 @@ class GatewayIn(_In):
     routing: AutoRouting | None = Field(
         default=None, description="pick the upstream by the request's complexity (a classifier model)"
     )
+    timeouts: Timeouts | None = Field(default=None, description=_GATEWAY_TIMEOUTS)
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -52,6 +78,7 @@ class GatewayPatch(_In):
     knowledge: GatewayKnowledge | None = Field(default=None, description="null removes the knowledge")
     fallbacks: list[str] | None = Field(default=None, max_length=4)
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
+    timeouts: Timeouts | None = Field(default=None, description="null removes them")
 
 
 class GatewayOut(BaseModel):
@@ -69,11 +96,28 @@ class GatewayOut(BaseModel):
     knowledge: GatewayKnowledge | None = None
     fallbacks: list[str] = Field(default_factory=list)
     routing: AutoRouting | None = None
+    timeouts: Timeouts | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod
     def of(cls, gateway: Gateway) -> GatewayOut:
         return cls(slug=gateway.slug, **gateway.model_dump())
+
+
+class DeploymentIn(_In):
+    name: str | None = Field(default=None, pattern=DEPLOYMENT_NAME, description="default: its position")
+    base_url: str | None = Field(default=None, description="default: the upstream's")
+    api_key: str | None = Field(
+        default=None, description="stored encrypted; default: the upstream's (catalog: the operator's)"
+    )
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    base_url: str | None
+    has_api_key: bool
+    weight: int
 
 
 class UpstreamIn(_In):
@@ -87,6 +131,11 @@ class UpstreamIn(_In):
     context_window: int | None = None
     description: str = ""
     tenant: str | None = Field(default=None, description="operators only: the owner of an own endpoint")
+    timeouts: Timeouts | None = Field(default=None, description=_UPSTREAM_TIMEOUTS)
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES, description=_MAX_RETRIES)
+    deployments: list[DeploymentIn] = Field(
+        default_factory=list, max_length=MAX_DEPLOYMENTS, description=_DEPLOYMENTS
+    )
 
 
 class UpstreamPatch(_In):
@@ -96,6 +145,14 @@ class UpstreamPatch(_In):
     prices: Prices | None = None
     context_window: int | None = None
     description: str | None = None
+    timeouts: Timeouts | None = Field(default=None, description="null removes them")
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES, description="null: the worker's")
+    deployments: list[DeploymentIn] | None = Field(
+        default=None,
+        max_length=MAX_DEPLOYMENTS,
+        description="replaces the list (null or []: one deployment); a deployment given without "
+        "api_key keeps the key of the deployment of the same name",
+    )
 
 
 class UpstreamOut(BaseModel):
@@ -110,11 +167,37 @@ class UpstreamOut(BaseModel):
     tenant: str | None
     context_window: int | None
     description: str
+    timeouts: Timeouts | None = None
+    max_retries: int | None = None
+    deployments: list[DeploymentOut] = Field(default_factory=list)
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamOut:
-        data = upstream.model_dump(exclude={"api_key"})
-        return cls(has_api_key=bool(upstream.api_key), **data)
+        data = upstream.model_dump(exclude={"api_key", "deployments"})
+        return cls(
+            has_api_key=bool(upstream.api_key), deployments=_deployments_out(upstream.deployments), **data
+        )
+
+
+def _deployments_out(deployments: list[Deployment]) -> list[DeploymentOut]:
+    return [
+        DeploymentOut(name=name, base_url=d.base_url, has_api_key=bool(d.api_key), weight=d.weight)
+        for name, d in zip(deployment_names(deployments), deployments, strict=True)
+    ]
+
+
+class CircuitOut(BaseModel):
+    object: Literal["circuit"] = "circuit"
+    upstream: str
+    deployment: str
+    state: Literal["closed", "half_open", "open"] = Field(
+        description="the worst any inference worker reports: open (skipped until open_until), "
+        "half_open (the next request probes it), closed"
+    )
+    open_until: float | None = Field(default=None, description="unix seconds, while open")
+    workers: dict[str, str] = Field(
+        default_factory=dict, description="each worker's state, for the workers where it is not closed"
+    )
 
 
 class KeyIn(_In):
