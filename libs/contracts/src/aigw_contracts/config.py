@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -143,10 +144,11 @@ class Upstream(BaseModel):
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
         return _without_unset(handler(self), ("timeouts", "max_retries", "deployments"))
 
-    @model_validator(mode="after")
-    def _deployment_names(self) -> Upstream:
-        _unique_names(self.deployments)
-        return self
+    @field_validator("deployments")
+    @classmethod
+    def _deployment_names(cls, deployments: list[Deployment]) -> list[Deployment]:
+        _unique_names(deployments)
+        return deployments
 
     def billed_prices(self) -> Prices:
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
