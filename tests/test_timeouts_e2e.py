@@ -158,7 +158,7 @@ def test_a_stream_that_breaks_after_its_first_tokens_ends_with_an_error_event_wi
     assert guarded.demo is not None
     client = OpenAI(base_url=guarded.base_url, api_key=guarded.demo.key, max_retries=0, timeout=DEADLINE)
     started = time.monotonic()
-    said = []
+    said: list[str] = []
     with pytest.raises(openai.APIError) as broken:
         for chunk in client.chat.completions.create(
             model="steadfast",
