@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import tempfile
 import time
@@ -32,24 +31,18 @@ import nats
 from nats.aio.msg import Msg
 
 from aigw_contracts import (
-    ChatCompletionRequest,
-    ChatEnvelope,
     ConfigSnapshot,
     Gateway,
-    Prices,
-    RoutedCall,
     Timeouts,
-    Upstream,
-    UpstreamTarget,
     headers,
     subjects,
 )
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
-from aigw_devstack.nats import NatsServer
-from aigw_devstack.procs import Process, free_port
-from aigw_devstack.stack import SIM_PRICES, SIM_UPSTREAM, Stack
-from bench.worker import _bin, _cpu_seconds
+from aigw_devstack.procs import Process
+from aigw_devstack.stack import SIM_UPSTREAM, Stack
+from bench.worker import _bin, _cpu_seconds, start_nats_and_simulator
+from bench.worker import _envelope as envelope
 
 HOST = "127.0.0.1"
 
@@ -59,9 +52,7 @@ def _hang_stack(state: Path, env: dict[str, str]) -> Stack:
     hanging = "@sim/hanging"
 
     def config(stack: Stack) -> None:
-        upstream = Upstream(
-            id=hanging, provider="sim", model="hanging", base_url=f"{stack.sim_url}/v1", prices=SIM_PRICES
-        )
+        upstream = stack.sim_upstream("hanging")
         gateway = Gateway(
             id=uuid7(),
             name="hang",
@@ -131,34 +122,7 @@ async def hang(requests: int, concurrency: int) -> None:
 
 # ---------------------------------------------------------------------- plain path
 def _envelope(sim_url: str) -> bytes:
-    request_id = uuid7()
-    content = "bench [sim tokens=5]"
-    return (
-        ChatEnvelope(
-            request_id=request_id,
-            tenant="bench",
-            key_id="bench",
-            reply=subjects.reply_subject("bench", request_id),
-            deadline=time.time() + 120,
-            request=ChatCompletionRequest.model_validate(
-                {"model": "bench", "messages": [{"role": "user", "content": content}]}
-            ),
-            route=RoutedCall(
-                upstream=UpstreamTarget(
-                    id="@sim/sim-model",
-                    kind="catalog",
-                    provider="sim",
-                    model="sim-model",
-                    base_url=f"{sim_url}/v1",
-                    prices=Prices(),
-                ),
-                body={"messages": [{"role": "user", "content": content}]},
-                response_model="@sim/sim-model",
-            ),
-        )
-        .model_dump_json()
-        .encode()
-    )
+    return envelope(sim_url, 5, stream=False, token_ms=0).model_dump_json().encode()
 
 
 async def _plain_once(
@@ -215,17 +179,7 @@ async def _plain_once(
 
 
 async def plain(baseline: str, runs: int, requests: int) -> None:
-    state = Path(tempfile.mkdtemp(prefix="aigw-bench-plain-"))
-    os.sched_setaffinity(0, {0})
-    server = NatsServer(state / "nats", cpus="0").start()
-    sim_port = free_port()
-    sim = Process(
-        "simulator",
-        ["taskset", "-c", "1", _bin("aigw-simulator"), "--port", str(sim_port)],
-        state / "sim.log",
-    ).start()
-    sim_url = f"http://{HOST}:{sim_port}"
-    sim.wait_ready(lambda: httpx.get(f"{sim_url}/healthz", timeout=1).status_code == 200)
+    state, server, sim, sim_url = start_nats_and_simulator("aigw-bench-plain-")
     results: dict[str, list[dict[str, float]]] = {"this tree": [], "baseline": []}
     try:
         for _ in range(runs):

@@ -24,10 +24,10 @@ import pytest
 from openai import OpenAI
 
 from aigw_cli.__main__ import main as cli
-from aigw_contracts import ConfigSnapshot, Gateway, Upstream
+from aigw_contracts import ConfigSnapshot, Gateway
 from aigw_contracts.ids import uuid7
 from aigw_devstack.procs import Process, free_port
-from aigw_devstack.stack import SIM_PRICES, SIM_UPSTREAM, Stack
+from aigw_devstack.stack import SIM_UPSTREAM, Stack
 from tests.conftest import api_client, eventually, start_stack
 
 COOLDOWN = 1.5  # seconds an open circuit skips its deployment (AIGW_CIRCUIT_COOLDOWN)
@@ -36,10 +36,7 @@ PATIENT = Gateway(id=uuid7(), name="patient", tenant="demo", upstream=HANGING, f
 
 
 def _config(stack: Stack) -> None:
-    hanging = Upstream(
-        id=HANGING, provider="sim", model="hanging", base_url=f"{stack.sim_url}/v1", prices=SIM_PRICES
-    )
-    stack.add_to_config(ConfigSnapshot(upstreams=[hanging], gateways=[PATIENT]))
+    stack.add_to_config(ConfigSnapshot(upstreams=[stack.sim_upstream("hanging")], gateways=[PATIENT]))
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from aigw_contracts import ConfigSnapshot, Gateway, Timeouts, Upstream
+from aigw_contracts import ConfigSnapshot, Gateway, Timeouts
 from aigw_contracts.ids import uuid7
-from aigw_devstack.stack import SIM_PRICES, SIM_UPSTREAM, Stack
+from aigw_devstack.stack import SIM_UPSTREAM, Stack
 from tests.conftest import TEST_ENV, billed_lines, eventually, start_stack, stored_lines
 
 TTFT = 1.0  # the gateway's time-to-first-token timeout
@@ -33,10 +33,7 @@ STEADFAST = Gateway(
 
 
 def _config(stack: Stack) -> None:
-    flaky = Upstream(
-        id=FLAKY, provider="sim", model="flaky", base_url=f"{stack.sim_url}/v1", prices=SIM_PRICES
-    )
-    stack.add_to_config(ConfigSnapshot(upstreams=[flaky], gateways=[STEADFAST]))
+    stack.add_to_config(ConfigSnapshot(upstreams=[stack.sim_upstream("flaky")], gateways=[STEADFAST]))
 
 
 @pytest.fixture(scope="module")

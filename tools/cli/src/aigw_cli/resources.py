@@ -259,7 +259,7 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser(
         "circuits",
-        help="circuit breakers of upstream deployments that are not closed",
+        help="circuit breakers of upstreams (open, half-open)",
         description="Circuit breakers of upstream deployments, as the inference workers see them: "
         "those not closed, or every deployment of one upstream with --upstream.",
     )
