@@ -50,6 +50,12 @@ def pick(
     """A deployment of `target` for the next attempt, by weight among those that admit one (the
     ones named in `avoid` only when no other does); None when none does."""
     now = circuits.clock()
+    if not target.deployments:  # the common case, kept cheap: one deployment, the upstream's own
+        single = circuits.get(target.id, "0")
+        if not circuits.admits(single, now):
+            return None
+        circuits.begin(single)
+        return Pick("0", target.base_url, None, single)
     open_ = [
         (n, d, c) for n, d in deployments(target) if circuits.admits(c := circuits.get(target.id, n), now)
     ]

@@ -119,8 +119,8 @@ class Circuits:
 
     def succeeded(self, circuit: Circuit) -> None:
         circuit.failures = 0
-        circuit.probe_until = 0.0
         if circuit.state is not State.CLOSED:
+            circuit.probe_until = 0.0
             self._set(circuit, State.CLOSED)
 
     def failed(self, circuit: Circuit) -> None:
