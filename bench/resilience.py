@@ -103,14 +103,14 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def hang(requests: int, concurrency: int) -> None:
+def hang(requests: int, concurrency: int) -> None:
     for label, env in (
         ("breaker as shipped (5 failures, 30 s)", {}),
         ("breaker kept closed", {"AIGW_CIRCUIT_FAILURES": "1000"}),
     ):
         stack = _hang_stack(Path(tempfile.mkdtemp(prefix="aigw-bench-hang-")), env)
         try:
-            times = await _time_answers(stack, requests, concurrency)
+            times = asyncio.run(_time_answers(stack, requests, concurrency))
         finally:
             stack.stop()
         print(
@@ -216,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "hang":
         print("a hanging primary with a healthy fallback:")
-        asyncio.run(hang(args.requests, args.concurrency))
+        hang(args.requests, args.concurrency)
     else:
         print(f"plain path, whole answers of 5 tokens, the worker alone (baseline {args.baseline_worker}):")
         asyncio.run(plain(args.baseline_worker, args.runs, args.requests))
