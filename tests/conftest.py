@@ -45,6 +45,9 @@ TEST_ENV = {
     "AIGW_UPSTREAM_IDLE_TIMEOUT": "2.5",
     # The simulator listens on loopback: allow-listed explicitly, so own-endpoint tests can use it.
     "AIGW_UPSTREAM_ALLOWLIST": '["127.0.0.1/32"]',
+    # Tests fault the shared simulator upstream on purpose, request by request: a circuit breaker
+    # would soon take it out of rotation for every later test. The breaker's own tests set theirs.
+    "AIGW_CIRCUIT_FAILURES": "1000",
 }
 
 

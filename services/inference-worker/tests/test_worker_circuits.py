@@ -117,6 +117,9 @@ def test_deployments_are_picked_by_weight_skipping_open_circuits_and_used_up_rat
     assert names() == {"b": 400}
     circuits.pause(circuits.get("@sim/x", "b"), 7.0)
     assert pick(target, circuits) is None
+    # the last upstream of a chain: a used-up rate limit is the upstream's to answer, an open circuit not
+    assert pick(target, circuits, paused_too=True).name == "b"  # type: ignore[union-attr]
+    circuits.release(circuits.get("@sim/x", "b"))
     assert reopens_in([target], circuits) == 7.0
     clock.now += 7
     assert pick(target, circuits).name == "b"  # type: ignore[union-attr]

@@ -46,18 +46,23 @@ def pick(
     circuits: Circuits,
     avoid: Collection[str] = (),
     rng: Callable[[], float] = random.random,
+    paused_too: bool = False,
 ) -> Pick | None:
     """A deployment of `target` for the next attempt, by weight among those that admit one (the
-    ones named in `avoid` only when no other does); None when none does."""
+    ones named in `avoid` only when no other does); None when none does. With `paused_too`,
+    deployments whose rate limit is used up count as well (the last upstream of a chain: its own
+    429 then reaches the client, with its Retry-After)."""
     now = circuits.clock()
     if not target.deployments:  # the common case, kept cheap: one deployment, the upstream's own
         single = circuits.get(target.id, "0")
-        if not circuits.admits(single, now):
+        if not circuits.admits(single, now, paused_too):
             return None
         circuits.begin(single)
         return Pick("0", target.base_url, None, single)
     open_ = [
-        (n, d, c) for n, d in deployments(target) if circuits.admits(c := circuits.get(target.id, n), now)
+        (n, d, c)
+        for n, d in deployments(target)
+        if circuits.admits(c := circuits.get(target.id, n), now, paused_too)
     ]
     fresh = [row for row in open_ if row[0] not in avoid]
     rows = fresh or open_

@@ -93,9 +93,10 @@ class Circuits:
             circuit = self._all[key] = Circuit(upstream, deployment)
         return circuit
 
-    def admits(self, circuit: Circuit, now: float) -> bool:
-        """Whether a request may use `circuit` now (changes nothing)."""
-        if circuit.paused_until > now:
+    def admits(self, circuit: Circuit, now: float, paused_too: bool = False) -> bool:
+        """Whether a request may use `circuit` now (changes nothing); with `paused_too`, also while
+        its rate limit is used up."""
+        if circuit.paused_until > now and not paused_too:
             return False
         if circuit.state is State.CLOSED:
             return True

@@ -60,8 +60,8 @@ async def answer_with_fallbacks(
     """`attempt(remaining)` on the route's upstream, retried and then moved down the gateway's
     chain while it fails in a way another attempt may not. Each attempt goes to a deployment of
     its upstream picked by `balance.pick`; an upstream none of whose deployments takes requests now
-    (circuits open, rate limits used up) is skipped, and when nothing in the chain is left, the
-    request is answered 503 at once."""
+    (circuits open, rate limits used up) is skipped, and when nothing in the chain is left (the last
+    upstream's circuits all open), the request is answered 503 at once."""
     route = state.route
     settings = state.worker.settings
     circuits = state.worker.circuits
@@ -72,12 +72,16 @@ async def answer_with_fallbacks(
     while True:
         target = route.upstream
         chosen = pick(target, circuits, avoid)
+        if chosen is None and not route.fallbacks:
+            # the last upstream: only open circuits keep it from being tried; a used-up rate
+            # limit is the upstream's to answer (its 429 and Retry-After reach the client)
+            chosen = pick(target, circuits, avoid, paused_too=True)
         if chosen is None:
             skipped.append(target)
             if not route.fallbacks or remaining < MIN_ATTEMPT_S:
                 raise Unavailable(
                     "No upstream of this gateway can take a request now (circuit open after repeated "
-                    "failures, or rate limit used up); retry later",
+                    "failures); retry later",
                     retry_after=reopens_in(skipped, circuits),
                 )
             _next(state, target, None)
