@@ -232,6 +232,16 @@ def test_a_failing_deployment_is_skipped_once_its_circuit_opens_and_probed_after
         cli(["--gateway-url", resilient.base_url, "--key", resilient.demo.key, "circuits"])
         shown = capsys.readouterr().out
         assert upstream in shown and "broken" in shown and "open" in shown
+        # operators see every tenant's circuits; another tenant's admin does not see this one
+        with api_client(resilient, resilient.demo.operator_key) as operator:
+            listed = operator.get("/circuits").json()["data"]
+            assert any(r["upstream"] == upstream and r["state"] == "open" for r in listed)
+            tenant = f"other{uuid7()[-6:]}"
+            assert operator.post("/tenants", json={"id": tenant}).status_code == 201
+            other_key = operator.post("/keys", json={"tenant": tenant, "admin": True}).json()["secret"]
+        with api_client(resilient, other_key) as other:
+            assert all(r["upstream"] != upstream for r in other.get("/circuits").json()["data"])
+            assert other.get("/circuits", params={"upstream": upstream}).status_code == 404
         # after the cool-down one request probes it (fails: open again), the others are not sent there
         eventually(
             lambda: _circuits(http, upstream)["broken"]["state"] == "half_open", COOLDOWN + 2, "half-open"
