@@ -235,7 +235,7 @@ def test_a_failing_deployment_is_skipped_once_its_circuit_opens_and_probed_after
         # operators see every tenant's circuits; another tenant's admin does not see this one
         with api_client(resilient, resilient.demo.operator_key) as operator:
             listed = operator.get("/circuits").json()["data"]
-            assert any(r["upstream"] == upstream and r["state"] == "open" for r in listed)
+            assert any(r["upstream"] == upstream and r["state"] != "closed" for r in listed)
             tenant = f"other{uuid7()[-6:]}"
             assert operator.post("/tenants", json={"id": tenant}).status_code == 201
             other_key = operator.post("/keys", json={"tenant": tenant, "admin": True}).json()["secret"]
