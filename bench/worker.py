@@ -53,9 +53,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _envelope(sim_url: str, tokens: int) -> ChatEnvelope:
+def _envelope(sim_url: str, tokens: int, stream: bool = True, token_ms: int = 1) -> ChatEnvelope:
     request_id = uuid7()
-    content = f"bench [sim tokens={tokens} token_ms=1]"
+    content = f"bench [sim tokens={tokens} token_ms={token_ms}]"
     return ChatEnvelope(
         request_id=request_id,
         tenant="bench",
@@ -63,7 +63,7 @@ def _envelope(sim_url: str, tokens: int) -> ChatEnvelope:
         reply=subjects.reply_subject("bench", request_id),
         deadline=time.time() + 120,
         request=ChatCompletionRequest.model_validate(
-            {"model": "bench", "messages": [{"role": "user", "content": content}], "stream": True}
+            {"model": "bench", "messages": [{"role": "user", "content": content}], "stream": stream}
         ),
         route=RoutedCall(
             upstream=UpstreamTarget(
@@ -154,15 +154,22 @@ def start_simulator(state: Path) -> tuple[Process, str]:
     return sim, sim_url
 
 
+def start_nats_and_simulator(prefix: str) -> tuple[Path, NatsServer, Process, str]:
+    """The worker benchmarks' layout: this process and nats-server on CPU 0 (the worker goes there
+    too), the simulator on CPU 1. Returns the state folder, the server, the simulator and its URL."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    os.sched_setaffinity(0, {0})
+    server = NatsServer(state / "nats", cpus="0").start()
+    sim, sim_url = start_simulator(state)
+    return state, server, sim, sim_url
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="aigw-bench-worker-"))
-    os.sched_setaffinity(0, {0})
-    server = NatsServer(state / "nats", cpus="0").start()
-    sim, sim_url = start_simulator(state)
+    state, server, sim, sim_url = start_nats_and_simulator("aigw-bench-worker-")
     try:
         print(f"end to end, {args.streams} streams x {args.tokens} tokens through the worker:")
         r = await end_to_end(server.url, sim_url, state, args.streams, args.tokens)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,6 +45,9 @@ TEST_ENV = {
     "AIGW_UPSTREAM_IDLE_TIMEOUT": "2.5",
     # The simulator listens on loopback: allow-listed explicitly, so own-endpoint tests can use it.
     "AIGW_UPSTREAM_ALLOWLIST": '["127.0.0.1/32"]',
+    # Tests fault the shared simulator upstream on purpose, request by request: a circuit breaker
+    # would soon take it out of rotation for every later test. The breaker's own tests set theirs.
+    "AIGW_CIRCUIT_FAILURES": "1000",
 }
 
 
@@ -126,3 +131,24 @@ def eventually(probe: Callable[[], bool], within: float = 1.0, what: str = "cond
             raise AssertionError(f"{what} not reached within {within}s")
         time.sleep(0.01)
     return time.monotonic() - started
+
+
+def billed_lines(lines: list[dict[str, Any]]) -> dict[str, tuple[int, Decimal]]:
+    """An answer's `generated_usage` as SKU -> (quantity, amount), amounts read back from JSON as
+    exact decimals: what the client was told it is billed."""
+    return {
+        line["sku"]: (
+            line["quantity"],
+            Decimal(repr(line["amount"])) if isinstance(line["amount"], float) else Decimal(line["amount"]),
+        )
+        for line in lines
+    }
+
+
+def stored_lines(http: httpx.Client, request_id: str) -> dict[str, tuple[int, Decimal]]:
+    """A request's usage lines in ClickHouse (through `GET /v1/usage`), as `billed_lines` reads an
+    answer's; empty while metering has not stored them (or cannot answer yet)."""
+    resp = http.get("/usage", params={"request": request_id, "group_by": "sku"})
+    if resp.status_code != 200:  # e.g. 503 while metering opens its store: not there yet
+        return {}
+    return {r["sku"]: (r["quantity"], Decimal(str(r["amount"]))) for r in resp.json()["rows"]}

@@ -30,7 +30,7 @@ from openai import OpenAI
 from aigw_contracts import skus
 from aigw_devstack.procs import Process, free_port
 from aigw_devstack.stack import HOST, Stack
-from tests.conftest import eventually, start_stack
+from tests.conftest import billed_lines, eventually, start_stack, stored_lines
 
 HANDBOOK = """# Acme handbook
 
@@ -263,6 +263,8 @@ def test_a_hanging_classifier_costs_its_timeout_then_the_gateways_upstream_answe
     assert not ROUTING_SKUS & {line["sku"] for line in lines}  # the classifier never answered: unbilled
     # The worker closed the classifier call at the timeout, not 5 s later.
     eventually(lambda: _closed_at_the_simulator(w, slow=True), 1.0, "the classifier call closed")
+    # ClickHouse holds what the client was told, the stopped classifier call not among it
+    eventually(lambda: stored_lines(w.http, answer.id) == billed_lines(lines), 15.0, "the lines stored")
 
 
 @pytest.mark.parametrize("gateway", ["rewrite-slow", "rerank-slow"])

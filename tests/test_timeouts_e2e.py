@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
-from aigw_contracts import ConfigSnapshot, Gateway, Timeouts, Upstream
+from aigw_contracts import ConfigSnapshot, Gateway, Timeouts
 from aigw_contracts.ids import uuid7
-from aigw_devstack.stack import SIM_PRICES, SIM_UPSTREAM, Stack
-from tests.conftest import eventually, start_stack
+from aigw_devstack.stack import SIM_UPSTREAM, Stack
+from tests.conftest import TEST_ENV, billed_lines, eventually, start_stack, stored_lines
 
 TTFT = 1.0  # the gateway's time-to-first-token timeout
 DEADLINE = 30.0  # the request's (the edge's AIGW_REQUEST_TIMEOUT): far beyond what the answer takes
+IDLE = float(TEST_ENV["AIGW_UPSTREAM_IDLE_TIMEOUT"])  # a stream's longest silence (worker setting)
 FLAKY = "@sim/flaky"  # the simulator as model "flaky", which `[sim fault_model=flaky …]` faults
 STEADFAST = Gateway(
     id=uuid7(),
@@ -32,10 +33,7 @@ STEADFAST = Gateway(
 
 
 def _config(stack: Stack) -> None:
-    flaky = Upstream(
-        id=FLAKY, provider="sim", model="flaky", base_url=f"{stack.sim_url}/v1", prices=SIM_PRICES
-    )
-    stack.add_to_config(ConfigSnapshot(upstreams=[flaky], gateways=[STEADFAST]))
+    stack.add_to_config(ConfigSnapshot(upstreams=[stack.sim_upstream("flaky")], gateways=[STEADFAST]))
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +46,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     yield stack
     stack.stop()
-
-
-def _exact(lines: list[dict[str, Any]]) -> dict[str, tuple[int, Decimal]]:
-    """SKU -> (quantity, amount), amounts read back from JSON as exact decimals."""
-    return {
-        line["sku"]: (
-            line["quantity"],
-            Decimal(repr(line["amount"])) if isinstance(line["amount"], float) else Decimal(line["amount"]),
-        )
-        for line in lines
-    }
-
-
-def _stored(http: httpx.Client, request_id: str) -> dict[str, tuple[int, Decimal]]:
-    resp = http.get("/usage", params={"request": request_id, "group_by": "sku"})
-    if resp.status_code != 200:  # e.g. 503 while metering opens its store: not there yet
-        return {}
-    return {r["sku"]: (r["quantity"], Decimal(str(r["amount"]))) for r in resp.json()["rows"]}
 
 
 @pytest.mark.chaos
@@ -106,4 +86,81 @@ def test_a_gateway_whose_upstream_hangs_answers_from_its_fallback_within_its_ttf
     assert text == "sim0 sim1 sim2 sim3 sim4"
     assert all(line["description"].endswith(f"'{SIM_UPSTREAM}'") for line in lines)
     # the hung attempt billed nothing; the answer's lines are exactly what is stored
-    eventually(lambda: _stored(http, request_id) == _exact(lines), 15.0, "the answer's lines in ClickHouse")
+    eventually(
+        lambda: stored_lines(http, request_id) == billed_lines(lines),
+        15.0,
+        "the answer's lines in ClickHouse",
+    )
+
+
+def _answer(
+    client: OpenAI, model: str, text: str, stream: bool
+) -> tuple[Any, str, list[dict[str, Any]], str]:
+    """(raw response, the answer's text, its usage lines, its request id)."""
+    messages: Any = [{"role": "user", "content": text}]
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, stream=stream)
+    if stream:
+        chunks = list(raw.parse())  # type: ignore[call-overload]
+        said = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return raw, said, chunks[-1].model_extra["generation_context"]["generated_usage"], chunks[0].id
+    answer = raw.parse()  # type: ignore[union-attr]
+    lines = answer.model_extra["generation_context"]["generated_usage"]
+    return raw, answer.choices[0].message.content or "", lines, answer.id
+
+
+# A reset before the answer's headers is possible only for a whole answer: a stream's headers and
+# first event (the role) come at once, and a reset after them is mid-stream (the next test).
+BEFORE_FIRST_TOKEN = [
+    (fault, stream)
+    for fault in ("fault=500", "fault=429 retry_after=0", "fault=malformed", "fault=drop drop_after=0")
+    for stream in (False, True)
+    if not (stream and "drop" in fault)
+]
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize(("fault", "stream"), BEFORE_FIRST_TOKEN)
+def test_upstream_faults_before_the_first_token_are_answered_by_the_fallback_and_billed_once(
+    guarded: Stack, fault: str, stream: bool
+) -> None:
+    assert guarded.demo is not None
+    client = OpenAI(base_url=guarded.base_url, api_key=guarded.demo.key, max_retries=0, timeout=DEADLINE)
+    http = httpx.Client(
+        base_url=guarded.base_url, headers={"Authorization": f"Bearer {guarded.demo.key}"}, timeout=20
+    )
+    started = time.monotonic()
+    raw, text, lines, request_id = _answer(
+        client, "steadfast", f"{uuid7()} [sim {fault} fault_model=flaky tokens=4]", stream
+    )
+    assert time.monotonic() - started < 2.0  # a retry's backoff at most, then the fallback
+    assert raw.headers["x-aigw-fallback"] == SIM_UPSTREAM and text == "sim0 sim1 sim2 sim3"
+    # the failed attempts billed nothing; the fallback's answer is billed once, as the client was told
+    eventually(lambda: stored_lines(http, request_id) == billed_lines(lines), 15.0, "the lines in ClickHouse")
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize(
+    "fault", ["fault=stall drop_after=2", "fault=drop drop_after=2"], ids=["stall", "reset"]
+)
+def test_a_stream_that_breaks_after_its_first_tokens_ends_with_an_error_event_within_the_idle_timeout(
+    guarded: Stack, fault: str
+) -> None:
+    """Once tokens reached the client nothing is retried (two answers would mix): the stream ends
+    with an OpenAI-shaped error event, a stalled one after the upstream idle timeout."""
+    assert guarded.demo is not None
+    client = OpenAI(base_url=guarded.base_url, api_key=guarded.demo.key, max_retries=0, timeout=DEADLINE)
+    started = time.monotonic()
+    said: list[str] = []
+    with pytest.raises(openai.APIError) as broken:
+        for chunk in client.chat.completions.create(
+            model="steadfast",
+            messages=[{"role": "user", "content": f"{uuid7()} [sim {fault} fault_model=flaky tokens=20]"}],
+            stream=True,
+        ):
+            said.extend(c.delta.content or "" for c in chunk.choices)
+    elapsed = time.monotonic() - started
+    assert "".join(said).startswith("sim0 sim1")
+    if "stall" in fault:
+        assert broken.value.code == "deadline_exceeded" and elapsed < IDLE + 1.5, elapsed
+    else:
+        assert broken.value.code == "upstream_error" and elapsed < 1.5, elapsed

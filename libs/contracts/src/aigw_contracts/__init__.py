@@ -10,7 +10,17 @@ from .api import (
     GenerationContext,
     Usage,
 )
-from .config import ApiKey, ConfigSnapshot, Gateway, ParameterRule, Prices, Tenant, Timeouts, Upstream
+from .config import (
+    ApiKey,
+    ConfigSnapshot,
+    Deployment,
+    Gateway,
+    ParameterRule,
+    Prices,
+    Tenant,
+    Timeouts,
+    Upstream,
+)
 from .messages import CancelRequest, ChatEnvelope, RoutedCall, UpstreamTarget
 from .usage import UsageEvent
 
@@ -23,6 +33,7 @@ __all__ = [
     "ChatEnvelope",
     "ChatMessage",
     "ConfigSnapshot",
+    "Deployment",
     "Gateway",
     "GeneratedUsage",
     "GenerationContext",

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -99,9 +100,38 @@ def _without_unset(data: Any, names: tuple[str, ...]) -> Any:
     that does not know them."""
     if isinstance(data, dict):
         for name in names:
-            if data.get(name, 0) is None:
+            if name in data and data[name] in (None, []):
                 del data[name]
     return data
+
+
+MAX_DEPLOYMENTS = 16
+DEPLOYMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
+
+
+class Deployment(BaseModel):
+    """One place an upstream's model is served: its own base URL and/or API key (two OpenAI keys,
+    or OpenAI plus an Azure deployment of the same model), with a weight. Requests spread over an
+    upstream's deployments by weight, skipping those whose circuit is open or whose rate limit is
+    used up (`aigw_worker.balance`). Unset `base_url`/`api_key` take the upstream's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=DEPLOYMENT_NAME)  # default: its position, "0", "1", …
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)  # sealed (secretbox), as `Upstream.api_key`
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+def deployment_names(deployments: list[Deployment]) -> list[str]:
+    """Each deployment's name: its own, else its position."""
+    return [d.name or str(i) for i, d in enumerate(deployments)]
+
+
+def _unique_names(deployments: list[Deployment]) -> None:
+    names = deployment_names(deployments)
+    if len(set(names)) != len(names):
+        raise ValueError("deployment names must be unique within an upstream")
 
 
 class Upstream(BaseModel):
@@ -135,10 +165,21 @@ class Upstream(BaseModel):
     modalities: dict[str, list[str]] | None = None
     # The request parameters the provider honours for it (the catalog's data); None: not said.
     parameters: list[str] | None = None
+    # Several places serving this model, spread by weight (see `Deployment`); empty: one deployment,
+    # `base_url` with `api_key`.
+    deployments: list[Deployment] = Field(default_factory=list, max_length=MAX_DEPLOYMENTS)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _without_unset(handler(self), ("timeouts", "max_retries", "api", "modalities", "parameters"))
+        return _without_unset(
+            handler(self), ("timeouts", "max_retries", "api", "modalities", "parameters", "deployments")
+        )
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployment_names(cls, deployments: list[Deployment]) -> list[Deployment]:
+        _unique_names(deployments)
+        return deployments
 
     def billed_prices(self) -> Prices:
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""

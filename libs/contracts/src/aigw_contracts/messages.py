@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api import ROUTED, ChatCompletionRequest, ChatMessage, GeneratedUsage
-from .config import Api, Prices, Timeouts, Upstream
+from .config import Api, Deployment, Prices, Timeouts, Upstream
 from .knowledge import GatewayKnowledge, Grounding, KnowledgeTool
 
 _ROUTED_CONTEXT = {ROUTED: True}
@@ -30,6 +30,7 @@ class UpstreamTarget(BaseModel):
     # Bounds what one call may generate: what spend control holds when a request sets no max_tokens.
     context_window: int | None = None
     api: Api | None = None  # the wire format it speaks (`Upstream.api`); None: OpenAI's
+    deployments: list[Deployment] = Field(default_factory=list)  # `Upstream.deployments`, keys sealed
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamTarget:
@@ -46,6 +47,7 @@ class UpstreamTarget(BaseModel):
             max_retries=upstream.max_retries,
             context_window=upstream.context_window,
             api=upstream.api,
+            deployments=upstream.deployments,
         )
 
 

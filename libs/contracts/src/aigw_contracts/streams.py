@@ -60,3 +60,11 @@ RESPONSES_RETENTION_S: Final = 30 * 24 * 3600.0
 CACHE_BUCKET: Final = "aigw_response_cache"
 CACHE_STORAGE: Final = "file"
 CACHE_MAX_TTL_S: Final = 30 * 24 * 3600.0
+
+# Circuit breakers' states, as each inference worker sees them (`aigw_worker.circuits`): a JetStream
+# key-value bucket the workers write (key `<worker>.<upstream>.<deployment>`, base64url-encoded
+# parts) and the edge reads for `GET /v1/circuits`. Only circuits that are not closed have an entry
+# (a circuit that closes deletes its own); entries of a worker that died expire with the bucket's TTL.
+CIRCUITS_BUCKET: Final = "aigw_circuits"
+CIRCUITS_STORAGE: Final = "memory"  # JetStream StorageType: a view of live state, not a record
+CIRCUITS_TTL_S: Final = 600.0

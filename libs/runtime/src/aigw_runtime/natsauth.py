@@ -188,6 +188,7 @@ def _table() -> dict[str, Permissions]:
         + request_log_producer()
         + kv_owner(streams.RESPONSES_BUCKET)  # stored Responses API answers: the edge's alone
         + kv_writer(streams.CACHE_BUCKET)  # gateways' response caches: the edge's alone
+        + kv_reader(streams.CIRCUITS_BUCKET)  # the workers' circuit states (`GET /v1/circuits`)
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -216,6 +217,7 @@ def _table() -> dict[str, Permissions]:
             ),
         ),
         WORKER: _own_inbox(WORKER)
+        + kv_writer(streams.CIRCUITS_BUCKET)  # its circuit breakers' states, for operators
         + events_to_edges
         + _answers(ROUTER, RETRIEVAL)  # the events of a model call a router or retrieval made
         + usage_producer()

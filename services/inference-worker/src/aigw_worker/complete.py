@@ -34,9 +34,9 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
     adapter = state.adapter
     try:
         async with clock.scope:
-            prepared = adapter.prepare(state.route.upstream, state.route.body, False)
-            request = await upstream.build(state.route.upstream, prepared, remaining, False, limits, adapter)
-            response = await upstream.open(request, adapter)
+            prepared = state.prepare(False)
+            request = await state.build(prepared, remaining, False, limits)
+            response = await upstream.open(request, adapter, state.headers_seen)
             clock.first_token()
             content = await upstream.read_whole(response)
     except TimeoutError:

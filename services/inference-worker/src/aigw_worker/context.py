@@ -12,6 +12,7 @@ from typing import Protocol
 from aigw_runtime.usage_publisher import UsagePublisher
 
 from .bus import Bus
+from .circuits import Circuits
 from .settings import WorkerSettings
 from .spend import SpendControl
 from .upstream import Upstream
@@ -23,3 +24,4 @@ class WorkerContext(Protocol):
     bus: Bus | None  # None until the worker has started
     usage: UsagePublisher | None
     spend: SpendControl | None  # None: spend control is off (`AIGW_SPEND_ENABLED=false`)
+    circuits: Circuits

@@ -69,10 +69,10 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
     started = False
     try:
         async with clock.scope:
-            prepared = adapter.prepare(state.route.upstream, state.route.body, True)
+            prepared = state.prepare(True)
             parser = adapter.decoder(state.worker.settings.upstream_max_sse_line_bytes, prepared)
-            request = await upstream.build(state.route.upstream, prepared, remaining, True, limits, adapter)
-            response = await upstream.open(request, adapter)
+            request = await state.build(prepared, remaining, True, limits)
+            response = await upstream.open(request, adapter, state.headers_seen)
             try:
                 try:
                     async for raw in body_chunks(response):

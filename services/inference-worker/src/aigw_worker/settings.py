@@ -45,6 +45,10 @@ class WorkerSettings(BaseSettings):
     upstream_retry_backoff: float = Field(default=0.2, ge=0, le=60)
     upstream_retry_backoff_max: float = Field(default=2.0, ge=0, le=600)
     upstream_retry_after_max: float = Field(default=10.0, ge=0, le=600)
+    # Circuit breakers, per upstream deployment (`circuits.py`): this many failed attempts in a row
+    # take it out of rotation for `circuit_cooldown` seconds, then one request probes it.
+    circuit_failures: int = Field(default=5, ge=1, le=1000)
+    circuit_cooldown: float = Field(default=30.0, gt=0, le=3600)
     # What one upstream answer may take of the worker every tenant shares (a tenant's own endpoint is
     # not trusted to be sane): a whole (non-stream) answer's body after decompression, and one line
     # (and one event) of a streamed answer. Beyond either, that request alone fails with a 502

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
 from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
 from aigw_contracts.knowledge import Grounding
 
 from .accounting import Ledger
+from .balance import Pick, exhausted_for
 from .context import WorkerContext
 from .events import Events
 from .knowledge_tool import KnowledgeLoop
-from .providers import Adapter, adapter_for
+from .providers import Adapter, Prepared, adapter_for
+from .timeouts import Limits
 
 
 def answer_model(target: UpstreamTarget) -> str:
@@ -44,6 +48,41 @@ class CallState:
         if route.knowledge_tool is not None and worker.bus is not None:
             self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
         self.ledger = Ledger(self.request_id, route, self.loop)
+        self.deployment: Pick | None = None  # where the current attempt goes (`fallback.py` picks)
+
+    def target(self) -> UpstreamTarget:
+        """The current upstream as the current attempt calls it: at the picked deployment's URL."""
+        target, pick = self.route.upstream, self.deployment
+        if pick is not None and pick.base_url and pick.base_url != target.base_url:
+            return target.model_copy(update={"base_url": pick.base_url})
+        return target
+
+    def prepare(self, stream: bool) -> Prepared:
+        """The current attempt's request as its upstream's wire format wants it."""
+        return self.adapter.prepare(self.target(), self.route.body, stream)
+
+    async def build(
+        self, prepared: Prepared, remaining: float, stream: bool, limits: Limits
+    ) -> httpx.Request:
+        """The current attempt's upstream request, to the picked deployment with its key."""
+        pick = self.deployment
+        return await self.worker.upstream.build(
+            self.target(),
+            prepared,
+            remaining,
+            stream,
+            limits,
+            self.adapter,
+            api_key=pick.api_key if pick else None,
+        )
+
+    def headers_seen(self, headers: httpx.Headers) -> None:
+        """An upstream answer's headers: a deployment whose rate limit is used up is paused."""
+        pick = self.deployment
+        if pick is not None:
+            seconds = exhausted_for(headers)
+            if seconds is not None:
+                self.worker.circuits.pause(pick.circuit, seconds)
 
     @property
     def response_model(self) -> str:

@@ -57,7 +57,14 @@ def limits_for(settings: WorkerSettings, route: RoutedCall | None, stream: bool,
         configured = (route.timeouts or configured).over(route.upstream.timeouts)
     total = max(_MIN, min(configured.total or settings.upstream_timeout, remaining))
     idle = min(configured.idle or settings.upstream_idle_timeout, total)
-    ttft = configured.ttft or settings.upstream_ttft_timeout or (idle if stream else total)
+    ttft = configured.ttft or settings.upstream_ttft_timeout
+    if ttft is None:
+        ttft = idle if stream else total
+        if route is not None and route.fallbacks:
+            # Unset, with fallbacks behind: the idle gap, and at most this upstream's share of the
+            # time left, so a hung upstream leaves its fallbacks time to answer (a whole answer
+            # would otherwise wait its total, past the request's deadline).
+            ttft = min(idle, remaining / (len(route.fallbacks) + 1))
     return Limits(
         connect=min(configured.connect or settings.upstream_connect_timeout, total),
         ttft=min(ttft, total),

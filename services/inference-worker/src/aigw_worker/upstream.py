@@ -25,7 +25,7 @@ import email.utils
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -89,17 +89,21 @@ class Upstream:
         await self.transport.aclose()
 
     # ------------------------------------------------------------------ request
-    def _auth(self, target: UpstreamTarget) -> str | None:
+    def _auth(self, target: UpstreamTarget, sealed: str | None = None) -> str | None:
+        """The key to send: a deployment's own (`sealed`), else an own endpoint's, else the
+        operator's key for the catalog provider."""
         if target.kind == "own":
-            if target.api_key and secretbox.is_sealed(target.api_key):
-                try:
-                    return secretbox.unseal(target.api_key, self.settings.secrets_key.get_secret_value())
-                except (secretbox.SecretError, ValueError) as exc:
-                    raise UpstreamError(
-                        "The upstream's API key cannot be opened with this worker's AIGW_SECRETS_KEY",
-                        code="upstream_not_configured",
-                    ) from exc
-            return target.api_key or None
+            sealed = sealed or target.api_key
+        if sealed and secretbox.is_sealed(sealed):
+            try:
+                return secretbox.unseal(sealed, self.settings.secrets_key.get_secret_value())
+            except (secretbox.SecretError, ValueError) as exc:
+                raise UpstreamError(
+                    "The upstream's API key cannot be opened with this worker's AIGW_SECRETS_KEY",
+                    code="upstream_not_configured",
+                ) from exc
+        if target.kind == "own" or sealed:
+            return sealed or None
         key = self.settings.provider_key(target.provider)
         if key is None and target.provider != "sim":  # the simulator needs no key
             raise UpstreamError(
@@ -152,16 +156,18 @@ class Upstream:
         stream: bool,
         limits: Limits | None = None,
         adapter: Adapter | None = None,
+        api_key: str | None = None,
     ) -> httpx.Request:
         """The POST to `{base_url}/{path}` (`path`, body and headers from the provider's adapter:
         `providers/`), with the transport's share of `limits` (`timeouts.py`; the worker's
-        settings when not given), bounded by the time left. A bare body is OpenAI's."""
+        settings when not given), bounded by the time left. A bare body is OpenAI's. `api_key`
+        (sealed): a deployment's own (`balance.Pick`), instead of the target's."""
         if isinstance(prepared, bytes):
             from .providers import Prepared  # the providers build on this module: import late
 
             prepared = Prepared("chat/completions", prepared)
         body = prepared.body
-        key = self._auth(target)
+        key = self._auth(target, api_key)
         extensions: dict[str, Any] = {}
         base = prepared.base or target.base_url
         if target.kind == "own":
@@ -193,15 +199,23 @@ class Upstream:
             "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
         )
 
-    async def open(self, request: httpx.Request, adapter: Adapter | None = None) -> httpx.Response:
+    async def open(
+        self,
+        request: httpx.Request,
+        adapter: Adapter | None = None,
+        seen: Callable[[httpx.Headers], None] | None = None,
+    ) -> httpx.Response:
         """Send, for a streamed answer: the 2xx response, its body still to read (the caller closes
         it). A non-2xx answer becomes its GatewayError (its body read and the response closed), as
-        the provider's adapter maps it (OpenAI's mapping when none is given)."""
+        the provider's adapter maps it (OpenAI's mapping when none is given). `seen` gets the
+        response's headers, whatever its status (rate-limit headers: `balance.py`)."""
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise transport_error(exc, before_response=True) from None
         response.request = request
+        if seen is not None:
+            seen(response.headers)
         if response.status_code // 100 == 2:
             return response
         try:

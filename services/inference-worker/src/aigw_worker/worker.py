@@ -19,8 +19,10 @@ from aigw_runtime.bus import Bus as RuntimeBus
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
 
+from .board import CircuitBoard
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error
+from .circuits import Circuits
 from .settings import WorkerSettings
 from .spend import SpendControl
 from .upstream import Upstream
@@ -47,6 +49,12 @@ class Worker:
         # started here is not started at all.
         self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Circuit breakers of the upstream deployments this worker calls (`circuits.py`), their
+        # changes published for the management API (`board.py`).
+        self.board = CircuitBoard(settings.worker_id)
+        self.circuits = Circuits(
+            settings.circuit_failures, settings.circuit_cooldown, on_change=self.board.changed
+        )
 
     async def start(self, bus: RuntimeBus, usage: UsageBus, spend: SpendControl | None = None) -> None:
         """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure),
@@ -61,6 +69,7 @@ class Worker:
             linger=self.settings.usage_linger,
         )
         await self.usage.start()
+        await self.board.start(bus.nc.jetstream())
         self.accepting = True
 
     # ------------------------------------------------------------------ requests
@@ -144,4 +153,5 @@ class Worker:
             await self.spend.close(within=5.0)
         if self.heartbeats is not None:
             await self.heartbeats.close()
+        await self.board.close()
         await self.upstream.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,22 @@ def limits_summary(limits: dict[str, Any] | None) -> str:
 
 def _readable_key(row: Row) -> Row:
     return {**row, "limits": limits_summary(row["limits"])} if "limits" in row else row
+
+
+def _readable_upstream(row: Row) -> Row:
+    deployments = row.get("deployments") or []
+    summary = ", ".join(f"{d['name']}×{d['weight']}" for d in deployments) or "-"
+    return {**row, "deployments": summary}
+
+
+def _readable_circuit(row: Row) -> Row:
+    until = row.get("open_until")
+    workers = row.get("workers") or {}
+    return {
+        **row,
+        "open_until": time.strftime("%H:%M:%S", time.localtime(until)) if until else "-",
+        "workers": ", ".join(f"{w}: {s}" for w, s in sorted(workers.items())) or "-",
+    }
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -105,7 +122,23 @@ GATEWAY_FIELDS = {
     "fallbacks": "json",
     "routing": "json",
     "log_payloads": "json",
+    "timeouts": "json",
 }
+TIMEOUTS_HELP = (
+    'JSON seconds per upstream attempt, e.g. \'{"ttft": 5, "idle": 20}\' '
+    "(connect, ttft, idle, total; null: none)"
+)
+DEPLOYMENTS_HELP = (
+    'JSON list, e.g. \'[{"name": "a", "api_key": "sk-…", "weight": 3}, {"name": "b", "base_url": "https://…/v1"}]\' '
+    "(base_url and api_key default to the upstream's)"
+)
+UPSTREAM_TUNING = {"timeouts": "json", "max_retries": "int", "deployments": "json"}
+
+
+def _upstream_tuning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeouts", help=TIMEOUTS_HELP)
+    p.add_argument("--max-retries", type=int, help="retries before the gateway's next fallback (0-5)")
+    p.add_argument("--deployments", help=DEPLOYMENTS_HELP)
 
 
 def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
@@ -128,6 +161,7 @@ def _gateway_options(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument(
         "--log-payloads", help="true: keep request and answer bodies in the request log (secrets redacted)"
     )
+    p.add_argument("--timeouts", help=TIMEOUTS_HELP)
 
 
 def register(commands: Any) -> None:
@@ -193,7 +227,9 @@ def register(commands: Any) -> None:
     p.add_argument("--prices", help='JSON per token, e.g. \'{"input": "2.5e-7", "output": "2e-6"}\'')
     p.add_argument("--description")
     p.add_argument("--tenant")
+    _upstream_tuning(p)
     fields = {
+        **UPSTREAM_TUNING,
         "base_url": "str",
         "model": "str",
         "api_key": "str",
@@ -220,13 +256,38 @@ def register(commands: Any) -> None:
     p.add_argument("--api-key")
     p.add_argument("--prices")
     p.add_argument("--description")
-    upd = {"base_url": "str", "model": "str", "api_key": "str", "prices": "json", "description": "str"}
+    _upstream_tuning(p)
+    upd = {
+        "base_url": "str",
+        "model": "str",
+        "api_key": "str",
+        "prices": "json",
+        "description": "str",
+        **UPSTREAM_TUNING,
+    }
     p.set_defaults(run=lambda api, a: api.request("PATCH", f"/upstreams/{a.id}", json=_body(a, upd)))
     p = up.add_parser("delete", help="delete an upstream no gateway uses")
     p.add_argument("id")
     p.set_defaults(run=lambda api, a: api.request("DELETE", f"/upstreams/{a.id}"))
     for sub in up.choices.values():
-        sub.set_defaults(render=_table(["id", "kind", "model", "base_url", "has_api_key", "tenant"]))
+        sub.set_defaults(
+            render=_table(
+                ["id", "kind", "model", "base_url", "has_api_key", "tenant", "deployments"],
+                _readable_upstream,
+            )
+        )
+
+    p = commands.add_parser(
+        "circuits",
+        help="circuit breakers of upstreams (open, half-open)",
+        description="Circuit breakers of upstream deployments, as the inference workers see them: "
+        "those not closed, or every deployment of one upstream with --upstream.",
+    )
+    p.add_argument("--upstream", help="one upstream's deployments, closed ones included")
+    p.set_defaults(
+        run=lambda api, a: api.request("GET", "/circuits", params=_body(a, {"upstream": "str"})),
+        render=_table(["upstream", "deployment", "state", "open_until", "workers"], _readable_circuit),
+    )
 
     ks = commands.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
     p = ks.add_parser("create", help="create a key; its secret is printed once")

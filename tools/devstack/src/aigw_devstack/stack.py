@@ -275,12 +275,8 @@ class Stack:
         upstreams = []
         if not self.openai_api_key:
             upstreams.append(
-                Upstream(
-                    id=SIM_UPSTREAM,
-                    provider="sim",
-                    model="sim-model",
-                    base_url=f"{self.sim_url}/v1",
-                    prices=SIM_PRICES,
+                self.sim_upstream(
+                    "sim-model",
                     description="aigw's OpenAI-compatible SIMULATOR (not a model), for demos and tests",
                 )
             )
@@ -337,6 +333,18 @@ class Stack:
             items.update({item.id: item for item in getattr(new, part)})
             out[part] = list(items.values())
         return ConfigSnapshot.model_validate(out)
+
+    def sim_upstream(self, model: str, description: str = "") -> Upstream:
+        """The simulator as catalog upstream `@sim/<model>` (its `fault_model` directive faults
+        only the requests for one such model: a flaky or hanging upstream beside a healthy one)."""
+        return Upstream(
+            id=f"@sim/{model}",
+            provider="sim",
+            model=model,
+            base_url=f"{self.sim_url}/v1",
+            prices=SIM_PRICES,
+            description=description,
+        )
 
     def add_to_config(self, snapshot: ConfigSnapshot) -> None:
         """Merge more tenants, keys, upstreams or gateways into the file (services read it at start)."""

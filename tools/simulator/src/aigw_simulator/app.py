@@ -483,7 +483,14 @@ async def _drop_before_response(send: Send, receive: Receive, watch: DisconnectW
 
 
 def _rate_limit_headers(id_header: tuple[bytes, bytes], retry_after: int) -> list[tuple[bytes, bytes]]:
-    return [*responses.JSON_HEADERS, id_header, (b"retry-after", b"%d" % retry_after)]
+    """As OpenAI's 429: `Retry-After`, and the request budget used up until its reset."""
+    return [
+        *responses.JSON_HEADERS,
+        id_header,
+        (b"retry-after", b"%d" % retry_after),
+        (b"x-ratelimit-remaining-requests", b"0"),
+        (b"x-ratelimit-reset-requests", b"%ds" % retry_after),
+    ]
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import collections, gateways, keys, spend, tenants, upstreams
+from . import circuits, collections, gateways, keys, spend, tenants, upstreams
 from .store import ManagedConfig
 from .upstreams import UpstreamRules
 
 __all__ = ["ManagedConfig", "UpstreamRules", "router"]
 
 router = APIRouter()
-for _module in (gateways, upstreams, keys, tenants, collections, spend):
+for _module in (gateways, upstreams, circuits, keys, tenants, collections, spend):
     router.include_router(_module.router)

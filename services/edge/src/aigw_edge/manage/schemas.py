@@ -6,16 +6,21 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aigw_contracts import ApiKey, Gateway, Upstream
+from aigw_contracts import ApiKey, Gateway, Timeouts, Upstream
 from aigw_contracts.config import (
+    DEPLOYMENT_NAME,
+    MAX_DEPLOYMENTS,
+    MAX_RETRIES,
     PUBLIC_KEY_DEFAULT_RPM_PER_IP,
     Api,
     AutoRouting,
+    Deployment,
     KeyLimits,
     ParameterRule,
     Prices,
     ResponseCache,
     TenantLimits,
+    deployment_names,
 )
 from aigw_contracts.knowledge import Collection, GatewayKnowledge, KnowledgeDocument
 
@@ -24,6 +29,20 @@ from ..tenancy import TENANT_ID_PATTERN
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_GATEWAY_TIMEOUTS = (
+    "seconds per upstream attempt (connect, ttft: time to first token, idle, total), for every "
+    "upstream this gateway calls; over each upstream's own"
+)
+_UPSTREAM_TIMEOUTS = "seconds per attempt (connect, ttft, idle, total); a gateway's own win over these"
+_MAX_RETRIES = (
+    f"retries of this upstream (0-{MAX_RETRIES}) before the gateway's next fallback; unset: the worker's"
+)
+_DEPLOYMENTS = (
+    f"up to {MAX_DEPLOYMENTS} places serving this model (base_url and/or api_key, weight); requests "
+    "spread by weight, skipping open circuits and used-up rate limits"
+)
 
 
 class GatewayIn(_In):
@@ -53,6 +72,7 @@ class GatewayIn(_In):
     cache: ResponseCache | None = Field(
         default=None, description="reuse answers to equal requests (off when unset; see README)"
     )
+    timeouts: Timeouts | None = Field(default=None, description=_GATEWAY_TIMEOUTS)
     tenant: str | None = Field(default=None, description="operators only: whose gateway this is")
 
 
@@ -69,6 +89,7 @@ class GatewayPatch(_In):
     routing: AutoRouting | None = Field(default=None, description="null removes the routing")
     log_payloads: bool | None = None
     cache: ResponseCache | None = Field(default=None, description="null turns the response cache off")
+    timeouts: Timeouts | None = Field(default=None, description="null removes them")
 
 
 class GatewayOut(BaseModel):
@@ -88,11 +109,28 @@ class GatewayOut(BaseModel):
     routing: AutoRouting | None = None
     log_payloads: bool | None = None
     cache: ResponseCache | None = None
+    timeouts: Timeouts | None = None
     version: int = Field(description="1 when created, +1 on each update")
 
     @classmethod
     def of(cls, gateway: Gateway) -> GatewayOut:
         return cls(slug=gateway.slug, **gateway.model_dump())
+
+
+class DeploymentIn(_In):
+    name: str | None = Field(default=None, pattern=DEPLOYMENT_NAME, description="default: its position")
+    base_url: str | None = Field(default=None, description="default: the upstream's")
+    api_key: str | None = Field(
+        default=None, description="stored encrypted; default: the upstream's (catalog: the operator's)"
+    )
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    base_url: str | None
+    has_api_key: bool
+    weight: int
 
 
 class UpstreamIn(_In):
@@ -111,6 +149,11 @@ class UpstreamIn(_In):
     context_window: int | None = None
     description: str = ""
     tenant: str | None = Field(default=None, description="operators only: the owner of an own endpoint")
+    timeouts: Timeouts | None = Field(default=None, description=_UPSTREAM_TIMEOUTS)
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES, description=_MAX_RETRIES)
+    deployments: list[DeploymentIn] = Field(
+        default_factory=list, max_length=MAX_DEPLOYMENTS, description=_DEPLOYMENTS
+    )
     api: Api | None = Field(
         default=None,
         description="the wire format it speaks: openai (default: OpenAI-compatible), anthropic, gemini, azure",
@@ -141,6 +184,14 @@ class UpstreamPatch(_In):
     api: Api | None = None
     modalities: dict[str, list[str]] | None = None
     parameters: list[str] | None = None
+    timeouts: Timeouts | None = Field(default=None, description="null removes them")
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES, description="null: the worker's")
+    deployments: list[DeploymentIn] | None = Field(
+        default=None,
+        max_length=MAX_DEPLOYMENTS,
+        description="replaces the list (null or []: one deployment); a deployment given without "
+        "api_key keeps the key of the deployment of the same name",
+    )
 
 
 class UpstreamOut(BaseModel):
@@ -158,11 +209,37 @@ class UpstreamOut(BaseModel):
     api: Api | None = None
     modalities: dict[str, list[str]] | None = None
     parameters: list[str] | None = None
+    timeouts: Timeouts | None = None
+    max_retries: int | None = None
+    deployments: list[DeploymentOut] = Field(default_factory=list)
 
     @classmethod
     def of(cls, upstream: Upstream) -> UpstreamOut:
-        data = upstream.model_dump(exclude={"api_key"})
-        return cls(has_api_key=bool(upstream.api_key), **data)
+        data = upstream.model_dump(exclude={"api_key", "deployments"})
+        return cls(
+            has_api_key=bool(upstream.api_key), deployments=_deployments_out(upstream.deployments), **data
+        )
+
+
+def _deployments_out(deployments: list[Deployment]) -> list[DeploymentOut]:
+    return [
+        DeploymentOut(name=name, base_url=d.base_url, has_api_key=bool(d.api_key), weight=d.weight)
+        for name, d in zip(deployment_names(deployments), deployments, strict=True)
+    ]
+
+
+class CircuitOut(BaseModel):
+    object: Literal["circuit"] = "circuit"
+    upstream: str
+    deployment: str
+    state: Literal["closed", "half_open", "open"] = Field(
+        description="the worst any inference worker reports: open (skipped until open_until), "
+        "half_open (the next request probes it), closed"
+    )
+    open_until: float | None = Field(default=None, description="unix seconds, while open")
+    workers: dict[str, str] = Field(
+        default_factory=dict, description="each worker's state, for the workers where it is not closed"
+    )
 
 
 class KeyIn(_In):

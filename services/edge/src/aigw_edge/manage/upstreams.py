@@ -6,13 +6,16 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 
 from aigw_contracts import ApiKey, Upstream, errors
+from aigw_contracts.config import deployment_names
 from aigw_contracts.ids import uuid7
 from aigw_runtime.netguard import Network, check_url
 from aigw_runtime.secretbox import seal
 
 from ..deps import AdminKey
+from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
 from .access import can_see, in_use, not_found, target_tenant
 from .schemas import Deleted, ListOf, UpstreamIn, UpstreamOut, UpstreamPatch
@@ -62,14 +65,42 @@ def must_manage(key: ApiKey, upstream: Upstream) -> None:
         raise errors.Forbidden("Only operator keys can change catalog models.")
 
 
-async def build(rules: UpstreamRules, data: dict[str, Any], upstream_id: str, tenant: str | None) -> Upstream:
-    if data["kind"] == "own":
+async def build(
+    rules: UpstreamRules,
+    data: dict[str, Any],
+    upstream_id: str,
+    tenant: str | None,
+    current: Upstream | None = None,
+) -> Upstream:
+    """The upstream to store: own endpoints' URLs checked (SSRF), API keys sealed. Keys not given
+    again in an update are kept: the upstream's, and each deployment's (by name)."""
+    own = data["kind"] == "own"
+    if own:
         await rules.check_base_url(data["base_url"])
         data["prices"] = {}  # own endpoints bill tokens at 0; the tenant pays their provider
     secret = data.pop("api_key", None)
     if secret:
         data["api_key"] = rules.seal(secret)
-    return Upstream(id=upstream_id, tenant=tenant if data["kind"] == "own" else None, **data)
+    elif current is not None and current.api_key:
+        data["api_key"] = current.api_key  # keep the sealed key
+    kept = (
+        dict(zip(deployment_names(current.deployments), current.deployments, strict=True)) if current else {}
+    )
+    deployments = []
+    for i, deployment in enumerate(data.pop("deployments", None) or []):
+        if own and deployment.get("base_url"):
+            await rules.check_base_url(deployment["base_url"])
+        key = deployment.pop("api_key", None)
+        if key:
+            deployment["api_key"] = rules.seal(key)
+        else:
+            previous = kept.get(deployment.get("name") or str(i))
+            deployment["api_key"] = previous.api_key if previous is not None else None
+        deployments.append(deployment)
+    try:
+        return Upstream(id=upstream_id, tenant=tenant if own else None, deployments=deployments, **data)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
 
 
 _FROM_CATALOG = ("provider", "model", "base_url", "api", "context_window", "modalities", "parameters")
@@ -128,12 +159,10 @@ async def update(
 ) -> UpstreamOut:
     current = find(config, key, upstream_id)
     must_manage(key, current)
-    data = current.model_dump(exclude={"id", "tenant", "api_key"})
-    changes = body.model_dump(exclude_unset=True)
-    data.update(changes)
-    upstream = await build(rules, data, current.id, current.tenant)
-    if "api_key" not in changes and current.api_key:
-        upstream = upstream.model_copy(update={"api_key": current.api_key})  # keep the sealed key
+    data = current.model_dump(exclude={"id", "tenant", "api_key", "deployments"})
+    data["deployments"] = [d.model_dump(exclude={"api_key"}) for d in current.deployments]
+    data.update(body.model_dump(exclude_unset=True))
+    upstream = await build(rules, data, current.id, current.tenant, current)
     await config.put("upstream", upstream)
     return UpstreamOut.of(upstream)
 
