@@ -189,6 +189,7 @@ def main() -> None:
         ]["simulator"],
         "paced stream deltas/s (c=1)": report["gateway/paced/c1"]["events_per_s"],
         "paced stream deltas/s (c=16)": report["gateway/paced/c16"]["events_per_s"],
+        "paced stream deltas/s, direct (c=1)": report["direct/paced/c1"]["events_per_s"],
         "paced stream deltas/s, direct (c=16)": report["direct/paced/c16"]["events_per_s"],
         "paced stream CPU µs per delta (c=1)": report["gateway/paced/c1"]["cpu_us_per_request"][
             "per_delta_total"
@@ -200,8 +201,8 @@ def main() -> None:
     }
     report["summary"] = summary
     out = Path(__file__).parent / "results" / f"gateway-{report['when'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(summary, indent=2))
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"full report: {out}", file=sys.stderr)
 
 

@@ -25,21 +25,36 @@ def stack_pids(stack: Stack) -> dict[str, int]:
     return pids
 
 
+def run_seconds(pid: int) -> float:
+    """CPU seconds a process's live threads have run (`/proc/<pid>/task/*/schedstat`, in ns):
+    precise where `/proc/<pid>/stat` counts 10 ms ticks, which at a few hundred requests per run
+    is tens of µs per request of error. Falls back to `cpu_seconds` where schedstat is missing."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended between the listing and the read
+    except FileNotFoundError:
+        return sum(cpu_seconds(pid))
+    return total / 1e9
+
+
 class CpuMeter:
-    """CPU seconds each process used between `start()` and `stop()` (user + system)."""
+    """CPU seconds each process used between `start()` and `stop()` (user + system, `run_seconds`;
+    a thread that ends in between takes its time with it, which the services' threads do not)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
-        self._before: dict[str, tuple[float, float]] = {}
+        self._before: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
     def start(self) -> None:
-        self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._before = {name: run_seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
-        after = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.used = {
-            name: (after[name][0] - self._before[name][0]) + (after[name][1] - self._before[name][1])
-            for name in self.pids
-        }
+        after = {name: run_seconds(pid) for name, pid in self.pids.items()}
+        self.used = {name: max(0.0, after[name] - self._before[name]) for name in self.pids}
         return self.used
