@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,15 +23,7 @@ from typing import Any
 from aigw_devstack.stack import Stack
 from bench.gateway import HOST, _body, _progress, start_pinned_stack
 from bench.loadgen import median, run_load
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds a process has used (`/proc/<pid>/stat`, fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+from bench.procs import cpu_seconds
 
 
 def measure(

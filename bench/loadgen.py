@@ -11,6 +11,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -22,6 +23,14 @@ class Result:
     tokens: int = 0  # words of content received (the simulator's tokens are words)
     errors: int = 0
     elapsed: float = 0.0
+    warm_requests: int = 0  # of the warm-up, not measured above (CPU counters span the whole run)
+    wrong: int = 0  # answers the `check` given to `run_load` refused
+    contents: list[str] = field(default_factory=list)  # with a check: the last answers' text, to show
+
+    @property
+    def requests(self) -> int:
+        """Every request completed in the run, warm-up included."""
+        return len(self.latencies) + self.warm_requests
 
     @property
     def rps(self) -> float:
@@ -46,7 +55,15 @@ def _request_bytes(
     return head.encode() + payload
 
 
-async def _read_response(reader: asyncio.StreamReader, started: float, result: Result) -> int:
+Check = Callable[[int, str], bool]  # (status, the answer's text) -> is it the expected answer?
+
+
+async def _read_response(
+    reader: asyncio.StreamReader, started: float, result: Result, check: Check | None = None
+) -> int:
+    """Read one response; with `check`, the answer's text (a whole answer's message content, or a
+    stream's content deltas joined) is assembled and checked, a refusal counted in `wrong`."""
+    text: list[str] = []
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
@@ -68,11 +85,25 @@ async def _read_response(reader: asyncio.StreamReader, started: float, result: R
                     result.events += 1
                     chunk = json.loads(event[6:])
                     for choice in chunk.get("choices", []):
-                        result.tokens += len((choice["delta"].get("content") or "").split())
+                        content = choice["delta"].get("content") or ""
+                        result.tokens += len(content.split())
+                        if check is not None:
+                            text.append(content)
     else:
         idx = lower.find(b"content-length:")
         length = int(lower[idx + 15 : lower.find(b"\r\n", idx)])
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
+        if check is not None and status == 200:
+            try:
+                text.append(json.loads(body)["choices"][0]["message"]["content"] or "")
+            except (ValueError, KeyError, IndexError, TypeError):
+                text.append("")
+    if check is not None:
+        answer = "".join(text)
+        if not check(status, answer):
+            result.wrong += 1
+        if len(result.contents) < 3:
+            result.contents.append(answer)
     return status
 
 
@@ -86,9 +117,11 @@ async def run_load(
     duration: float,
     warmup: float = 0.5,
     extra_headers: str = "",  # whole header lines, each ending with CRLF
+    check: Check | None = None,
 ) -> Result:
     request = _request_bytes(host, port, path, body, key, extra_headers)
     result = Result()
+    warm = Result()
     stop_at = time.perf_counter() + warmup + duration
     measure_from = time.perf_counter() + warmup
 
@@ -96,9 +129,9 @@ async def run_load(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while (now := time.perf_counter()) < stop_at:
-                sink = result if now >= measure_from else Result()
+                sink = result if now >= measure_from else warm
                 writer.write(request)
-                status = await _read_response(reader, now, sink)
+                status = await _read_response(reader, now, sink, check)
                 if status != 200:
                     sink.errors += 1
                 sink.latencies.append(time.perf_counter() - now)
@@ -109,6 +142,8 @@ async def run_load(
     begin = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - max(begin, measure_from)
+    result.warm_requests = len(warm.latencies)
+    result.wrong += warm.wrong
     return result
 
 

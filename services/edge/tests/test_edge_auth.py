@@ -78,3 +78,53 @@ def test_replace_swaps_the_whole_key_set() -> None:
     assert store.authenticate(_bearer(new)).tenant == "t2"
     with pytest.raises(Unauthorized):
         store.authenticate(_bearer(old))
+
+
+class CountingStore(KeyStore):
+    """A key store that counts its HMAC computations."""
+
+    hashed = 0
+
+    def hash(self, secret: bytes) -> str:
+        self.hashed += 1
+        return super().hash(secret)
+
+
+def test_a_verified_key_is_not_hashed_again_until_the_key_set_changes() -> None:
+    secret = new_secret()
+    key = ApiKey(id="k1", tenant="t1", hash=hash_secret(secret, PEPPER))
+    store = CountingStore([key], PEPPER)
+    for _ in range(3):
+        assert store.authenticate(_bearer(secret)) == key
+    assert store.hashed == 1
+    for _ in range(2):  # a wrong secret is never cached: hashed every time
+        with pytest.raises(Unauthorized):
+            store.authenticate(_bearer(secret + "x"))
+    assert store.hashed == 3
+    store.replace([key])  # any change of the key set forgets what was verified
+    assert store.authenticate(_bearer(secret)) == key
+    assert store.hashed == 4
+
+
+def test_revoking_or_deleting_a_cached_key_refuses_it_at_once() -> None:
+    secret, other = new_secret(), new_secret()
+    key = ApiKey(id="k1", tenant="t1", hash=hash_secret(secret, PEPPER))
+    store = _store(key, ApiKey(id="k2", tenant="t1", hash=hash_secret(other, PEPPER)))
+    assert store.authenticate(_bearer(secret)).id == "k1"  # cached now
+    store.replace([key.model_copy(update={"revoked": True})])
+    with pytest.raises(Unauthorized) as err:
+        store.authenticate(_bearer(secret))
+    assert err.value.code == "revoked_api_key"
+    store.replace([])
+    with pytest.raises(Unauthorized) as err:
+        store.authenticate(_bearer(secret))
+    assert err.value.code == "invalid_api_key"
+
+
+def test_a_cached_key_still_expires_on_time() -> None:
+    secret = new_secret()
+    store = _store(ApiKey(id="k1", tenant="t1", hash=hash_secret(secret, PEPPER), expires_at=1000.0))
+    assert store.authenticate(_bearer(secret), now=999.0).id == "k1"  # cached now
+    with pytest.raises(Unauthorized) as err:
+        store.authenticate(_bearer(secret), now=1000.0)
+    assert err.value.code == "expired_api_key"

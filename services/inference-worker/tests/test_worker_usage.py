@@ -116,6 +116,56 @@ async def test_events_gather_for_the_linger_then_go_out_together() -> None:
     await pub.close(within=1.0)
 
 
+async def test_durable_events_go_out_at_once_and_return_when_all_are_stored() -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, linger=5.0)  # a linger must not hold a waiting request
+    await pub.start()
+    events = [usage_event(), usage_event()]
+    waiting = asyncio.create_task(pub.durable(events, within=5.0))
+    await until(lambda: len(bus.sent) == 2)  # both published before any ack, no linger
+    bus.ack(1)
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # one of two stored is not stored
+    bus.ack(0, duplicate=True)
+    assert await asyncio.wait_for(waiting, 1.0) is True
+    assert (pub.published, pub.pending) == (2, 0)
+    await pub.close(within=1)
+
+
+async def test_durable_is_false_when_an_event_is_given_up_or_the_stream_is_slow() -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, attempt_timeout=30.0, retry_window=0.0)
+    await pub.start()
+    refused = asyncio.create_task(pub.durable([usage_event(), usage_event()], within=5.0))
+    await until(lambda: len(bus.sent) == 2)
+    bus.ack(0, error="insufficient resources")  # no retry window left: given up (and logged)
+    assert await asyncio.wait_for(refused, 1.0) is False
+    bus.ack(1)
+    slow = time.monotonic()
+    assert await pub.durable([usage_event()], within=0.05) is False  # no ack in time
+    assert time.monotonic() - slow < 1.0
+    assert pub.pending == 1  # still awaiting its ack: the publisher keeps it
+    bus.ack(2)
+    assert (pub.published, pub.lost, pub.pending) == (2, 1, 0)
+    await pub.close(within=1)
+
+
+async def test_durable_events_past_max_in_flight_wait_for_room() -> None:
+    bus = RecordingBus()
+    pub = UsagePublisher(bus, max_in_flight=1, attempt_timeout=30.0)
+    await pub.start()
+    first = asyncio.create_task(pub.durable([usage_event()], within=5.0))
+    second = asyncio.create_task(pub.durable([usage_event()], within=5.0))
+    await until(lambda: len(bus.sent) == 1)
+    await asyncio.sleep(0.01)
+    assert len(bus.sent) == 1 and not second.done()  # queued, not over the bound
+    bus.ack(0)
+    await until(lambda: len(bus.sent) == 2)
+    bus.ack(1)
+    assert await asyncio.wait_for(asyncio.gather(first, second), 1.0) == [True, True]
+    await pub.close(within=1)
+
+
 async def test_a_refused_or_failed_publish_is_retried_after_a_backoff() -> None:
     bus = RecordingBus()
     bus.fail_sends = 1

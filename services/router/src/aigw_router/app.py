@@ -25,6 +25,7 @@ from aigw_contracts import (
     ConfigSnapshot,
     Gateway,
     RoutedCall,
+    Upstream,
     UpstreamTarget,
     errors,
     headers,
@@ -41,19 +42,50 @@ from aigw_runtime.service import Service
 from aigw_runtime.workercall import ask_worker
 
 from .complexity import ComplexityRouter
-from .policy import cap_output_tokens, effective_parameters, upstream_body
+from .policy import ParameterStep, apply_plan, cap_output_tokens, parameter_plan, upstream_body
 from .registry import Registry
 from .settings import RouterSettings
 
 log = logging.getLogger("aigw.router")
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What routing to one gateway version (and upstream, for one key kind) always comes to."""
+
+    upstream: UpstreamTarget
+    fallbacks: tuple[UpstreamTarget, ...]
+    parameters: tuple[ParameterStep, ...]
+
+
 class Router:
-    """The routing logic, apart from the broker wiring so it is testable on its own."""
+    """The routing logic, apart from the broker wiring so it is testable on its own.
+
+    What a request's gateway already decides (its parameter policy, its upstream and fallbacks as
+    call targets) is worked out once per gateway version and kept (`Plan`); any change of a gateway
+    or upstream (`Registry.version`) drops every plan, so the next request sees the change."""
 
     def __init__(self, settings: RouterSettings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
+        self._plans: dict[tuple[str | None, str, str], Plan] = {}
+        self._plans_version = registry.version
+
+    def plan(self, gateway: Gateway | None, upstream: Upstream, key_kind: str) -> Plan:
+        if self._plans_version != self.registry.version:
+            self._plans = {}
+            self._plans_version = self.registry.version
+        key = (gateway.id if gateway else None, upstream.id, key_kind)
+        plan = self._plans.get(key)
+        if plan is None:
+            fallbacks = self.registry.fallbacks(gateway) if gateway is not None and gateway.fallbacks else []
+            plan = Plan(
+                UpstreamTarget.of(upstream),
+                tuple(UpstreamTarget.of(u) for u in fallbacks),
+                parameter_plan(gateway, key_kind),
+            )
+            self._plans[key] = plan
+        return plan
 
     def route(self, envelope: ChatEnvelope) -> Gateway | None:
         """Fill `envelope.route`; the gateway it named (None for a catalog model called directly)."""
@@ -61,12 +93,13 @@ class Router:
             raise errors.DeadlineExceeded("The request's deadline passed before it could be routed")
         request = envelope.request
         gateway, upstream = self.registry.resolve(request.model, envelope.tenant, envelope.key_kind)
-        params = effective_parameters(request, gateway, envelope.key_kind)
+        plan = self.plan(gateway, upstream, envelope.key_kind)
+        params = apply_plan(request, plan.parameters)
         cap_output_tokens(params, self.settings.max_output_tokens)
         envelope.route = RoutedCall(
             gateway_id=gateway.id if gateway else None,
             gateway_slug=gateway.slug if gateway else None,
-            upstream=UpstreamTarget.of(upstream),
+            upstream=plan.upstream,
             body=upstream_body(request, gateway, params),
             prefill=gateway.prefill if gateway else None,
             params_used=params,
@@ -77,8 +110,8 @@ class Router:
         # `upstream_body` puts the instructions (if any) first, then the client's messages.
         start = 1 if gateway is not None and gateway.instructions else 0
         envelope.route.client_span = (start, start + len(request.messages))
-        if gateway is not None and gateway.fallbacks:
-            envelope.route.fallbacks = [UpstreamTarget.of(u) for u in self.registry.fallbacks(gateway)]
+        if plan.fallbacks:
+            envelope.route.fallbacks = list(plan.fallbacks)
         return gateway
 
     def models(self, query: ModelsQuery) -> ModelList:

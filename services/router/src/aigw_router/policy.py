@@ -9,6 +9,7 @@ and which pass through is `aigw_contracts.api.PARAMETERS`, the one list of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aigw_contracts import ChatCompletionRequest, Gateway, errors
@@ -30,29 +31,54 @@ def _clamp(name: str, value: Any, rule: ParameterRule) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ParameterStep:
+    """What a gateway's policy does with one inference parameter, for one kind of key."""
+
+    name: str
+    mode: str  # "locked", "clamped" or "default" (the request's value, else the configured one)
+    configured: Any
+    rule: ParameterRule | None  # for "clamped"
+    askable: bool  # the key kind may set it (public keys only the `PUBLIC_KEY_PARAMETERS`)
+
+
+def parameter_plan(gateway: Gateway | None, key_kind: str = "private") -> tuple[ParameterStep, ...]:
+    """The gateway's policy for every inference parameter, worked out once: it depends only on the
+    gateway (one version of it) and the key kind, so the router keeps it per gateway version
+    (`app.Router`) instead of looking every rule up again for every request."""
+    steps = []
+    for name in INFERENCE_PARAMETERS:
+        askable = key_kind != "public" or name in PUBLIC_KEY_PARAMETERS
+        if gateway is None:
+            steps.append(ParameterStep(name, "default", None, None, askable))
+            continue
+        rule = gateway.rule(name)
+        steps.append(ParameterStep(name, rule.mode, gateway.parameters.get(name), rule, askable))
+    return tuple(steps)
+
+
+def apply_plan(request: ChatCompletionRequest, plan: tuple[ParameterStep, ...]) -> dict[str, Any]:
+    """The inference parameters actually sent for `request` under `plan` (None values dropped)."""
+    used: dict[str, Any] = {}
+    for step in plan:
+        asked = getattr(request, step.name) if step.askable else None
+        if step.mode == "locked":
+            value = step.configured
+        elif step.mode == "clamped":
+            assert step.rule is not None
+            value = _clamp(step.name, asked if asked is not None else step.configured, step.rule)
+        else:
+            value = asked if asked is not None else step.configured
+        if value is not None:
+            used[step.name] = value
+    return used
+
+
 def effective_parameters(
     request: ChatCompletionRequest, gateway: Gateway | None, key_kind: str = "private"
 ) -> dict[str, Any]:
     """The inference parameters actually sent, after the gateway's policy (None values dropped)."""
-    used: dict[str, Any] = {}
-    for name in INFERENCE_PARAMETERS:
-        asked = getattr(request, name)
-        if key_kind == "public" and name not in PUBLIC_KEY_PARAMETERS:
-            asked = None
-        if gateway is None:
-            value = asked
-        else:
-            configured = gateway.parameters.get(name)
-            rule = gateway.rule(name)
-            if rule.mode == "locked":
-                value = configured
-            elif rule.mode == "clamped":
-                value = _clamp(name, asked if asked is not None else configured, rule)
-            else:
-                value = asked if asked is not None else configured
-        if value is not None:
-            used[name] = value
-    return used
+    return apply_plan(request, parameter_plan(gateway, key_kind))
 
 
 def cap_output_tokens(params: dict[str, Any], cap: int | None) -> None:

@@ -20,6 +20,10 @@ class Registry:
     # (tenant, slug) and (tenant, name) -> gateway id
     _by_slug: dict[tuple[str, str], str] = field(default_factory=dict)
     _by_name: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # Bumped by every change: what was worked out from the gateways and upstreams before (the
+    # router's per-gateway plans) is stale once it moves.
+    version: int = 0
+
     # The catalog providers offered (`RouterSettings.catalog_providers`); None: all of them.
     catalog_providers: frozenset[str] | None = None
 
@@ -41,12 +45,14 @@ class Registry:
         return registry
 
     def add_gateway(self, gateway: Gateway) -> None:
+        self.version += 1
         self.remove_gateway(gateway.id)  # an update may rename it
         self.gateways[gateway.id] = gateway
         self._by_slug[(gateway.tenant, gateway.slug)] = gateway.id
         self._by_name.setdefault((gateway.tenant, gateway.name), []).append(gateway.id)
 
     def remove_gateway(self, gateway_id: str) -> None:
+        self.version += 1
         old = self.gateways.pop(gateway_id, None)
         if old is None:
             return
@@ -58,9 +64,11 @@ class Registry:
             self._by_name.pop((old.tenant, old.name), None)
 
     def put_upstream(self, upstream: Upstream) -> None:
+        self.version += 1
         self.upstreams[upstream.id] = upstream
 
     def remove_upstream(self, upstream_id: str) -> None:
+        self.version += 1
         self.upstreams.pop(upstream_id, None)
         builtin = {u.id: u for u in builtin_catalog()}.get(upstream_id)
         if builtin is not None:  # a deleted override falls back to the shipped catalog entry
