@@ -64,6 +64,7 @@ from aigw_contracts.usage import UsageEvent
 log = logging.getLogger("aigw.usage")
 
 NATS_MSG_ID = "Nats-Msg-Id"
+TRACEPARENT = "traceparent"  # W3C trace context, as OpenTelemetry's propagators name it
 NATS_EXPECTED_STREAM = "Nats-Expected-Stream"
 
 # Longest a `durable` event waits for the acks of events already in flight (group commit).
@@ -102,12 +103,15 @@ class _Pending:
         retry_window: float,
         first_backoff: float,
         waiter: asyncio.Future[bool] | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.event = event
         self.waiter = waiter  # resolved True when the stream stored it, False when it is given up
         self.subject = subjects.usage_subject(event.tenant)
         self.payload = event.model_dump_json().encode()
         self.headers = {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: streams.USAGE_STREAM}
+        if traceparent:  # the request's span: metering links its insert to it
+            self.headers[TRACEPARENT] = traceparent
         self.give_up = time.monotonic() + retry_window
         self.backoff = first_backoff
         self.attempts = 0
@@ -132,14 +136,15 @@ class UsagePublisher:
         self._attempt_timeout = attempt_timeout
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
-        self._submitted: deque[UsageEvent] = deque()  # handed over, not serialized yet
+        # Handed over, not serialized yet, each with the `traceparent` of its request's span.
+        self._submitted: deque[tuple[UsageEvent, str | None]] = deque()
         self._retries: deque[_Pending] = deque()  # due to be sent again
         self._in_flight: dict[int, _Pending] = {}  # token -> awaiting its ack; send (= deadline) order
         self._backing_off: dict[_Pending, asyncio.TimerHandle] = {}
         self._token = 0
         self._wake = asyncio.Event()  # something to send
         self._urgent = asyncio.Event()  # someone waits for an ack: no linger
-        self._waited: deque[tuple[UsageEvent, asyncio.Future[bool]]] = deque()  # `durable` events
+        self._waited: deque[tuple[UsageEvent, asyncio.Future[bool], str | None]] = deque()  # `durable`
         self._room = asyncio.Event()  # an ack made room under max_in_flight
         self._acked = asyncio.Event()  # an ack came back (group commit, see `_send_loop`)
         self._settled = asyncio.Event()  # nothing left anywhere
@@ -159,12 +164,13 @@ class UsagePublisher:
             asyncio.create_task(self._sweep_loop(), name="aigw-usage-sweep"),
         ]
 
-    def submit(self, event: UsageEvent) -> None:
-        self._submitted.append(event)
+    def submit(self, event: UsageEvent, traceparent: str | None = None) -> None:
+        """Publish `event` soon; `traceparent`: its request's span, in the message's headers."""
+        self._submitted.append((event, traceparent))
         self._settled.clear()
         self._wake.set()
 
-    async def durable(self, events: list[UsageEvent], within: float) -> bool:
+    async def durable(self, events: list[UsageEvent], within: float, traceparent: str | None = None) -> bool:
         """Publish `events` now and wait until the usage stream stored them all (True), or until
         `within` seconds passed or one was given up (False; the publisher keeps trying the rest).
 
@@ -178,7 +184,7 @@ class UsagePublisher:
         for event in events:
             waiter: asyncio.Future[bool] = loop.create_future()
             waiters.append(waiter)
-            self._waited.append((event, waiter))
+            self._waited.append((event, waiter, traceparent))
         if not waiters:
             return True
         self._settled.clear()
@@ -230,11 +236,11 @@ class UsagePublisher:
                     item = retries.popleft()
                 else:
                     if waited:
-                        event, waiter = waited.popleft()
+                        event, waiter, parent = waited.popleft()
                     else:
-                        event = submitted.popleft()
+                        event, parent = submitted.popleft()
                     try:
-                        item = _Pending(event, self._retry_window, self._first_backoff, waiter)
+                        item = _Pending(event, self._retry_window, self._first_backoff, waiter, parent)
                     except Exception:
                         self._lose(event, "usage event lost: it could not be serialized", exc_info=True)
                         if waiter is not None and not waiter.done():
@@ -343,7 +349,7 @@ class UsagePublisher:
         for handle in self._backing_off.values():
             handle.cancel()
         left = [
-            *self._submitted,
+            *(event for event, _ in self._submitted),
             *(item.event for item in self._retries),
             *(item.event for item in self._backing_off),
         ]

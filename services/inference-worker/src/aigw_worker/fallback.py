@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from opentelemetry.trace import SpanKind
 
 from aigw_contracts import headers
 from aigw_contracts.errors import GatewayError
+from aigw_runtime import telemetry
 
+from . import observe
 from .retry import MIN_ATTEMPT_S, Verdict, verdict, wait_before_retry
 from .state import CallState
 
@@ -32,9 +37,11 @@ async def answer_with_fallbacks(
     settings = state.worker.settings
     budget = settings.upstream_retry_budget  # retries left for the whole request
     retries = 0  # of the current upstream
+    fallbacks_used = 0
+    state.upstream_began = time.perf_counter()
     while True:
         try:
-            await attempt(remaining)
+            await _measured(state, attempt, remaining, retries, fallbacks_used)
             return
         except GatewayError as err:
             if state.accepted or state.events.seq:
@@ -52,6 +59,7 @@ async def answer_with_fallbacks(
                 if delay is not None and delay < remaining - MIN_ATTEMPT_S:
                     retries += 1
                     budget -= 1
+                    observe.RETRIES.labels(target.id).inc()
                     log.info(
                         "upstream failed before answering; retrying it",
                         extra={
@@ -80,5 +88,36 @@ async def answer_with_fallbacks(
                 },
             )
             retries = 0
+            fallbacks_used += 1
+            observe.FALLBACKS.labels(route.gateway_slug or "").inc()
             route.upstream = following  # the answer's `model` follows (`state.answer_model`)
             state.events.first_header(headers.FALLBACK, following.id)
+
+
+async def _measured(
+    state: CallState, attempt: Callable[[float], Awaitable[None]], remaining: float, retry: int, fallback: int
+) -> None:
+    """One attempt, counted by outcome and timed; with tracing on, a span of its own (each retry
+    and fallback is one), current while it runs so the upstream call carries its `traceparent`."""
+    upstream = state.route.upstream.id
+    began = time.perf_counter()
+    err: BaseException | None = None
+    try:
+        if telemetry.tracing.on:
+            attributes: dict[str, str | int] = {
+                "aigw.upstream": upstream,
+                "aigw.retry": retry,
+                "aigw.fallback": fallback,
+            }
+            with telemetry.tracing.tracer.start_as_current_span(
+                "upstream.attempt", kind=SpanKind.CLIENT, attributes=attributes
+            ):
+                await attempt(remaining)
+        else:
+            await attempt(remaining)
+    except BaseException as exc:
+        err = exc
+        raise
+    finally:
+        observe.ATTEMPTS.labels(upstream, observe.outcome(err)).inc()
+        observe.DURATION.labels(upstream).observe(time.perf_counter() - began)

@@ -20,6 +20,7 @@ import time
 from functools import lru_cache
 
 from fastapi import APIRouter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +43,7 @@ from aigw_contracts.errors import (
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 from aigw_contracts.usage import BilledAnswer, BilledQuery
+from aigw_runtime import telemetry
 
 from .. import sse
 from ..admission import Admission
@@ -51,11 +53,12 @@ from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
 from ..logs import CLIENT_CLOSED, SCOPE_KEY
+from ..observe import DURATION, INFLIGHT, REQUESTS, SERVER_TIMING, TTFT, server_timing
 from ..openapi import errors as openapi_errors
 from ..openapi import sse_of
 from ..ratelimit import RateLimiter
 from ..settings import EdgeSettings
-from ..trace import trace_json
+from ..trace import span_trace_json, trace_json
 
 log = logging.getLogger("aigw.edge.chat")
 
@@ -72,6 +75,7 @@ _SURFACED = (
     (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
 )
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
+_GATEWAY, _UPSTREAM, _TIMING = headers.GATEWAY, headers.UPSTREAM, headers.TIMING
 
 
 def _holder_lost() -> Unavailable:
@@ -91,9 +95,32 @@ class _ClientGone(Exception):
 class _Call:
     """What one request learned on its way, for the access log and for error responses."""
 
-    __slots__ = ("headers", "key", "model", "outcome", "request_id", "started", "status", "stream")
+    __slots__ = (
+        "arrived",
+        "first_at",
+        "gateway",
+        "headers",
+        "key",
+        "model",
+        "outcome",
+        "published",
+        "request_id",
+        "span",
+        "started",
+        "status",
+        "stream",
+        "timing",
+        "upstream",
+    )
 
     def __init__(self) -> None:
+        self.arrived = time.perf_counter()
+        self.published = 0.0  # when the envelope left for the router (perf_counter)
+        self.first_at = 0.0  # when the response headers went out
+        self.gateway = ""  # metric labels, from the first event (bounded: the configuration's)
+        self.upstream = ""
+        self.timing: str | None = None  # the worker's stages, in Server-Timing syntax
+        self.span: Span | None = None  # the request's span, when tracing is on
         self.request_id: str | None = None
         self.key: ApiKey | None = None
         self.model: str | None = None
@@ -187,6 +214,9 @@ class ChatEndpoint:
         self.limiter = RateLimiter()
         self.idempotency = Idempotency(bus, settings)
         self.admission = Admission(settings.max_inflight_requests)
+        INFLIGHT.set_function(lambda: self.admission.in_flight)
+        # Decided once: without tracing configured, no span code runs per request (`telemetry`).
+        self.tracing = telemetry.tracing.on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = _Call()
@@ -196,6 +226,7 @@ class ChatEndpoint:
         except GatewayError as err:
             call.status, call.outcome = err.status, err.code or "error"
             if not call.started:
+                self._timed(call)
                 await send_error(send, err, call.headers)
         except _ClientGone:
             call.status, call.outcome = CLIENT_CLOSED, "client_disconnected"
@@ -204,8 +235,10 @@ class ChatEndpoint:
             call.status, call.outcome = 500, "internal_error"
             if not call.started:
                 internal = InternalError("The gateway had an internal error; it has been logged.")
+                self._timed(call)
                 await send_error(send, internal, call.headers)
         finally:
+            self._measured(call)
             fields = scope.get(SCOPE_KEY)
             if fields is not None:
                 key = call.key
@@ -219,6 +252,61 @@ class ChatEndpoint:
                     stream=call.stream,
                     outcome=call.outcome,
                 )
+
+    def _timed(self, call: _Call) -> None:
+        """Add `Server-Timing` to the response headers about to be sent (`observe.py`)."""
+        now = time.perf_counter()
+        call.first_at = now
+        total = (now - call.arrived) * 1000
+        edge = (call.published - call.arrived) * 1000 if call.published else total
+        call.headers.append((SERVER_TIMING, server_timing(edge, call.timing, total)))
+
+    def _measured(self, call: _Call) -> None:
+        """The request's metrics, and the end of its span."""
+        ended = time.perf_counter()
+        stream = "true" if call.stream else "false"
+        REQUESTS.labels(call.gateway, call.upstream, str(call.status), stream).inc()
+        DURATION.labels(call.gateway, stream).observe(ended - call.arrived)
+        if call.stream and call.status == 200 and call.first_at:
+            TTFT.labels(call.gateway, call.upstream).observe(call.first_at - call.arrived)
+        span = call.span
+        if span is not None:
+            key = call.key
+            span.set_attributes(
+                {
+                    "http.response.status_code": call.status,
+                    "aigw.outcome": call.outcome,
+                    "aigw.gateway": call.gateway,
+                    "aigw.upstream": call.upstream,
+                    "aigw.tenant": key.tenant if key else "",
+                    "aigw.stream": call.stream,
+                }
+            )
+            if call.status >= 500:
+                span.set_status(Status(StatusCode.ERROR, call.outcome))
+            end_ns = time.time_ns()
+            if call.first_at:  # the answer's relay, from the response headers to its end
+                start_ns = end_ns - int((ended - call.first_at) * 1e9)
+                context = set_span_in_context(span)
+                telemetry.tracing.tracer.start_span("relay", context, start_time=start_ns).end(end_ns)
+            span.end(end_ns)
+
+    def _span(self, call: _Call, traceparent: bytes | None, tracestate: bytes | None) -> Span:
+        """The request's span: a child of the client's `traceparent` when it sent a valid one."""
+        carrier = {}
+        if traceparent is not None:
+            carrier["traceparent"] = traceparent.decode("latin-1").strip()
+            if tracestate is not None:
+                carrier["tracestate"] = tracestate.decode("latin-1")
+        span = telemetry.tracing.tracer.start_span(
+            "chat.completions",
+            context=telemetry.extract(carrier),
+            kind=SpanKind.SERVER,
+            start_time=time.time_ns() - int((time.perf_counter() - call.arrived) * 1e9),
+            attributes={"aigw.request_id": call.request_id or ""},
+        )
+        call.span = span
+        return span
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
         # Every answer, refusals included, carries the id the access log line has.
@@ -234,7 +322,12 @@ class ChatEndpoint:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value
-        key = call.key = self.keys.authenticate(authorization)
+        if self.tracing:
+            span = self._span(call, traceparent, tracestate)
+            with telemetry.tracing.tracer.start_as_current_span("auth", context=set_span_in_context(span)):
+                key = call.key = self.keys.authenticate(authorization)
+        else:
+            key = call.key = self.keys.authenticate(authorization)
         if key.limits.requests_per_minute or key.limits.requests_per_minute_per_ip:
             self.limiter.admit(key, scope.get("client"))
         body = await _read_body(receive)
@@ -244,6 +337,8 @@ class ChatEndpoint:
             raise invalid_request(exc) from None
         call.model = request.model
         stream = call.stream = bool(request.stream)
+        if call.span is not None:
+            call.span.set_attribute("aigw.model.requested", request.model)
 
         reply = subjects.reply_subject(self.edge_id, request_id)
         now = time.time()
@@ -253,7 +348,9 @@ class ChatEndpoint:
             reply,
             now,
             now + self.request_timeout,
-            trace_json(traceparent, tracestate, request_id),
+            span_trace_json(call.span)
+            if call.span is not None
+            else trace_json(traceparent, tracestate, request_id),
             body,
         )
         if self.bus.connected and len(envelope) > self.bus.max_payload:
@@ -276,6 +373,7 @@ class ChatEndpoint:
         inbox = bus.open(request_id, loop.time() + self.request_timeout)
         watcher: asyncio.Task[None] | None = None
         try:
+            call.published = time.perf_counter()
             await bus.publish_chat(envelope, reply)
             watcher = loop.create_task(_watch_disconnect(receive, inbox))
             first = await inbox.get()
@@ -317,6 +415,9 @@ class ChatEndpoint:
             value = hdrs.get(event_header)
             if value:
                 call.headers.append((http_header, value.encode()))
+        call.gateway = hdrs.get(_GATEWAY, "")
+        call.upstream = hdrs.get(_UPSTREAM, "")
+        call.timing = hdrs.get(_TIMING)
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:
@@ -354,6 +455,8 @@ class ChatEndpoint:
         if should_retry:
             extra.append((_SHOULD_RETRY, should_retry.encode()))
         call.status, call.outcome, call.started = status, "error", True
+        self._timed(call)
+        extra.append(call.headers[-1])
         await send_body(send, status, msg.data, extra, JSON_TYPE)
 
     # ------------------------------------------------------------------ non-stream
@@ -364,6 +467,7 @@ class ChatEndpoint:
         while True:
             if kind == _FINAL:
                 call.status, call.outcome, call.started = 200, "final", True
+                self._timed(call)
                 await send_body(send, 200, msg.data, call.headers, JSON_TYPE)
                 return
             if kind == _ERROR:
@@ -394,6 +498,7 @@ class ChatEndpoint:
             await self._send_error_event(first, hdrs, send, call)
             return
         call.status, call.outcome, call.started = 200, "streaming", True
+        self._timed(call)
         await send({"type": "http.response.start", "status": 200, "headers": sse.HEADERS + call.headers})
 
         loop = asyncio.get_running_loop()
