@@ -142,7 +142,8 @@ def test_one_request_is_one_connected_trace_across_every_process(traced: Stack, 
     assert root["attributes"]["aigw.gateway"] == worker["attributes"]["aigw.gateway"] != ""
     assert root["attributes"]["http.response.status_code"] == 200
     assert worker["attributes"]["aigw.tenant"] == "demo"
-    assert worker["attributes"]["aigw.tokens.output"] == raw.parse().usage.completion_tokens
+    usage = raw.parse().usage
+    assert usage is not None and worker["attributes"]["aigw.tokens.output"] == usage.completion_tokens
     assert worker["attributes"]["aigw.cost_usd"] > 0
     assert "SECRET PROMPT TEXT" not in repr(receiver.spans)
     # Metering's insert is its own trace, linked to the request's worker span.
