@@ -56,6 +56,7 @@ def main() -> None:
     if args.sink:
         sink(args.sink)
         return
+    cpus = os.sched_getaffinity(0)  # `start_pinned_stack` pins this process: restored per mode
     port = free_port()
     cpu = "1" if len(os.sched_getaffinity(0)) >= 2 else "0"  # the load generator's core
     sink_proc = subprocess.Popen(
@@ -68,6 +69,7 @@ def main() -> None:
                 env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{port}"}
             for name, value in env.items():
                 os.environ[name] = value  # the stack passes its environment to every service
+            os.sched_setaffinity(0, cpus)
             stack = start_pinned_stack(False)
             try:
                 if "direct" not in report:
