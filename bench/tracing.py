@@ -3,10 +3,16 @@ every request sampled, and on with 1 % sampled, exporting to an OTLP/HTTP sink.
 
     uv run python -m bench.tracing [--runs 3] [--duration 4]
 
-The sink (`--sink PORT`, started as a subprocess on the load generator's core) answers every
-export with 200 and drops it, so what is measured is the services' side: spans made, sampled,
-batched, serialized and sent. Each mode starts a fresh stack; each scenario is the median of
-`--runs` runs. Added p50 = the gateway's p50 - the simulator's p50 called directly.
+One stack per mode, all started first (each with its `OTEL_*` environment; an idle stack costs
+next to nothing), then the runs interleaved (off, 100 %, 1 %, off, …) so that load from other
+jobs on the machine falls on every mode alike. Reported per mode and concurrency, medians of
+`--runs`: req/s, added p50 (the gateway's p50 - the simulator's called directly) and the CPU the
+request path used per request (edge, router, worker and nats-server, user + system, from /proc),
+the figure least disturbed by a loaded machine.
+
+The sink (`--sink PORT`, a subprocess on the load generator's core) answers every export with 200
+and drops it, so what is measured is the services' side: spans made, sampled, batched, serialized
+and sent.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from aigw_devstack.procs import free_port
-from bench import gateway
-from bench.gateway import HOST, scenario, start_pinned_stack
+from aigw_devstack.stack import Stack
+from bench.cpu import measure
+from bench.gateway import HOST, _progress, scenario, start_pinned_stack
+from bench.loadgen import median
 
 MODES: dict[str, dict[str, str]] = {
     "off": {},
     "on, 100 %": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
     "on, 1 %": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
 }
+_REQUEST_PATH = ("edge", "router-0", "worker-0", "nats-server")
 
 
 def sink(port: int) -> None:
@@ -46,60 +55,85 @@ def sink(port: int) -> None:
     ThreadingHTTPServer((HOST, port), Drop).serve_forever()
 
 
+def _pids(stack: Stack) -> dict[str, int]:
+    pids = {name: stack.procs[name].pid for name in _REQUEST_PATH if name in stack.procs}
+    assert stack.nats is not None and stack.nats.process is not None
+    pids["nats-server"] = stack.nats.process.pid
+    return pids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
         sink(args.sink)
         return
-    cpus = os.sched_getaffinity(0)  # `start_pinned_stack` pins this process: restored per mode
+    cpus = os.sched_getaffinity(0)  # `start_pinned_stack` pins this process: restored per stack
     port = free_port()
-    cpu = "1" if len(os.sched_getaffinity(0)) >= 2 else "0"  # the load generator's core
+    cpu = "1" if len(cpus) >= 2 else "0"  # the load generator's core
     sink_proc = subprocess.Popen(
         ["taskset", "-c", cpu, sys.executable, "-m", "bench.tracing", "--sink", str(port)]
     )
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
+    stacks: dict[str, Stack] = {}
     try:
         for mode, env in MODES.items():
             if env:
                 env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{port}"}
-            for name, value in env.items():
-                os.environ[name] = value  # the stack passes its environment to every service
+            os.environ.update(env)  # the stack passes its environment to every service
             os.sched_setaffinity(0, cpus)
-            stack = start_pinned_stack(False)
             try:
-                if "direct" not in report:
-                    report["direct"] = {
-                        f"c{c}": scenario(stack, "direct", False, c, args.tokens, args.duration, args.runs)
-                        for c in (1, 16)
-                    }
-                report[mode] = {
-                    f"c{c}": scenario(stack, "gateway", False, c, args.tokens, args.duration, args.runs)
-                    for c in (1, 16)
-                }
+                stacks[mode] = start_pinned_stack(False)
             finally:
-                stack.stop()
                 for name in env:
                     os.environ.pop(name, None)
+        first = next(iter(stacks.values()))
+        report["direct"] = {
+            f"c{c}": scenario(first, "direct", False, c, 16, args.duration, args.runs)
+            for c in args.concurrency
+        }
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+            (m, c): [] for m in MODES for c in args.concurrency
+        }
+        for i in range(args.runs):
+            for c in args.concurrency:
+                for mode, stack in stacks.items():
+                    _progress(f"  {mode:10} c={c:<3} run {i + 1}/{args.runs}")
+                    runs[(mode, c)].append(measure(stack, _pids(stack), c, False, args.duration))
+        for (mode, c), rows in runs.items():
+            report.setdefault(mode, {})[f"c{c}"] = {
+                "rps": median([r["rps"] for r in rows]),
+                "p50_ms": median([r["p50_ms"] for r in rows]),
+                "cpu_us_per_request": median(
+                    [sum(p["user_us"] + p["sys_us"] for p in r["cpu"].values()) for r in rows]
+                ),
+            }
     finally:
+        for stack in stacks.values():
+            stack.stop()
         sink_proc.terminate()
         sink_proc.wait(5)
     summary = {
         mode: {
-            "req/s c=16": round(report[mode]["c16"]["rps"], 1),
-            "added p50 ms c=1": round(report[mode]["c1"]["p50_ms"] - report["direct"]["c1"]["p50_ms"], 3),
-            "added p50 ms c=16": round(report[mode]["c16"]["p50_ms"] - report["direct"]["c16"]["p50_ms"], 3),
+            f"c={c}": {
+                "req/s": round(report[mode][f"c{c}"]["rps"], 1),
+                "added p50 ms": round(
+                    report[mode][f"c{c}"]["p50_ms"] - report["direct"][f"c{c}"]["p50_ms"], 2
+                ),
+                "CPU µs/request": round(report[mode][f"c{c}"]["cpu_us_per_request"]),
+            }
+            for c in args.concurrency
         }
         for mode in MODES
     }
     report["summary"] = summary
-    out = Path(gateway.__file__).parent / "results" / f"tracing-{report['when'].replace(':', '')}.json"
+    out = Path(__file__).parent / "results" / f"tracing-{report['when'].replace(':', '')}.json"
     out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"full report: {out}", file=sys.stderr)
 
 
