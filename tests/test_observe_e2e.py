@@ -151,6 +151,24 @@ def test_one_request_is_one_connected_trace_across_every_process(traced: Stack, 
     assert any((trace_id, worker["span_id"]) in s["links"] for s in inserts)
 
 
+def test_a_request_the_client_did_not_sample_makes_no_span_anywhere(
+    traced: Stack, receiver: Receiver
+) -> None:
+    unsampled = "00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00"
+    sampled = "00-2cf7651916cd43dd8448eb211c80319c-d7ad6b7169203331-01"
+    client = _client(traced)
+    for parent in (unsampled, sampled):  # the sampled one's spans are exported after the other's would be
+        client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], extra_headers={"traceparent": parent}
+        )
+    eventually(
+        lambda: {"aigw-edge", "aigw-worker"} <= {s["service"] for s in receiver.of_trace(sampled[3:35])},
+        within=10,
+        what="the sampled request's spans",
+    )
+    assert receiver.of_trace(unsampled[3:35]) == []
+
+
 def test_the_upstream_call_carries_the_attempts_traceparent(traced: Stack, receiver: Receiver) -> None:
     with httpx.Client(base_url=traced.sim_url, timeout=5) as sim:
         sim.delete("/sim/requests")

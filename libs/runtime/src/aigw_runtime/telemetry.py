@@ -41,6 +41,9 @@ class _Tracing:
 
     def __init__(self) -> None:
         self.on = False
+        # The sampler follows a sampled-out parent (`parentbased_*`, the default): then the hops
+        # after the edge make no span at all for a request the edge did not sample (`traced`).
+        self.follow_parent = False
         self.tracer: Tracer = trace.NoOpTracer()
         self._provider: Any = None
 
@@ -77,6 +80,7 @@ def setup(service: str, instance: str = "") -> bool:
     from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased
 
     attributes: dict[str, str] = {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"aigw-{service}"}
     if instance:
@@ -97,6 +101,7 @@ def setup(service: str, instance: str = "") -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     tracing._provider = provider
+    tracing.follow_parent = isinstance(provider.sampler, ParentBased)
     tracing.tracer = provider.get_tracer("aigw")
     tracing.on = True
     log.info("tracing on", extra={"service": attributes[SERVICE_NAME], "exporters": exporters})
@@ -139,9 +144,23 @@ def error_status(err: object) -> Status:
 _NOTHING = contextlib.nullcontext()
 
 
-def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    """A child span of the current one around a block, or (tracing off) a shared no-op context."""
+def traced(carrier: Mapping[str, str]) -> bool:
+    """Whether a hop of the request whose context is in `carrier` makes spans: tracing is on, and
+    the request was sampled or the sampler decides afresh at each hop. A `traceparent` whose
+    sampled flag is off, under a parent-based sampler, is read from its flags without parsing."""
     if not tracing.on:
+        return False
+    if tracing.follow_parent:
+        parent = carrier.get("traceparent")
+        if parent is not None and len(parent) == 55 and not int(parent[53:55], 16) & 1:
+            return False
+    return True
+
+
+def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    """A child span of the current one around a block, or (tracing off, or the current request not
+    sampled) a shared no-op context."""
+    if not tracing.on or not trace.get_current_span().is_recording():
         return _NOTHING
     return tracing.tracer.start_as_current_span(name, attributes=attributes)
 
@@ -150,8 +169,9 @@ def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]
 def request_span(name: str, trace_carrier: dict[str, str], **attributes: Any) -> Iterator[Span | None]:
     """The span of one hop of a request (tracing off: None): a child of the `traceparent` in
     `trace_carrier` (the envelope's `trace`), current while the block runs, and the parent the
-    carrier names afterwards, so the next hop is its child. Exceptions mark it failed."""
-    if not tracing.on:
+    carrier names afterwards, so the next hop is its child. Exceptions mark it failed. None (no
+    span, the carrier untouched) when the request is not traced (`traced`)."""
+    if not traced(trace_carrier):
         yield None
         return
     with tracing.tracer.start_as_current_span(name, extract(trace_carrier), attributes=attributes) as current:

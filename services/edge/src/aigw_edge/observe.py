@@ -25,25 +25,34 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from aigw_runtime.metrics import Labelled
+
 # Latency buckets from 5 ms to 5 minutes (the request deadline's default).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-REQUESTS = Counter(
-    "aigw_requests",
-    "Chat completion requests answered, by HTTP status",
-    ["gateway", "model", "status", "stream"],
+# Looked up through `Labelled` (a dict get per request instead of `labels()`).
+REQUESTS = Labelled(
+    Counter(
+        "aigw_requests",
+        "Chat completion requests answered, by HTTP status",
+        ["gateway", "model", "status", "stream"],
+    )
 )
-DURATION = Histogram(
-    "aigw_request_duration_seconds",
-    "Chat completions: request received to response ended (a stream's last byte)",
-    ["gateway", "stream"],
-    buckets=_BUCKETS,
+DURATION = Labelled(
+    Histogram(
+        "aigw_request_duration_seconds",
+        "Chat completions: request received to response ended (a stream's last byte)",
+        ["gateway", "stream"],
+        buckets=_BUCKETS,
+    )
 )
-TTFT = Histogram(
-    "aigw_time_to_first_token_seconds",
-    "Streamed chat completions: request received to the first chunk sent",
-    ["gateway", "model"],
-    buckets=_BUCKETS,
+TTFT = Labelled(
+    Histogram(
+        "aigw_time_to_first_token_seconds",
+        "Streamed chat completions: request received to the first chunk sent",
+        ["gateway", "model"],
+        buckets=_BUCKETS,
+    )
 )
 INFLIGHT = Gauge("aigw_inflight_requests", "Chat completions in progress at the edge")
 

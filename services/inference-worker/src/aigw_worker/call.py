@@ -74,7 +74,7 @@ class Call(CallState):
             self.task.cancel()
 
     async def run(self, slots: asyncio.Semaphore) -> None:
-        if not telemetry.tracing.on:  # no span code at all (`aigw_runtime.telemetry`)
+        if not telemetry.traced(self.envelope.trace):  # no span code at all (`aigw_runtime.telemetry`)
             await self._run(slots)
             self._observe(None)
             return

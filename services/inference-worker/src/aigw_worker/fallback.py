@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from aigw_contracts import headers
@@ -103,7 +104,7 @@ async def _measured(
     began = time.perf_counter()
     err: BaseException | None = None
     try:
-        if telemetry.tracing.on:
+        if telemetry.tracing.on and trace.get_current_span().is_recording():
             attributes: dict[str, str | int] = {
                 "aigw.upstream": upstream,
                 "aigw.retry": retry,
@@ -119,5 +120,5 @@ async def _measured(
         err = exc
         raise
     finally:
-        observe.ATTEMPTS.labels(upstream, observe.outcome(err)).inc()
-        observe.DURATION.labels(upstream).observe(time.perf_counter() - began)
+        observe.ATTEMPTS(upstream, observe.outcome(err)).inc()
+        observe.DURATION(upstream).observe(time.perf_counter() - began)

@@ -12,21 +12,24 @@ from prometheus_client import Counter, Histogram
 
 from aigw_contracts.api import Usage
 from aigw_contracts.errors import DeadlineExceeded, GatewayError, RateLimited
+from aigw_runtime.metrics import Labelled
 
 from .upstream import UpstreamStatusError
 
-TOKENS = Counter("aigw_tokens", "Tokens billed, by kind", ["gateway", "model", "kind"])
-COST = Counter("aigw_cost_usd", "Amount billed for answers, in USD", ["gateway", "model"])
-ATTEMPTS = Counter(
-    "aigw_upstream_attempts", "Upstream calls made, by how they ended", ["upstream", "outcome"]
+TOKENS = Labelled(Counter("aigw_tokens", "Tokens billed, by kind", ["gateway", "model", "kind"]))
+COST = Labelled(Counter("aigw_cost_usd", "Amount billed for answers, in USD", ["gateway", "model"]))
+ATTEMPTS = Labelled(
+    Counter("aigw_upstream_attempts", "Upstream calls made, by how they ended", ["upstream", "outcome"])
 )
 RETRIES = Counter("aigw_upstream_retries", "Upstream calls retried on the same upstream", ["upstream"])
 FALLBACKS = Counter("aigw_fallbacks", "Requests moved on to a gateway's next upstream", ["gateway"])
-DURATION = Histogram(
-    "aigw_upstream_duration_seconds",
-    "One upstream attempt, start to end (a stream's last byte)",
-    ["upstream"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+DURATION = Labelled(
+    Histogram(
+        "aigw_upstream_duration_seconds",
+        "One upstream attempt, start to end (a stream's last byte)",
+        ["upstream"],
+        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    )
 )
 
 
@@ -40,10 +43,10 @@ def outcome(err: BaseException | None) -> str:
         return "status_429"
     if isinstance(err, UpstreamStatusError):
         return "status_5xx" if err.upstream_status >= 500 else "status_4xx"
-    if isinstance(err, GatewayError):
-        # connection refused or broken, malformed or cut answers, refused credentials, too large
-        return "status_4xx" if err.status < 500 and err.status != 499 else "connect_error"
-    return "cancelled"  # the edge cancelled the request, the worker shut down
+    if not isinstance(err, GatewayError) or err.status == 499:
+        return "cancelled"  # the edge cancelled the request, the worker shut down
+    # connection refused or broken, malformed or cut answers, refused credentials, too large
+    return "status_4xx" if err.status < 500 else "connect_error"
 
 
 def count_usage(gateway: str, model: str, usage: Usage, cost: Any) -> None:
@@ -51,12 +54,12 @@ def count_usage(gateway: str, model: str, usage: Usage, cost: Any) -> None:
     cached = usage.cached_tokens
     details = (usage.model_extra or {}).get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    TOKENS.labels(gateway, model, "input").inc(max(usage.prompt_tokens - cached, 0))
-    TOKENS.labels(gateway, model, "cached_input").inc(cached)
-    TOKENS.labels(gateway, model, "output").inc(usage.completion_tokens)
+    TOKENS(gateway, model, "input").inc(max(usage.prompt_tokens - cached, 0))
+    TOKENS(gateway, model, "cached_input").inc(cached)
+    TOKENS(gateway, model, "output").inc(usage.completion_tokens)
     if isinstance(reasoning, int) and reasoning > 0:
-        TOKENS.labels(gateway, model, "reasoning").inc(reasoning)
-    COST.labels(gateway, model).inc(float(cost))
+        TOKENS(gateway, model, "reasoning").inc(reasoning)
+    COST(gateway, model).inc(float(cost))
 
 
 def timing(stages: dict[str, float] | None, ttft_ms: float | None, relay_ms: float | None) -> str:

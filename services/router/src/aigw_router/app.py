@@ -168,7 +168,7 @@ class Handlers:
             if not reply:
                 return None
             return error_outgoing(reply, errors.invalid_message(exc, "request"))
-        span = _route_span(envelope) if telemetry.tracing.on else None
+        span = _route_span(envelope) if telemetry.traced(envelope.trace) else None
         try:
             gateway = self.router.route(envelope)
         except errors.GatewayError as err:

@@ -265,10 +265,10 @@ class ChatEndpoint:
         """The request's metrics, and the end of its span."""
         ended = time.perf_counter()
         stream = "true" if call.stream else "false"
-        REQUESTS.labels(call.gateway, call.upstream, str(call.status), stream).inc()
-        DURATION.labels(call.gateway, stream).observe(ended - call.arrived)
+        REQUESTS(call.gateway, call.upstream, str(call.status), stream).inc()
+        DURATION(call.gateway, stream).observe(ended - call.arrived)
         if call.stream and call.status == 200 and call.first_at:
-            TTFT.labels(call.gateway, call.upstream).observe(call.first_at - call.arrived)
+            TTFT(call.gateway, call.upstream).observe(call.first_at - call.arrived)
         span = call.span
         if span is not None:
             key = call.key
@@ -285,7 +285,7 @@ class ChatEndpoint:
             if call.status >= 500:
                 span.set_status(Status(StatusCode.ERROR, call.outcome))
             end_ns = time.time_ns()
-            if call.first_at:  # the answer's relay, from the response headers to its end
+            if call.first_at and span.is_recording():  # the relay: response headers to its end
                 start_ns = end_ns - int((ended - call.first_at) * 1e9)
                 context = set_span_in_context(span)
                 telemetry.tracing.tracer.start_span("relay", context, start_time=start_ns).end(end_ns)
@@ -322,8 +322,8 @@ class ChatEndpoint:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value
-        if self.tracing:
-            span = self._span(call, traceparent, tracestate)
+        span = self._span(call, traceparent, tracestate) if self.tracing else None
+        if span is not None and span.is_recording():  # sampled: the edge decides for the request
             with telemetry.tracing.tracer.start_as_current_span("auth", context=set_span_in_context(span)):
                 key = call.key = self.keys.authenticate(authorization)
         else:
