@@ -21,9 +21,10 @@ import pytest
 from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from aigw_devstack.procs import free_port
 from aigw_devstack.stack import Stack
 
-from .conftest import eventually, start_stack
+from .conftest import api_client, eventually, start_stack
 
 
 class Receiver:
@@ -185,6 +186,58 @@ def test_the_upstream_call_carries_the_attempts_traceparent(traced: Stack, recei
     assert (
         next(s for s in receiver.of_trace(trace_id) if s["span_id"] == span_id)["name"] == "upstream.attempt"
     )
+
+
+def test_retries_and_fallbacks_are_spans_and_counted(traced: Stack, receiver: Receiver) -> None:
+    assert traced.demo is not None
+    with api_client(traced, traced.demo.key) as admin:
+        down = admin.post("/upstreams", json={"model": "m", "base_url": f"http://127.0.0.1:{free_port()}/v1"})
+        assert down.status_code == 201, down.text
+        gw = admin.post(
+            "/gateways",
+            json={"name": "observed", "upstream": down.json()["id"], "fallbacks": ["@sim/sim-model"]},
+        )
+        assert gw.status_code == 201, gw.text
+    down_id, slug = down.json()["id"], gw.json()["slug"]
+    client = _client(traced)
+
+    def routable() -> bool:
+        try:
+            client.chat.completions.create(model=gw.json()["id"], messages=[{"role": "user", "content": "x"}])
+        except openai.NotFoundError:
+            return False
+        return True
+
+    eventually(routable, 5.0, "gateway routable")
+    before = scrape(traced.metrics_url("worker-0"))
+    parent = "00-3df7651916cd43dd8448eb211c80319c-e7ad6b7169203331-01"
+    raw = client.chat.completions.with_raw_response.create(
+        model=gw.json()["id"],
+        messages=[{"role": "user", "content": "x"}],
+        extra_headers={"traceparent": parent},
+    )
+    assert raw.headers["x-aigw-fallback"] == "@sim/sim-model"
+    after = scrape(traced.metrics_url("worker-0"))
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # The own endpoint refuses connections: tried, retried once, then the chain's next answers.
+    assert moved("aigw_upstream_attempts_total", upstream=down_id, outcome="connect_error") == 2
+    assert moved("aigw_upstream_retries_total", upstream=down_id) == 1
+    assert moved("aigw_fallbacks_total", gateway=slug) == 1
+    assert moved("aigw_upstream_attempts_total", upstream="@sim/sim-model", outcome="ok") == 1
+
+    def attempts() -> list[dict[str, Any]]:
+        return [s for s in receiver.of_trace(parent[3:35]) if s["name"] == "upstream.attempt"]
+
+    eventually(lambda: len(attempts()) == 3, within=10, what="three attempt spans")
+    seen = sorted((s["attributes"]["aigw.fallback"], s["attributes"]["aigw.retry"]) for s in attempts())
+    assert seen == [(0, 0), (0, 1), (1, 0)]
+    assert [s["attributes"]["aigw.upstream"] for s in attempts() if s["attributes"]["aigw.fallback"]] == [
+        "@sim/sim-model"
+    ]
+    assert len({s["parent"] for s in attempts()}) == 1  # all children of the request's worker span
 
 
 # ---------------------------------------------------------------------------------------- metrics
