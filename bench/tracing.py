@@ -5,7 +5,8 @@ every request sampled, and on with 1 % sampled, exporting to an OTLP/HTTP sink.
 
 One stack per mode, all started first (each with its `OTEL_*` environment; an idle stack costs
 next to nothing), then the runs interleaved (off, 100 %, 1 %, off, …) so that load from other
-jobs on the machine falls on every mode alike. Reported per mode and concurrency, medians of
+jobs on the machine falls on every mode alike, with a pause after each run for the spans still
+queued to be exported (otherwise the 100 % stack's last batches land in the next mode's run). Reported per mode and concurrency, medians of
 `--runs`: req/s, added p50 (the gateway's p50 - the simulator's called directly) and the CPU the
 request path used per request (edge, router, worker and nats-server, user + system, from /proc),
 the figure least disturbed by a loaded machine.
@@ -83,7 +84,13 @@ def main() -> None:
     try:
         for mode, env in MODES.items():
             if env:
-                env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{port}"}
+                # Batches leave within half a second, so a mode's exports have ended before the
+                # next mode's run starts (they share CPU 0; see the pause below).
+                env = {
+                    **env,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{port}",
+                    "OTEL_BSP_SCHEDULE_DELAY": "500",
+                }
             os.environ.update(env)  # the stack passes its environment to every service
             os.sched_setaffinity(0, cpus)
             try:
@@ -104,6 +111,7 @@ def main() -> None:
                 for mode, stack in stacks.items():
                     _progress(f"  {mode:10} c={c:<3} run {i + 1}/{args.runs}")
                     runs[(mode, c)].append(measure(stack, _pids(stack), c, False, args.duration))
+                    time.sleep(1.0)  # the spans still queued in this stack go out before the next run
         for (mode, c), rows in runs.items():
             report.setdefault(mode, {})[f"c{c}"] = {
                 "rps": median([r["rps"] for r in rows]),
