@@ -120,12 +120,6 @@ def inject(span: Span, carrier: MutableMapping[str, str]) -> None:
     _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
 
 
-def traceparent(span: Span) -> str:
-    carrier: dict[str, str] = {}
-    inject(span, carrier)
-    return carrier.get("traceparent", "")
-
-
 def link_of(carrier: Mapping[str, str] | None) -> Link | None:
     """A link to the span a `traceparent` names (metering links its inserts to the requests)."""
     if not carrier:
