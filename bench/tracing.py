@@ -68,8 +68,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="a second stack without tracing, measured last: the noise floor",
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    modes = {**MODES, **({"off, again": {}} if args.control else {})}
     if args.sink:
         sink(args.sink)
         return
@@ -82,7 +88,7 @@ def main() -> None:
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     stacks: dict[str, Stack] = {}
     try:
-        for mode, env in MODES.items():
+        for mode, env in modes.items():
             if env:
                 # Batches leave within half a second, so a mode's exports have ended before the
                 # next mode's run starts (they share CPU 0; see the pause below).
@@ -104,7 +110,7 @@ def main() -> None:
             for c in args.concurrency
         }
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {
-            (m, c): [] for m in MODES for c in args.concurrency
+            (m, c): [] for m in modes for c in args.concurrency
         }
         for i in range(args.runs):
             for c in args.concurrency:
@@ -136,7 +142,7 @@ def main() -> None:
             }
             for c in args.concurrency
         }
-        for mode in MODES
+        for mode in modes
     }
     report["summary"] = summary
     out = Path(__file__).parent / "results" / f"tracing-{report['when'].replace(':', '')}.json"
