@@ -13,6 +13,10 @@ GATEWAY = "Aigw-Gateway"  # the gateway's slug (HTTP_GATEWAY)
 PARAMS = "Aigw-Params"  # compact JSON of the inference parameters actually sent (HTTP_PARAMS_USED)
 FALLBACK = "Aigw-Fallback"  # the fallback upstream that answered, when the gateway's own failed
 COMPLEXITY = "Aigw-Routed-Complexity"  # an auto-routing gateway's level (HTTP_ROUTED_COMPLEXITY)
+UPSTREAM = "Aigw-Upstream"  # the upstream id answering (the edge's metric label; not surfaced)
+# Milliseconds per stage as `Server-Timing` entries (`route;dur=0.4, ttft;dur=120.0`), surfaced
+# with the edge's own as HTTP_SERVER_TIMING (see aigw_edge.observe).
+TIMING = "Aigw-Timing"
 
 # NATS status header of a "no responders" bounce (set by nats-server, not by us).
 NATS_STATUS = "Status"

@@ -104,6 +104,16 @@ class ChatEnvelope(BaseModel):
     trace: dict[str, str] = Field(default_factory=dict)  # W3C traceparent / tracestate
     request: ChatCompletionRequest
     route: RoutedCall | None = None
+    # Milliseconds each stage took before the worker (`route`, `retrieve`), each measured by the
+    # service that ran it; the worker reports them with its own on the answer's first event
+    # (`headers.TIMING`). Left out of the JSON while unset.
+    stages: dict[str, float] | None = None
+
+    def stage(self, name: str, ms: float) -> None:
+        """Record that stage `name` took `ms` milliseconds (added up when it ran more than once)."""
+        stages = self.stages if self.stages is not None else {}
+        stages[name] = stages.get(name, 0.0) + ms
+        self.stages = stages
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)

@@ -45,6 +45,7 @@ from aigw_contracts.errors import (
     error_reply,
 )
 
+from .metrics import NATS_RECONNECTS
 from .natsauth import inbox_prefix_of
 
 log = logging.getLogger("aigw.bus")
@@ -239,6 +240,7 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to nats")
+        NATS_RECONNECTS.inc()
         for hook in self.on_reconnect:
             try:
                 await hook()

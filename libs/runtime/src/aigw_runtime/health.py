@@ -2,9 +2,10 @@
 
 * `GET /healthz` → 200 while the process runs its event loop (liveness);
 * `GET /readyz` → 200 when the service can do its work (connected to NATS, subscribed, its stores
-  up), else 503 (readiness: take it out of rotation, alert).
+  up), else 503 (readiness: take it out of rotation, alert);
+* `GET /metrics` → the process's Prometheus metrics (`metrics.py`).
 
-Both answer a JSON snapshot of the service's state. HTTP rather than a NATS subject because every
+The first two answer a JSON snapshot of the service's state. HTTP rather than a NATS subject because every
 supervisor (k8s probes, compose healthchecks, systemd timers with curl) speaks it, and because "NATS
 is down" is one of the things it must report. Plain asyncio: two fixed routes don't justify a web
 framework in these processes.
@@ -17,6 +18,8 @@ import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
+
+from .metrics import CONTENT_TYPE, exposition
 
 
 class HealthServer:
@@ -45,7 +48,10 @@ class HealthServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             path = path.split("?", 1)[0]
-            if method != "GET" or path not in ("/healthz", "/readyz"):
+            content_type = "application/json"
+            if method == "GET" and path == "/metrics":
+                status, body, content_type = "200 OK", exposition(), CONTENT_TYPE
+            elif method != "GET" or path not in ("/healthz", "/readyz"):
                 status, body = "404 Not Found", b'{"error": "not found"}'
             else:
                 ready = self.ready()
@@ -54,7 +60,7 @@ class HealthServer:
                 data = {**self.snapshot(), "ready": ready, "status": "ok" if ready else "unhealthy"}
                 body = json.dumps(data, default=str).encode()
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )

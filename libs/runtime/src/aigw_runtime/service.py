@@ -16,6 +16,7 @@ The life of a service:
    NATS then hands it to the other replicas), let running work finish within the grace period, run
    the `on_stop` hooks, drain the connection (pending publishes flushed), stop the health server.
 
+Metrics (`GET /metrics` on the same port) are Prometheus' (`metrics.py`).
 Readiness (`GET /readyz` on the health port) is true once started, while connected to NATS and
 while every check a service adds holds (its store is up, its config watch is current).
 """
@@ -35,9 +36,12 @@ from nats.aio.subscription import Subscription
 
 from aigw_contracts import errors
 
+from . import metrics
 from .bus import Bus, settle
 from .health import HealthServer
 from .logs import log_ready
+from .telemetry import setup as setup_tracing
+from .telemetry import tracing
 
 log = logging.getLogger("aigw.service")
 
@@ -165,6 +169,7 @@ class Service:
 
     # ------------------------------------------------------------------ life
     async def start(self) -> None:
+        metrics.watch_connection(lambda: self.bus.connected)
         if self._health is not None:
             await self._health.start()
         await self.bus.connect()
@@ -222,7 +227,9 @@ class Service:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Start, say ready, serve until SIGTERM/SIGINT (or `request_stop`), then stop gracefully."""
+        """Start, say ready, serve until SIGTERM/SIGINT (or `request_stop`), then stop gracefully.
+        Traces are set up here, once per process, when the `OTEL_*` variables ask (`telemetry`)."""
+        setup_tracing(self.name, self.instance)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -232,6 +239,7 @@ class Service:
             await self._stopping.wait()
         finally:
             await self.stop()
+            tracing.shutdown()  # the last spans, exported before the process exits
 
 
 def serve(service: Service) -> None:

@@ -66,6 +66,7 @@ from aigw_contracts import streams
 log = logging.getLogger("aigw.usage")
 
 NATS_MSG_ID = "Nats-Msg-Id"
+TRACEPARENT = "traceparent"  # W3C trace context, as OpenTelemetry's propagators name it
 NATS_EXPECTED_STREAM = "Nats-Expected-Stream"
 
 
@@ -137,12 +138,15 @@ class _Pending:
         retry_window: float,
         first_backoff: float,
         waiter: _Waiter | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.event = event
         self.waiter = waiter  # told True when the stream stored it, False when it is given up
         self.subject = event.subject()
         self.payload = event.model_dump_json().encode()
         self.headers = {NATS_MSG_ID: event.msg_id(), NATS_EXPECTED_STREAM: event.stream_name}
+        if traceparent:  # the request's span: metering links its insert to it
+            self.headers[TRACEPARENT] = traceparent
         self.give_up = time.monotonic() + retry_window
         self.backoff = first_backoff
         self.attempts = 0
@@ -169,7 +173,8 @@ class UsagePublisher:
         self._attempt_timeout = attempt_timeout
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
-        self._submitted: deque[StreamEvent] = deque()  # handed over, not serialized yet
+        # Handed over, not serialized yet, each with the `traceparent` of its request's span.
+        self._submitted: deque[tuple[StreamEvent, str | None]] = deque()
         self._retries: deque[_Pending] = deque()  # due to be sent again
         self._in_flight: dict[int, _Pending] = {}  # token -> awaiting its ack; send (= deadline) order
         self._backing_off: dict[_Pending, asyncio.TimerHandle] = {}
@@ -194,12 +199,15 @@ class UsagePublisher:
             asyncio.create_task(self._sweep_loop(), name="aigw-usage-sweep"),
         ]
 
-    def submit(self, event: StreamEvent) -> None:
-        self._submitted.append(event)
+    def submit(self, event: StreamEvent, traceparent: str | None = None) -> None:
+        """Publish `event` soon; `traceparent`: its request's span, in the message's headers."""
+        self._submitted.append((event, traceparent))
         self._settled.clear()
         self._wake.set()
 
-    async def durable(self, events: Sequence[StreamEvent], within: float) -> bool:
+    async def durable(
+        self, events: Sequence[StreamEvent], within: float, traceparent: str | None = None
+    ) -> bool:
         """Publish `events` now and wait until the usage stream stored them all (True), or until
         `within` seconds passed or one was given up (False; the publisher keeps trying the rest).
 
@@ -222,7 +230,7 @@ class UsagePublisher:
         self._settled.clear()
         for event in events:
             try:
-                item = _Pending(event, self._retry_window, self._first_backoff, waiter)
+                item = _Pending(event, self._retry_window, self._first_backoff, waiter, traceparent)
             except Exception:
                 self._lose(event, f"{self._what} lost: it could not be serialized", exc_info=True)
                 waiter.settle(False)
@@ -271,9 +279,9 @@ class UsagePublisher:
                 elif waited:
                     item = waited.popleft()
                 else:
-                    event = submitted.popleft()
+                    event, parent = submitted.popleft()
                     try:
-                        item = _Pending(event, self._retry_window, self._first_backoff)
+                        item = _Pending(event, self._retry_window, self._first_backoff, None, parent)
                     except Exception:
                         self._lose(event, f"{self._what} lost: it could not be serialized", exc_info=True)
                         continue
@@ -379,7 +387,7 @@ class UsagePublisher:
         for handle in self._backing_off.values():
             handle.cancel()
         left = [
-            *self._submitted,
+            *(event for event, _ in self._submitted),
             *(item.event for item in self._waited),
             *(item.event for item in self._retries),
             *(item.event for item in self._backing_off),

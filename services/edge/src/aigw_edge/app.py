@@ -28,8 +28,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aigw_contracts import ChatCompletionChunk
 from aigw_runtime.bus import redact_url
 from aigw_runtime.configstore import ConfigWatcher, ConfigWriter
+from aigw_runtime.metrics import watch_connection
 from aigw_runtime.netguard import parse_allowlist
 from aigw_runtime.spend import SpendAccounts, ensure_spend_stream
+from aigw_runtime.telemetry import setup as setup_tracing
+from aigw_runtime.telemetry import tracing
 
 from . import errors, manage
 from .auth import KeyStore
@@ -110,10 +113,12 @@ class EdgeApp:
 def create_app(settings: EdgeSettings) -> EdgeApp:
     """The edge app. API keys (and, for the management API, everything else) come from the config
     store, loaded before the first request is served and kept current by a watcher."""
+    setup_tracing("edge", settings.edge_id)  # when the OTEL_* variables ask (`aigw_runtime.telemetry`)
     keys = KeyStore([], settings.key_pepper.get_secret_value())
     managed = ManagedConfig()
     bus = Bus(settings)
     requests = RequestLog(settings.edge_id, settings.request_log)
+    watch_connection(lambda: bus.connected)
 
     def keys_changed(kind: str, *_: object) -> None:
         if kind == "key":
@@ -151,6 +156,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
             await watcher.stop()
             await requests.close()  # what is queued goes out before the connection closes
             await bus.close()
+            tracing.shutdown()  # the last spans, exported before the process exits
 
     api = EdgeAPI(
         title="aigw edge",

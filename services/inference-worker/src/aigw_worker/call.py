@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from decimal import Decimal
 from typing import Any
+
+from opentelemetry.trace import Span
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UsageEvent
 from aigw_contracts.errors import DeadlineExceeded, GatewayError, InternalError, Unavailable
+from aigw_runtime import telemetry
 
+from . import observe
 from .accounting import Status
 from .complete import complete_answer
 from .context import WorkerContext
@@ -74,6 +79,44 @@ class Call(CallState):
             self.task.cancel()
 
     async def run(self, slots: asyncio.Semaphore) -> None:
+        if not telemetry.traced(self.envelope.trace):  # no span code at all (`aigw_runtime.telemetry`)
+            await self._run(slots)
+            self._observe(None)
+            return
+        route = self.route
+        attributes = {
+            "aigw.tenant": self.envelope.tenant,
+            "aigw.gateway": route.gateway_slug or "",
+            "aigw.upstream": route.upstream.id,
+            "aigw.purpose": route.purpose,
+            "aigw.stream": self.stream,
+        }
+        with telemetry.request_span("worker", self.envelope.trace, **attributes) as span:
+            await self._run(slots)
+            self._observe(span)
+
+    def _observe(self, span: Span | None) -> None:
+        """The request's tokens and cost as metrics and, with tracing, as its span's attributes."""
+        ledger = self.ledger
+        usage = ledger.usage
+        if not self.accepted or usage is None:
+            return
+        cost = sum((line.amount for line in ledger.lines), Decimal(0))
+        gateway, model = self.route.gateway_slug or "", self.route.upstream.id
+        observe.count_usage(gateway, model, usage, cost)
+        if span is not None:
+            span.set_attributes(
+                {
+                    "aigw.answered_by": model,
+                    "aigw.tokens.input": usage.prompt_tokens,
+                    "aigw.tokens.cached_input": usage.cached_tokens,
+                    "aigw.tokens.output": usage.completion_tokens,
+                    "aigw.cost_usd": float(cost),
+                    "aigw.completed": self.completed,
+                }
+            )
+
+    async def _run(self, slots: asyncio.Semaphore) -> None:
         try:
             async with slots:
                 remaining = self.envelope.remaining()
@@ -149,7 +192,7 @@ class Call(CallState):
             log.exception("could not account a request's usage", extra={"request_id": self.request_id})
             return
         within = min(USAGE_ACK_WAIT, max(self.envelope.remaining(), 0.5))
-        if not await self.worker.usage.durable(events, within):
+        if not await self.worker.usage.durable(events, within, self.envelope.trace.get("traceparent")):
             log.warning(
                 "usage not acknowledged before the answer; still being published",
                 extra={"request_id": self.request_id},
@@ -167,6 +210,6 @@ class Call(CallState):
             self.billed = events
             assert self.worker.usage is not None
             for event in events:
-                self.worker.usage.submit(event)
+                self.worker.usage.submit(event, self.envelope.trace.get("traceparent"))
         except Exception:
             log.exception("could not account a request's usage", extra={"request_id": self.request_id})

@@ -38,6 +38,7 @@ async def fetch_answer(state: CallState, remaining: float) -> Any:
             request = await state.build(prepared, remaining, False, limits)
             response = await upstream.open(request, adapter, state.headers_seen)
             clock.first_token()
+            state.first_token()
             content = await upstream.read_whole(response)
     except TimeoutError:
         if not clock.expired():

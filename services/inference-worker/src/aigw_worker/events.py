@@ -22,7 +22,10 @@ def first_headers(route: RoutedCall | None) -> dict[str, str]:
     """Headers only a request's first event carries: what the gateway did, for the client to see."""
     if route is None:
         return {}
-    extra = {headers.PARAMS: json.dumps(route.params_used, separators=(",", ":"))}
+    extra = {
+        headers.PARAMS: json.dumps(route.params_used, separators=(",", ":")),
+        headers.UPSTREAM: route.upstream.id,
+    }
     if route.gateway_slug:
         extra[headers.GATEWAY] = route.gateway_slug
     if route.routed_complexity:
@@ -38,7 +41,17 @@ class Events:
     taking its sequence number would show up at the edge as a lost event instead of the real error.
     """
 
-    __slots__ = ("_first", "before_final", "bus", "busy", "cancel_pending", "ended", "seq", "subject")
+    __slots__ = (
+        "_first",
+        "before_final",
+        "bus",
+        "busy",
+        "cancel_pending",
+        "ended",
+        "seq",
+        "subject",
+        "timing",
+    )
 
     def __init__(self, worker: WorkerContext, subject: str, route: RoutedCall | None) -> None:
         assert worker.bus is not None
@@ -51,13 +64,22 @@ class Events:
         self._first = first_headers(route)
         # Awaited before the final event goes out (the call stores its usage durably there).
         self.before_final: Callable[[], Awaitable[None]] | None = None
+        # The stage timings for the first event (`headers.TIMING`); True: that event is the final.
+        self.timing: Callable[[bool], str] | None = None
 
     def _headers(self, kind: EventKind) -> dict[str, str]:
         hdrs = event_headers(kind, self.seq)
         if self.seq == 0:
-            hdrs.update(self._first)
+            self._first_of(hdrs, kind is EventKind.FINAL)
         self.seq += 1
         return hdrs
+
+    def _first_of(self, hdrs: dict[str, str], final: bool) -> None:
+        hdrs.update(self._first)
+        if self.timing is not None:
+            timing = self.timing(final)
+            if timing:
+                hdrs[headers.TIMING] = timing
 
     async def _publish(self, payload: bytes, hdrs: dict[str, str]) -> None:
         self.busy = True
@@ -104,6 +126,6 @@ class Events:
         self.ended = True
         hdrs, payload = error_event(err, self.seq)
         if self.seq == 0:
-            hdrs.update(self._first)
+            self._first_of(hdrs, False)
         self.seq += 1
         await self._publish(payload, hdrs)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from aigw_contracts import UpstreamTarget, headers
 from aigw_contracts.errors import (
@@ -24,7 +28,9 @@ from aigw_contracts.errors import (
     Unavailable,
     UpstreamError,
 )
+from aigw_runtime import telemetry
 
+from . import observe
 from .balance import RATE_LIMIT_PAUSE_S, Pick, admitted, pick, reopens_in
 from .circuits import Circuits
 from .limits import RESPONSE_TOO_LARGE
@@ -69,6 +75,8 @@ async def answer_with_fallbacks(
     retries = 0  # of the current upstream
     avoid: set[str] = set()  # deployments of the current upstream that just failed
     skipped: list[UpstreamTarget] = []
+    fallbacks_used = 0
+    state.upstream_began = time.perf_counter()
     while True:
         target = route.upstream
         chosen = pick(target, circuits, avoid)
@@ -86,10 +94,11 @@ async def answer_with_fallbacks(
                 )
             _next(state, target, None)
             retries, avoid = 0, set()
+            fallbacks_used += 1
             continue
         state.deployment = chosen
         try:
-            await attempt(remaining)
+            await _measured(state, attempt, remaining, retries, fallbacks_used)
         except GatewayError as err:
             record(circuits, chosen, err)
             if state.accepted or state.events.seq:
@@ -110,6 +119,7 @@ async def answer_with_fallbacks(
                 if delay is not None and delay < remaining - MIN_ATTEMPT_S:
                     retries += 1
                     budget -= 1
+                    observe.RETRIES.labels(target.id).inc()
                     log.info(
                         "upstream failed before answering; retrying it",
                         extra={
@@ -130,6 +140,7 @@ async def answer_with_fallbacks(
                 raise
             _next(state, target, err)
             retries, avoid = 0, set()
+            fallbacks_used += 1
         except BaseException:
             circuits.release(chosen.circuit)  # cancelled: no verdict on the upstream
             raise
@@ -156,3 +167,33 @@ def _next(state: CallState, target: UpstreamTarget, err: GatewayError | None) ->
     )
     route.upstream = following  # the answer's `model` follows (`state.answer_model`)
     state.events.first_header(headers.FALLBACK, following.id)
+    observe.FALLBACKS.labels(route.gateway_slug or "").inc()
+
+
+async def _measured(
+    state: CallState, attempt: Callable[[float], Awaitable[None]], remaining: float, retry: int, fallback: int
+) -> None:
+    """One attempt, counted by outcome and timed; with tracing on, a span of its own (each retry
+    and fallback is one), current while it runs so the upstream call carries its `traceparent`."""
+    upstream = state.route.upstream.id
+    began = time.perf_counter()
+    err: BaseException | None = None
+    try:
+        if telemetry.tracing.on and trace.get_current_span().is_recording():
+            attributes: dict[str, str | int] = {
+                "aigw.upstream": upstream,
+                "aigw.retry": retry,
+                "aigw.fallback": fallback,
+            }
+            with telemetry.tracing.tracer.start_as_current_span(
+                "upstream.attempt", kind=SpanKind.CLIENT, attributes=attributes
+            ):
+                await attempt(remaining)
+        else:
+            await attempt(remaining)
+    except BaseException as exc:
+        err = exc
+        raise
+    finally:
+        observe.ATTEMPTS(upstream, observe.outcome(err)).inc()
+        observe.DURATION(upstream).observe(time.perf_counter() - began)

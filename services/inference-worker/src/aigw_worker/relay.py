@@ -84,6 +84,7 @@ async def relay_round(state: CallState, assembler: StreamAssembler, remaining: f
                         elif parsed:
                             started = True
                             clock.first_token()
+                            state.first_token()
                             state.accepted = True
                         for payload in payloads:
                             if state.ttft_ms is None:

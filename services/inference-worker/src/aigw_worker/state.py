@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 
 import httpx
+from opentelemetry import trace
 
 from aigw_contracts import ChatEnvelope, RoutedCall, UpstreamTarget
 from aigw_contracts.knowledge import Grounding
+from aigw_runtime import telemetry
 
+from . import observe
 from .accounting import Ledger
 from .balance import Pick, exhausted_for
 from .context import WorkerContext
@@ -43,12 +46,16 @@ class CallState:
         self.accepted = False  # the upstream answered 2xx: it has read (and bills) the prompt
         self.completed = False
         self.ttft_ms: float | None = None
+        # perf_counter at the first upstream call and at the upstream's first token (Server-Timing).
+        self.upstream_began: float | None = None
+        self.first_token_at: float | None = None
         # A `QueryFunction` gateway's tool loop.
         self.loop: KnowledgeLoop | None = None
         if route.knowledge_tool is not None and worker.bus is not None:
             self.loop = KnowledgeLoop(route.knowledge_tool, envelope, worker.bus, route.prefill)
         self.ledger = Ledger(self.request_id, route, self.loop)
         self.deployment: Pick | None = None  # where the current attempt goes (`fallback.py` picks)
+        self.events.timing = self.timing
 
     def target(self) -> UpstreamTarget:
         """The current upstream as the current attempt calls it: at the picked deployment's URL."""
@@ -83,6 +90,21 @@ class CallState:
             seconds = exhausted_for(headers)
             if seconds is not None:
                 self.worker.circuits.pause(pick.circuit, seconds)
+
+    def first_token(self) -> None:
+        """The upstream's first token (a whole answer's headers) of the current attempt."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if telemetry.tracing.on:
+            trace.get_current_span().add_event("first_token")
+
+    def timing(self, final: bool) -> str:
+        """The stages so far, for the request's first event: the router's and retrieval's, the
+        upstream's time to first token and, when that event is the final one, the relay."""
+        began, first = self.upstream_began, self.first_token_at
+        ttft = (first - began) * 1000 if began is not None and first is not None else None
+        relay = (time.perf_counter() - first) * 1000 if final and first is not None else None
+        return observe.timing(self.envelope.stages, ttft, relay)
 
     @property
     def response_model(self) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from opentelemetry import trace
 
 from aigw_contracts import UpstreamTarget
 from aigw_contracts.errors import (
@@ -40,7 +41,7 @@ from aigw_contracts.errors import (
     RateLimited,
     UpstreamError,
 )
-from aigw_runtime import netguard, secretbox
+from aigw_runtime import netguard, secretbox, telemetry
 
 from .limits import response_too_large
 from .settings import WorkerSettings
@@ -192,6 +193,10 @@ class Upstream:
             else:
                 signed = f"{url.scheme}://{host.decode('ascii')}{url.raw_path.decode('ascii')}"
                 headers.extend(adapter.auth(key, signed, prepared))
+        if telemetry.tracing.on:  # the upstream joins the request's trace (the attempt's span)
+            carrier: dict[str, str] = {}
+            telemetry.inject(trace.get_current_span(), carrier)
+            headers.extend((name.encode(), value.encode("latin-1")) for name, value in carrier.items())
         if limits is None:
             limits = limits_for(self.settings, None, stream, remaining)
         extensions["timeout"] = limits.transport()

@@ -42,10 +42,13 @@ from collections import OrderedDict
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry.trace import Link
 
 from aigw_contracts import subjects, usage
+from aigw_runtime import telemetry
 
 from .health import Health
+from .observe import BATCH_ROWS, INSERT_SECONDS, PENDING
 from .pull import Puller
 from .rows import Batch, Malformed, parse, parse_fast
 from .settings import MeteringSettings
@@ -90,6 +93,20 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, kind: str = "
         return False
     log.warning("event dead-lettered", extra={"seq": seq, "kind": kind, "reason": hdrs[usage.DEAD_REASON]})
     return True
+
+
+def _link(msg: Msg) -> Link | None:
+    return telemetry.link_of(msg.headers)
+
+
+def pending(msg: Msg) -> int | None:
+    """Messages the consumer had yet to deliver when `msg` was sent (the last token of its ack
+    subject: see `delivery`)."""
+    tokens = (msg.reply or "").split(".")
+    at = 8 if len(tokens) == 9 else 10 if len(tokens) >= 11 else None
+    if at is None or not tokens[at].isdigit():
+        return None
+    return int(tokens[at])
 
 
 class Consumer:
@@ -194,8 +211,13 @@ class Consumer:
                 deadline = loop.time() + s.metering_batch_delay_s
                 batch.first_at = time.monotonic()
             # Take no more events than the batch has lines left (an event has at least one line).
-            for msg in puller.take(max(1, s.metering_batch_lines - batch.lines)):
+            msgs = puller.take(max(1, s.metering_batch_lines - batch.lines))
+            for msg in msgs:
                 self._take(msg, batch)
+            if msgs:
+                left = pending(msgs[-1])
+                if left is not None:
+                    PENDING.set(left)
             self._count_held()
 
     def _take(self, msg: Msg, batch: Batch) -> None:
@@ -258,7 +280,7 @@ class Consumer:
                                 log.info("skipped events already stored", extra={"events": skipped})
                         token = batch.token(self.salt)
                     if batch.lines:
-                        await asyncio.to_thread(self.store.insert, batch.block(), token)
+                        await self._insert(batch, token)
                 except StoreRefused as err:
                     if batch.canonical:
                         attempt += 1  # the model's own output refused: a bug; keep it, say so
@@ -276,6 +298,22 @@ class Consumer:
             if self._stopping.is_set():
                 return False
             await self._sleep(self._backoff(attempt))
+
+    async def _insert(self, batch: Batch, token: str) -> None:
+        """Insert the batch, timed; with tracing, as a span linked to each event's request span."""
+        began = time.perf_counter()
+        if telemetry.tracing.on:
+            links = [link for link in map(_link, batch.msgs) if link is not None]
+            with telemetry.tracing.tracer.start_as_current_span(
+                "metering.insert",
+                links=links,
+                attributes={"aigw.rows": batch.lines, "aigw.events": len(batch)},
+            ):
+                await asyncio.to_thread(self.store.insert, batch.block(), token)
+        else:
+            await asyncio.to_thread(self.store.insert, batch.block(), token)
+        INSERT_SECONDS.observe(time.perf_counter() - began)
+        BATCH_ROWS.observe(batch.lines)
 
     async def _canonicalize(self, batch: Batch, error: str) -> None:
         refused = batch.canonicalize()

@@ -21,10 +21,12 @@ Every failure ends in an error event on the envelope's reply subject: the edge n
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from aigw_contracts import ChatEnvelope, GeneratedUsage, errors, headers, subjects
 from aigw_contracts.knowledge import Collection, Grounding, KnowledgeSearch, KnowledgeSearchResult
+from aigw_runtime import telemetry
 from aigw_runtime.bus import DEFAULT_MAX_PAYLOAD, Outgoing, error_outgoing
 
 from .inject import inject_into_body
@@ -61,8 +63,11 @@ class Grounder:
             log.warning("dropped a malformed envelope")  # no reply subject we can trust
             return None
         started = datetime.now(UTC)
+        began = time.perf_counter()
         try:
-            return await self._ground(envelope, started)
+            with telemetry.request_span("retrieve", envelope.trace, **{"aigw.tenant": envelope.tenant}):
+                out = await self._ground(envelope, started, began)
+            return out
         except errors.GatewayError as err:
             return error_outgoing(envelope.reply, err)
         except Exception:
@@ -72,7 +77,7 @@ class Grounder:
                 errors.InternalError("The gateway could not search its knowledge for this request"),
             )
 
-    async def _ground(self, envelope: ChatEnvelope, started: datetime) -> Outgoing:
+    async def _ground(self, envelope: ChatEnvelope, started: datetime, began: float) -> Outgoing:
         route = envelope.route
         if route is None or route.knowledge is None:
             raise errors.InternalError("The request reached the retrieval service without a knowledge route")
@@ -84,6 +89,7 @@ class Grounder:
             collection = self._collection(envelope.tenant, knowledge.collection)
             scope = Scope(envelope.tenant, collection.id if collection is not None else knowledge.collection)
             offer_tool(envelope, knowledge, scope, collection)
+            envelope.stage("retrieve", (time.perf_counter() - began) * 1000)
             return self._forward(envelope)
         rewrite_lines: list[GeneratedUsage] = []
         try:
@@ -112,7 +118,8 @@ class Grounder:
                 reranker="rrf" if by_model else knowledge.reranker,
             )
             try:
-                result = await k.searcher.search(scope, search)
+                with telemetry.span("search", **{"aigw.terms": len(terms), "aigw.top": search.top}):
+                    result = await k.searcher.search(scope, search)
             except CollectionNotFound:  # no document added yet: answer without passages
                 pass
             except UnsupportedReranker as exc:
@@ -128,6 +135,7 @@ class Grounder:
             route.grounding = [Grounding.of(p) for p in passages]
         # The resolver's lines were metered by the worker that ran it; this service meters `lines`.
         route.prior_usage = [*route.prior_usage, *rewrite_lines, *lines, *rerank_lines]
+        envelope.stage("retrieve", (time.perf_counter() - began) * 1000)
         out = self._forward(envelope)
         k.meter(
             request_id=envelope.request_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from aigw_contracts.knowledge import KnowledgeSearch, KnowledgeSearchResult, Passage
+from aigw_runtime import telemetry
 
 from .embed import Embedder
 from .stores import KnowledgeStore, Scope, StoredChunk, StoreHit, StoreQuery
@@ -56,7 +57,8 @@ class Searcher:
         tokens = 0
         vectors = None
         if mode != "lexical":
-            embedded = await self.embedder.embed(terms)
+            with telemetry.span("embed", **{"aigw.terms": len(terms)}):
+                embedded = await self.embedder.embed(terms)
             vectors, tokens = embedded.vectors, embedded.tokens
         queries = [
             StoreQuery(
@@ -68,7 +70,8 @@ class Searcher:
             )
             for i, term in enumerate(terms)
         ]
-        per_term = await asyncio.gather(*(self.store.search(scope, q) for q in queries))
+        with telemetry.span("store.search", **{"aigw.mode": mode}):
+            per_term = await asyncio.gather(*(self.store.search(scope, q) for q in queries))
         best: dict[str, StoreHit] = {}
         for hits in per_term:
             for hit in hits:

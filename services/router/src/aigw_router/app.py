@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from aigw_contracts import (
@@ -34,6 +35,7 @@ from aigw_contracts import (
 from aigw_contracts.api import Model, ModelList
 from aigw_contracts.config import AutoRouting
 from aigw_contracts.messages import ModelsQuery
+from aigw_runtime import telemetry
 from aigw_runtime.bus import Outgoing, error_outgoing
 from aigw_runtime.cancels import Cancels
 from aigw_runtime.configstore import ConfigWatcher
@@ -135,6 +137,35 @@ def _reply_of(data: bytes) -> str:
     return ""
 
 
+def _route_span(envelope: ChatEnvelope) -> Span:
+    """The request's "route" span, a child of the edge's; the next hops are its children."""
+    span = telemetry.tracing.tracer.start_span(
+        "route",
+        telemetry.extract(envelope.trace),
+        attributes={"aigw.tenant": envelope.tenant, "aigw.request_id": envelope.request_id},
+    )
+    telemetry.inject(span, envelope.trace)
+    return span
+
+
+def _end_span(span: Span | None, envelope: ChatEnvelope, err: errors.GatewayError | str | None) -> None:
+    if span is None:
+        return
+    route = envelope.route
+    if route is not None:
+        span.set_attributes(
+            {
+                "aigw.gateway": route.gateway_slug or "",
+                "aigw.upstream": route.upstream.id,
+                "aigw.knowledge": route.knowledge is not None,
+                **({"aigw.routed_complexity": route.routed_complexity} if route.routed_complexity else {}),
+            }
+        )
+    if err is not None:
+        span.set_status(telemetry.error_status(err))
+    span.end()
+
+
 @dataclass(frozen=True)
 class Pending:
     """A routed request that waits for its gateway's complexity classification (`complexity.py`)."""
@@ -142,6 +173,8 @@ class Pending:
     envelope: ChatEnvelope
     routing: AutoRouting
     tenant: str
+    began: float = 0.0  # perf_counter when the router took the request
+    span: Span | None = field(default=None, compare=False)
 
 
 class Handlers:
@@ -157,6 +190,7 @@ class Handlers:
         self.retrieval_bounce = f"{router_id}-k"
 
     def chat(self, data: bytes) -> Outgoing | Pending | None:
+        began = time.perf_counter()
         try:
             envelope = ChatEnvelope.model_validate_json(data)
         except ValidationError as exc:
@@ -167,18 +201,21 @@ class Handlers:
             if not reply:
                 return None
             return error_outgoing(reply, errors.invalid_message(exc, "request"))
+        span = _route_span(envelope) if telemetry.traced(envelope.trace) else None
         try:
             gateway = self.router.route(envelope)
         except errors.GatewayError as err:
+            _end_span(span, envelope, err)
             return error_outgoing(envelope.reply, err)
         except Exception:
             log.exception("routing failed", extra={"request_id": envelope.request_id})
+            _end_span(span, envelope, "internal error")
             return error_outgoing(
                 envelope.reply, errors.InternalError("The gateway could not route this request")
             )
         if gateway is not None and gateway.routing is not None:
-            return Pending(envelope, gateway.routing, gateway.tenant)
-        return self._forward(envelope)
+            return Pending(envelope, gateway.routing, gateway.tenant, began, span)
+        return self._forward(envelope, began, span)
 
     async def finish(self, pending: Pending) -> Outgoing:
         """A `Pending` request, routed by its level (or by its gateway's upstream if that fails).
@@ -187,9 +224,11 @@ class Handlers:
             await self.complexity.route(pending.envelope, pending.routing, pending.tenant)
         except Exception:
             log.exception("auto routing failed", extra={"request_id": pending.envelope.request_id})
-        return self._forward(pending.envelope)
+        return self._forward(pending.envelope, pending.began, pending.span)
 
-    def _forward(self, routed: ChatEnvelope) -> Outgoing:
+    def _forward(self, routed: ChatEnvelope, began: float, span: Span | None) -> Outgoing:
+        routed.stage("route", (time.perf_counter() - began) * 1000)
+        _end_span(span, routed, None)
         # Gateways with knowledge go through retrieval first; the others skip it entirely.
         grounded = routed.route is not None and routed.route.knowledge is not None
         return Outgoing(

@@ -90,6 +90,8 @@ class Stack:
 
     nats: NatsServer | None = None
     procs: dict[str, Process] = field(default_factory=dict)
+    # Each NATS service's health port (GET /healthz, /readyz, /metrics), by process name.
+    health_ports: dict[str, int] = field(default_factory=dict)
     sim_port: int = 0
     demo: Demo | None = None
     edge_ports: list[int] = field(default_factory=list)
@@ -110,6 +112,12 @@ class Stack:
     @property
     def sim_url(self) -> str:
         return f"http://{HOST}:{self.sim_port}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where process `name` serves its Prometheus metrics (the edge: on its HTTP port)."""
+        if name == "edge":
+            return f"http://{HOST}:{self.edge_port}/metrics"
+        return f"http://{HOST}:{self.health_ports[name]}/metrics"
 
     def _pin(self, cpus: str | None, argv: Sequence[str]) -> list[str]:
         return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
@@ -199,6 +207,11 @@ class Stack:
         """Start a service process, and wait for its ready line. It connects to NATS as `user`,
         by default the bus user of the console script it runs (`aigw-router` → `router`, …)."""
         user = user or _SCRIPT_USERS[argv[0]]
+        port = self.health_ports.setdefault(name, free_port())
+        env = {
+            ("AIGW_METERING_HEALTH_PORT" if user == natsauth.METERING else "AIGW_HEALTH_PORT"): str(port),
+            **env,
+        }
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.unlink(missing_ok=True)
         argv = self._pin(self.cpu_services, [_bin(argv[0]), *argv[1:]])

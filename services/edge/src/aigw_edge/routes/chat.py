@@ -20,6 +20,7 @@ import time
 from functools import lru_cache
 
 from fastapi import APIRouter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
@@ -43,6 +44,7 @@ from aigw_contracts.errors import (
 from aigw_contracts.events import EventKind
 from aigw_contracts.ids import uuid7
 from aigw_contracts.usage import BilledAnswer, BilledQuery
+from aigw_runtime import telemetry
 
 from .. import sse
 from ..admission import Admission
@@ -52,11 +54,12 @@ from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
 from ..logs import CLIENT_CLOSED, SCOPE_KEY
+from ..observe import DURATION, INFLIGHT, REQUESTS, SERVER_TIMING, TTFT, server_timing
 from ..openapi import errors as openapi_errors
 from ..openapi import sse_of
 from ..ratelimit import PlanRateLimited, RateLimiter, SharedLimits, Taken, requested_tokens
 from ..settings import EdgeSettings
-from ..trace import trace_json
+from ..trace import span_trace_json, trace_json
 
 log = logging.getLogger("aigw.edge.chat")
 
@@ -73,7 +76,7 @@ _SURFACED = (
     (headers.COMPLEXITY, headers.HTTP_ROUTED_COMPLEXITY.encode()),
 )
 _SHOULD_RETRY = headers.HTTP_SHOULD_RETRY.encode()
-_GATEWAY, _FALLBACK = headers.GATEWAY, headers.FALLBACK
+_GATEWAY, _FALLBACK, _UPSTREAM, _TIMING = headers.GATEWAY, headers.FALLBACK, headers.UPSTREAM, headers.TIMING
 
 
 def _holder_lost() -> Unavailable:
@@ -96,18 +99,23 @@ class _Call:
     __slots__ = (
         "arrived",
         "fallback",
+        "first_at",
         "gateway",
         "headers",
         "ip_bucket",
         "key",
         "model",
         "outcome",
+        "published",
         "request_id",
+        "span",
         "started",
         "status",
         "stream",
         "taken",
+        "timing",
         "ttft_ms",
+        "upstream",
     )
 
     def __init__(self) -> None:
@@ -115,6 +123,11 @@ class _Call:
         self.gateway: str | None = None  # the slug of the gateway that answered
         self.fallback: str | None = None  # the fallback upstream that answered, if one did
         self.ttft_ms: float | None = None  # streams: until the first event was relayed
+        self.published = 0.0  # when the envelope left for the router (perf_counter)
+        self.first_at = 0.0  # when the response headers went out
+        self.upstream = ""  # metric labels, from the first event (bounded: the configuration's)
+        self.timing: str | None = None  # the worker's stages, in Server-Timing syntax
+        self.span: Span | None = None  # the request's span, when tracing is on
         self.request_id: str | None = None
         self.key: ApiKey | None = None
         self.model: str | None = None
@@ -215,6 +228,9 @@ class ChatEndpoint:
         self.limiter = RateLimiter()
         self.idempotency = Idempotency(bus, settings)
         self.admission = Admission(settings.max_inflight_requests)
+        INFLIGHT.set_function(lambda: self.admission.in_flight)
+        # Decided once: without tracing configured, no span code runs per request (`telemetry`).
+        self.tracing = telemetry.tracing.on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = _Call()
@@ -226,6 +242,7 @@ class ChatEndpoint:
             if isinstance(err, PlanRateLimited):
                 call.headers.extend(err.headers)
             if not call.started:
+                self._timed(call)
                 await send_error(send, err, call.headers)
         except _ClientGone:
             call.status, call.outcome = CLIENT_CLOSED, "client_disconnected"
@@ -234,8 +251,10 @@ class ChatEndpoint:
             call.status, call.outcome = 500, "internal_error"
             if not call.started:
                 internal = InternalError("The gateway had an internal error; it has been logged.")
+                self._timed(call)
                 await send_error(send, internal, call.headers)
         finally:
+            self._measured(call)
             if call.status != 200:  # refused or failed: what it drew from the rate limits goes back
                 if call.taken is not None and self.shared is not None:
                     self.shared.give_back(call.taken)
@@ -258,6 +277,62 @@ class ChatEndpoint:
                     ttft_ms=call.ttft_ms,
                 )
 
+    def _timed(self, call: _Call) -> None:
+        """Add `Server-Timing` to the response headers about to be sent (`observe.py`)."""
+        now = time.perf_counter()
+        call.first_at = now
+        total = (now - call.arrived) * 1000
+        edge = (call.published - call.arrived) * 1000 if call.published else total
+        call.headers.append((SERVER_TIMING, server_timing(edge, call.timing, total)))
+
+    def _measured(self, call: _Call) -> None:
+        """The request's metrics, and the end of its span."""
+        ended = time.perf_counter()
+        stream = "true" if call.stream else "false"
+        gateway = call.gateway or ""
+        REQUESTS(gateway, call.upstream, str(call.status), stream).inc()
+        DURATION(gateway, stream).observe(ended - call.arrived)
+        if call.stream and call.status == 200 and call.first_at:
+            TTFT(gateway, call.upstream).observe(call.first_at - call.arrived)
+        span = call.span
+        if span is not None:
+            key = call.key
+            span.set_attributes(
+                {
+                    "http.response.status_code": call.status,
+                    "aigw.outcome": call.outcome,
+                    "aigw.gateway": gateway,
+                    "aigw.upstream": call.upstream,
+                    "aigw.tenant": key.tenant if key else "",
+                    "aigw.stream": call.stream,
+                }
+            )
+            if call.status >= 500:
+                span.set_status(Status(StatusCode.ERROR, call.outcome))
+            end_ns = time.time_ns()
+            if call.first_at and span.is_recording():  # the relay: response headers to its end
+                start_ns = end_ns - int((ended - call.first_at) * 1e9)
+                context = set_span_in_context(span)
+                telemetry.tracing.tracer.start_span("relay", context, start_time=start_ns).end(end_ns)
+            span.end(end_ns)
+
+    def _span(self, call: _Call, traceparent: bytes | None, tracestate: bytes | None) -> Span:
+        """The request's span: a child of the client's `traceparent` when it sent a valid one."""
+        carrier = {}
+        if traceparent is not None:
+            carrier["traceparent"] = traceparent.decode("latin-1").strip()
+            if tracestate is not None:
+                carrier["tracestate"] = tracestate.decode("latin-1")
+        span = telemetry.tracing.tracer.start_span(
+            "chat.completions",
+            context=telemetry.extract(carrier),
+            kind=SpanKind.SERVER,
+            start_time=time.time_ns() - int((time.perf_counter() - call.arrived) * 1e9),
+            attributes={"aigw.request_id": call.request_id or ""},
+        )
+        call.span = span
+        return span
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
         # Every answer, refusals included, carries the id the access log line has.
         request_id = call.request_id = uuid7()
@@ -272,7 +347,12 @@ class ChatEndpoint:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value
-        key = call.key = self.keys.authenticate(authorization)
+        span = self._span(call, traceparent, tracestate) if self.tracing else None
+        if span is not None and span.is_recording():  # sampled: the edge decides for the request
+            with telemetry.tracing.tracer.start_as_current_span("auth", context=set_span_in_context(span)):
+                key = call.key = self.keys.authenticate(authorization)
+        else:
+            key = call.key = self.keys.authenticate(authorization)
         if key.limits.requests_per_minute_per_ip:
             call.ip_bucket = self.limiter.admit(key, scope.get("client"))
         body = await _read_body(receive)
@@ -287,6 +367,8 @@ class ChatEndpoint:
             call.headers.extend(call.taken.headers)
         call.model = request.model
         stream = call.stream = bool(request.stream)
+        if call.span is not None:
+            call.span.set_attribute("aigw.model.requested", request.model)
 
         reply = subjects.reply_subject(self.edge_id, request_id)
         now = time.time()
@@ -296,7 +378,9 @@ class ChatEndpoint:
             reply,
             now,
             now + self.request_timeout,
-            trace_json(traceparent, tracestate, request_id),
+            span_trace_json(call.span)
+            if call.span is not None
+            else trace_json(traceparent, tracestate, request_id),
             body,
         )
         if self.bus.connected and len(envelope) > self.bus.max_payload:
@@ -319,6 +403,7 @@ class ChatEndpoint:
         inbox = bus.open(request_id, loop.time() + self.request_timeout)
         watcher: asyncio.Task[None] | None = None
         try:
+            call.published = time.perf_counter()
             await bus.publish_chat(envelope, reply)
             watcher = loop.create_task(_watch_disconnect(receive, inbox))
             first = await inbox.get()
@@ -362,6 +447,8 @@ class ChatEndpoint:
                 call.headers.append((http_header, value.encode()))
         call.gateway = hdrs.get(_GATEWAY)
         call.fallback = hdrs.get(_FALLBACK)
+        call.upstream = hdrs.get(_UPSTREAM, "")
+        call.timing = hdrs.get(_TIMING)
         return hdrs, kind
 
     async def _ended(self, marker: Marker, call: _Call) -> None:
@@ -399,6 +486,8 @@ class ChatEndpoint:
         if should_retry:
             extra.append((_SHOULD_RETRY, should_retry.encode()))
         call.status, call.outcome, call.started = status, "error", True
+        self._timed(call)
+        extra.append(call.headers[-1])
         await send_body(send, status, msg.data, extra, JSON_TYPE)
 
     # ------------------------------------------------------------------ non-stream
@@ -409,6 +498,7 @@ class ChatEndpoint:
         while True:
             if kind == _FINAL:
                 call.status, call.outcome, call.started = 200, "final", True
+                self._timed(call)
                 await send_body(send, 200, msg.data, call.headers, JSON_TYPE)
                 return
             if kind == _ERROR:
@@ -439,7 +529,8 @@ class ChatEndpoint:
             await self._send_error_event(first, hdrs, send, call)
             return
         call.status, call.outcome, call.started = 200, "streaming", True
-        call.ttft_ms = round((time.perf_counter() - call.arrived) * 1000, 3)
+        self._timed(call)
+        call.ttft_ms = round((call.first_at - call.arrived) * 1000, 3)
         await send({"type": "http.response.start", "status": 200, "headers": sse.HEADERS + call.headers})
 
         loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Liveness and readiness, without auth: orchestrators and load balancers call them."""
+"""Liveness, readiness and metrics, without auth: orchestrators, balancers and Prometheus call them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from aigw_contracts.errors import Unavailable
+from aigw_runtime.metrics import CONTENT_TYPE, exposition
 
 from ..deps import TheBus
 from ..openapi import errors
@@ -29,3 +30,9 @@ async def readyz(bus: TheBus) -> Response:
     if why is not None:
         raise Unavailable(why)
     return Response(_OK, media_type="application/json")
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics() -> Response:
+    """The edge's metrics in Prometheus' text format (names: README, "Seeing inside")."""
+    return Response(exposition(), media_type=CONTENT_TYPE)
