@@ -48,6 +48,7 @@ from .. import sse
 from ..admission import Admission
 from ..auth import KeyStore, duplicate_authorization
 from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..deadline import CLIENT_TIMEOUT, SDK_READ_TIMEOUT, request_timeout
 from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
@@ -107,6 +108,7 @@ class _Call:
         "status",
         "stream",
         "taken",
+        "timeout",
         "ttft_ms",
     )
 
@@ -119,6 +121,7 @@ class _Call:
         self.key: ApiKey | None = None
         self.model: str | None = None
         self.stream = False
+        self.timeout = 0.0  # seconds the request may take (`deadline.request_timeout`)
         self.status = 500
         self.outcome = "error"
         self.started = False  # response headers sent: from here on, errors go into the stream
@@ -262,7 +265,7 @@ class ChatEndpoint:
         # Every answer, refusals included, carries the id the access log line has.
         request_id = call.request_id = uuid7()
         call.headers.append((_REQUEST_ID, request_id.encode()))
-        authorization = traceparent = tracestate = None
+        authorization = traceparent = tracestate = client_timeout = sdk_timeout = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if authorization is not None:
@@ -272,6 +275,10 @@ class ChatEndpoint:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value
+            elif name == CLIENT_TIMEOUT:
+                client_timeout = value
+            elif name == SDK_READ_TIMEOUT:
+                sdk_timeout = value
         key = call.key = self.keys.authenticate(authorization)
         if key.limits.requests_per_minute_per_ip:
             call.ip_bucket = self.limiter.admit(key, scope.get("client"))
@@ -287,6 +294,7 @@ class ChatEndpoint:
             call.headers.extend(call.taken.headers)
         call.model = request.model
         stream = call.stream = bool(request.stream)
+        timeout = call.timeout = request_timeout(self.request_timeout, stream, client_timeout, sdk_timeout)
 
         reply = subjects.reply_subject(self.edge_id, request_id)
         now = time.time()
@@ -295,7 +303,7 @@ class ChatEndpoint:
             key,
             reply,
             now,
-            now + self.request_timeout,
+            now + timeout,
             trace_json(traceparent, tracestate, request_id),
             body,
         )
@@ -316,7 +324,7 @@ class ChatEndpoint:
 
         loop = asyncio.get_running_loop()
         bus = self.bus
-        inbox = bus.open(request_id, loop.time() + self.request_timeout)
+        inbox = bus.open(request_id, loop.time() + timeout)
         watcher: asyncio.Task[None] | None = None
         try:
             await bus.publish_chat(envelope, reply)
@@ -374,9 +382,7 @@ class ChatEndpoint:
             await self.bus.cancel(call.request_id, "deadline_exceeded")
             raise await self._unless_billed(
                 call,
-                DeadlineExceeded(
-                    f"The request did not complete within the gateway's timeout of {self.request_timeout:g} s"
-                ),
+                DeadlineExceeded(f"The request did not complete within its timeout of {call.timeout:.3g} s"),
             )
         if marker is SHUTDOWN:
             raise Unavailable("The gateway is shutting down; retry the request")
