@@ -30,10 +30,14 @@ STEADFAST = Gateway(
     fallbacks=[SIM_UPSTREAM],
     timeouts=Timeouts(ttft=TTFT),
 )
+# No fallback and no timeouts of its own: only the request's deadline ends a hung call.
+HANGING = Gateway(id=uuid7(), name="hanging", tenant="demo", upstream=FLAKY)
 
 
 def _config(stack: Stack) -> None:
-    stack.add_to_config(ConfigSnapshot(upstreams=[stack.sim_upstream("flaky")], gateways=[STEADFAST]))
+    stack.add_to_config(
+        ConfigSnapshot(upstreams=[stack.sim_upstream("flaky")], gateways=[STEADFAST, HANGING])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +168,47 @@ def test_a_stream_that_breaks_after_its_first_tokens_ends_with_an_error_event_wi
         assert broken.value.code == "deadline_exceeded" and elapsed < IDLE + 1.5, elapsed
     else:
         assert broken.value.code == "upstream_error" and elapsed < 1.5, elapsed
+
+
+HANG: Any = [{"role": "user", "content": "still there? [sim fault=hang fault_model=flaky]"}]
+
+
+@pytest.mark.chaos
+def test_the_sdks_timeout_bounds_a_whole_answer_and_the_gateway_answers_inside_it(guarded: Stack) -> None:
+    """OpenAI's SDK sends its read timeout (`x-stainless-read-timeout`): with 2 s, the gateway's
+    504 comes before the client's own timeout, not at the gateway's 30 s deadline."""
+    assert guarded.demo is not None
+    client = OpenAI(base_url=guarded.base_url, api_key=guarded.demo.key, max_retries=0, timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="hanging", messages=HANG)
+    elapsed = time.monotonic() - started
+    # The gateway's 504, not the SDK's own timeout error: answered a little before it gives up.
+    assert caught.value.status_code == 504 and caught.value.code == "deadline_exceeded"
+    assert 1.5 < elapsed < 3.0, elapsed  # not the gateway's 30 s
+
+
+@pytest.mark.chaos
+def test_x_aigw_timeout_bounds_a_stream_and_a_bad_value_is_refused(guarded: Stack) -> None:
+    assert guarded.demo is not None
+    client = OpenAI(base_url=guarded.base_url, api_key=guarded.demo.key, max_retries=0, timeout=DEADLINE)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="hanging", messages=HANG, stream=True, extra_headers={"x-aigw-timeout": "1.5"}
+        )
+    elapsed = time.monotonic() - started
+    assert caught.value.status_code == 504 and 1.2 < elapsed < 2.5, elapsed
+    # The SDK's read timeout bounds only the gaps of a stream: not the stream's whole time.
+    with client.chat.completions.create(
+        model="hanging",
+        messages=[{"role": "user", "content": "count [sim tokens=3]"}],
+        stream=True,
+        extra_headers={"x-stainless-read-timeout": "0.001"},
+    ) as chunks:
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "sim0 sim1 sim2"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="hanging", messages=HANG, extra_headers={"x-aigw-timeout": "soon"}
+        )
+    assert refused.value.body["param"] == "x-aigw-timeout"  # type: ignore[index]

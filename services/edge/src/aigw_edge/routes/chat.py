@@ -50,6 +50,7 @@ from .. import sse
 from ..admission import Admission
 from ..auth import KeyStore, duplicate_authorization
 from ..bus import DISCONNECTED, HOLDER_LOST, OVERFLOW, SHUTDOWN, TIMED_OUT, Bus, Event, Inbox, Marker
+from ..deadline import CLIENT_TIMEOUT, SDK_READ_TIMEOUT, request_timeout
 from ..deps import AnyKey
 from ..errors import JSON_TYPE, Headers, invalid_request, retry_after_headers, send_body, send_error
 from ..idempotency import Claim, Idempotency, Replay
@@ -113,6 +114,7 @@ class _Call:
         "status",
         "stream",
         "taken",
+        "timeout",
         "timing",
         "ttft_ms",
         "upstream",
@@ -132,6 +134,7 @@ class _Call:
         self.key: ApiKey | None = None
         self.model: str | None = None
         self.stream = False
+        self.timeout = 0.0  # seconds the request may take (`deadline.request_timeout`)
         self.status = 500
         self.outcome = "error"
         self.started = False  # response headers sent: from here on, errors go into the stream
@@ -337,7 +340,7 @@ class ChatEndpoint:
         # Every answer, refusals included, carries the id the access log line has.
         request_id = call.request_id = uuid7()
         call.headers.append((_REQUEST_ID, request_id.encode()))
-        authorization = traceparent = tracestate = None
+        authorization = traceparent = tracestate = client_timeout = sdk_timeout = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if authorization is not None:
@@ -347,6 +350,10 @@ class ChatEndpoint:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value
+            elif name == CLIENT_TIMEOUT:
+                client_timeout = value
+            elif name == SDK_READ_TIMEOUT:
+                sdk_timeout = value
         span = self._span(call, traceparent, tracestate) if self.tracing else None
         if span is not None and span.is_recording():  # sampled: the edge decides for the request
             with telemetry.tracing.tracer.start_as_current_span("auth", context=set_span_in_context(span)):
@@ -367,6 +374,7 @@ class ChatEndpoint:
             call.headers.extend(call.taken.headers)
         call.model = request.model
         stream = call.stream = bool(request.stream)
+        timeout = call.timeout = request_timeout(self.request_timeout, stream, client_timeout, sdk_timeout)
         if call.span is not None:
             call.span.set_attribute("aigw.model.requested", request.model)
 
@@ -377,7 +385,7 @@ class ChatEndpoint:
             key,
             reply,
             now,
-            now + self.request_timeout,
+            now + timeout,
             span_trace_json(call.span)
             if call.span is not None
             else trace_json(traceparent, tracestate, request_id),
@@ -400,7 +408,7 @@ class ChatEndpoint:
 
         loop = asyncio.get_running_loop()
         bus = self.bus
-        inbox = bus.open(request_id, loop.time() + self.request_timeout)
+        inbox = bus.open(request_id, loop.time() + timeout)
         watcher: asyncio.Task[None] | None = None
         try:
             call.published = time.perf_counter()
@@ -461,9 +469,7 @@ class ChatEndpoint:
             await self.bus.cancel(call.request_id, "deadline_exceeded")
             raise await self._unless_billed(
                 call,
-                DeadlineExceeded(
-                    f"The request did not complete within the gateway's timeout of {self.request_timeout:g} s"
-                ),
+                DeadlineExceeded(f"The request did not complete within its timeout of {call.timeout:.3g} s"),
             )
         if marker is SHUTDOWN:
             raise Unavailable("The gateway is shutting down; retry the request")
