@@ -177,10 +177,15 @@ def _make_gateways(w: World) -> None:
 
 
 def _leave_after(w: World, model: str, text: str, seconds: float, stream: bool = False) -> float:
-    """Send a request and go away after `seconds` (the SDK's timeout closes the connection); when."""
+    """Send a request and go away after `seconds` (the SDK's timeout closes the connection); when.
+    The SDK's read timeout is kept from the gateway (`x-stainless-read-timeout` omitted), else it
+    would answer 504 just before the client left (`aigw_edge.deadline`): this client just goes."""
     with pytest.raises(openai.APITimeoutError):
         w.client(timeout=seconds).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": text}], stream=stream
+            model=model,
+            messages=[{"role": "user", "content": text}],
+            stream=stream,
+            extra_headers={"x-stainless-read-timeout": openai.Omit()},
         )
     return time.monotonic()
 

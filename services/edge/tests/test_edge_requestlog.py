@@ -80,7 +80,7 @@ async def test_the_edge_writes_exactly_what_the_contract_reads() -> None:
         )
     assert not publisher._submitted  # gathered for the linger window
     await asyncio.wait_for(publisher._wake.wait(), 5)  # one flush hands every tenant's batch over
-    batches = list(publisher._submitted)
+    batches = [batch for batch, _traceparent in publisher._submitted]
     assert all(isinstance(b, LoggedBatch) for b in batches)
     by_subject = {b.subject(): b for b in batches}
     assert set(by_subject) == {subjects.requests_subject(t) for t in ("acme", "other", "")}

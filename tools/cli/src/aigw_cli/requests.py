@@ -32,7 +32,7 @@ COLUMNS = (
 
 def register(commands: Any) -> None:
     p: argparse.ArgumentParser = commands.add_parser(
-        "requests", help="the request log: status, latency, tokens and cost of every request"
+        "requests", help="every request: status, latency, tokens, cost"
     )
     p.add_argument("--since", help="ISO time or date (default: a day ago)")
     p.add_argument("--until", help="ISO time or date (default: now)")
