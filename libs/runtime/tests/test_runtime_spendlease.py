@@ -75,7 +75,9 @@ async def test_two_replicas_slices_never_overrun_and_most_holds_write_nothing(fr
             await nc.close()
 
 
-async def test_holds_from_a_slice_need_no_write_and_idle_slices_are_given_back(fresh_nats: NatsServer) -> None:
+async def test_holds_from_a_slice_need_no_write_and_idle_slices_are_given_back(
+    fresh_nats: NatsServer,
+) -> None:
     nc, accounts, leases = await _replica(fresh_nats.url, "w")
     try:
         await accounts.change(TENANT, _budget("10"))  # type: ignore[arg-type]

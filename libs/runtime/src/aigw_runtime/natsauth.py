@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aigw_contracts import streams, subjects
-from aigw_contracts.ratelimits import RATE_BUCKET
+from aigw_contracts.ratelimits import QUOTA_BUCKET, RATE_BUCKET
 from aigw_contracts.spend import SPEND_BUCKET
 
 from .configstore import BUCKET
@@ -175,6 +175,7 @@ def _table() -> dict[str, Permissions]:
         + kv_owner(streams.IDEMPOTENCY_BUCKET)  # kept answers: the edge's alone
         + spend_keeper()  # balances and budgets (management API)
         + kv_writer(RATE_BUCKET)  # plan rate limits shared by the edges
+        + kv_writer(QUOTA_BUCKET)  # documents per day, collections per tenant
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,

@@ -125,6 +125,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         await ensure_spend_stream(js)
         app.state.spend = await SpendAccounts.open(js)  # read and written by `manage.spend`
         endpoint.shared = await SharedLimits.open(js)  # plan rate limits, across replicas
+        app.state.limits = endpoint.shared  # knowledge's: searches, insertions, collections
         log.info(
             "connected to nats",
             extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
@@ -147,6 +148,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         parse_allowlist(settings.upstream_allowlist), settings.secrets_key.get_secret_value() or None
     )
     endpoint = chat.ChatEndpoint(settings, bus, keys, managed.view.tenants)
+    endpoint.gateways = managed.view.gateways
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))
