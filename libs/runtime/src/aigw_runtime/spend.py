@@ -163,6 +163,26 @@ class SpendAccounts(KvDocs[TenantSpend]):
         if refs:
             await self.change_key(refs[0].key, release)
 
+    async def charge(
+        self, refs: list[AccountRef], amount: Decimal
+    ) -> list[tuple[AccountRef, Period, int, Account]]:
+        """Count `amount` as spent on every account of `refs` without a hold (billed although the
+        request was refused); the budget thresholds this crossed."""
+
+        def charge(doc: TenantSpend, now: float) -> list[tuple[AccountRef, Period, int, Account]]:
+            out: list[tuple[AccountRef, Period, int, Account]] = []
+            for ref in refs:
+                account = doc.accounts.get(ref.name)
+                if account is not None:
+                    account.add_spent(amount, now)
+                    out.extend((ref, period, t, account) for period, t in account.crossed(now))
+            return out
+
+        if not refs:
+            return []
+        result: list[tuple[AccountRef, Period, int, Account]] = await self.change_key(refs[0].key, charge)
+        return result
+
     async def settle(
         self, refs: list[AccountRef], hold_id: str, amount: Decimal
     ) -> list[tuple[AccountRef, Period, int, Account]]:

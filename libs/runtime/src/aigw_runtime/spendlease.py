@@ -169,6 +169,17 @@ class SpendLeases:
                 lease.idle_since = time.monotonic()
         return found
 
+    def charge(self, refs: list[AccountRef], amount: Decimal) -> None:
+        """Count `amount` as spent on every account of `refs` without a hold (what was billed
+        although the request was refused), with the next write."""
+        for ref in refs:
+            lease = self._lease(ref)
+            lease.spent += amount
+            if not lease.holds:
+                lease.idle_since = time.monotonic()
+        if refs:
+            self._kick(refs[0].key)
+
     async def flushed(self, key: str) -> None:
         """Wait for the next write of the document (what was settled before is in it)."""
         await self._sync(key, urgent=False)

@@ -113,6 +113,7 @@ class SpendControl:
         try:
             await (self.leases or self.accounts).reserve(refs, hold_id, amount, expires)
         except Shortfall as short:
+            self._charge_searches(envelope, route, refs)
             raise InsufficientQuota(
                 f"This request may cost up to ${amount:f}, more than the {short.limit} allows "
                 f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
@@ -124,6 +125,28 @@ class SpendControl:
             )
             raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
         return refs
+
+    def _charge_searches(self, envelope: ChatEnvelope, route: RoutedCall, refs: list[AccountRef]) -> None:
+        """A refused answer's searches were billed all the same (retrieval ran them before this
+        call): count them as spent, as ClickHouse does, without a hold."""
+        searched = prior_knowledge(route)
+        if searched <= ZERO:
+            return
+        if self.leases is not None:
+            self.leases.charge(refs, searched)
+            self._track(self._written(envelope, refs[0].key))
+        else:
+            self._track(self._charge_now(envelope, refs, searched))
+
+    async def _charge_now(self, envelope: ChatEnvelope, refs: list[AccountRef], amount: Decimal) -> None:
+        try:
+            crossed = await self.accounts.charge(refs, amount)
+        except Exception:
+            log.exception(
+                "could not count a refused request's searches", extra={"request_id": envelope.request_id}
+            )
+            return
+        await self._alert(crossed)
 
     def settle(
         self,
