@@ -39,13 +39,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from aigw_contracts.spend import ZERO, Account, Period, Shortfall, TenantSpend
+from aigw_contracts.spend import ZERO, Shortfall, TenantSpend
 
-from .spend import AccountRef, SpendAccounts
+from .spend import AccountRef, Crossed, SpendAccounts
 
 log = logging.getLogger("aigw.spend.lease")
 
-Crossed = list[tuple[AccountRef, Period, int, Account]]  # budget thresholds crossed by a write
 _Written = tuple[Decimal, float, tuple[str, Decimal] | None]  # slice, its expiry, what stopped it
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 
 from aigw_contracts import ApiKey
 from aigw_contracts.config import TenantLimits
@@ -50,7 +49,7 @@ from aigw_contracts.ratelimits import (
     utc_day,
 )
 from aigw_contracts.spend import spend_key
-from aigw_runtime.kvdocs import KvDocs
+from aigw_runtime.kvdocs import KvDocs, open_kv
 
 Headers = list[tuple[bytes, bytes]]
 BYTES_PER_TOKEN = 4
@@ -94,25 +93,16 @@ class RateLimiter:
 
 
 async def open_rate_bucket(js: JetStreamContext) -> Any:
-    with contextlib.suppress(BucketNotFoundError):
-        return await js.key_value(RATE_BUCKET)
-    with contextlib.suppress(Exception):  # another replica created it at the same moment
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=RATE_BUCKET, history=RATE_HISTORY, ttl=RATE_TTL_S, storage=StorageType.MEMORY
-            )
-        )
-    return await js.key_value(RATE_BUCKET)
+    config = KeyValueConfig(
+        bucket=RATE_BUCKET, history=RATE_HISTORY, ttl=RATE_TTL_S, storage=StorageType.MEMORY
+    )
+    return await open_kv(js, config)
 
 
 async def open_quota_bucket(js: JetStreamContext) -> Any:
-    with contextlib.suppress(BucketNotFoundError):
-        return await js.key_value(QUOTA_BUCKET)
-    with contextlib.suppress(Exception):  # another replica created it at the same moment
-        return await js.create_key_value(
-            KeyValueConfig(bucket=QUOTA_BUCKET, history=QUOTA_HISTORY, storage=StorageType.FILE)
-        )
-    return await js.key_value(QUOTA_BUCKET)
+    return await open_kv(
+        js, KeyValueConfig(bucket=QUOTA_BUCKET, history=QUOTA_HISTORY, storage=StorageType.FILE)
+    )
 
 
 def requested_tokens(body: bytes, request: Any) -> int:
