@@ -5,7 +5,9 @@ Layout as `make bench` (`bench.gateway.start_pinned_stack`): nats-server and eve
 the simulator and this load generator on CPU 1. Three tenants call the same catalog model:
 * `off`: the demo tenant, no spend account: what every request costs without spend control;
 * `budget`: a tenant and key with day budgets (never reached): every request holds its most on two
-  accounts before the upstream call and settles after (KV compare-and-set writes);
+  accounts before the upstream call and settles after (from the worker's slices of budget, which
+  cost a KV compare-and-set write now and then; `AIGW_SPEND_LEASES=false` in the environment: one
+  write per request);
 * `ratelimit`: a key with requests and tokens per minute (never reached): one shared-limit write
   at the edge per request.
 Runs alternate between them (`--runs` each, medians reported), so drift on a noisy machine hits
