@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from decimal import Decimal
@@ -96,7 +97,11 @@ def main() -> None:
 
     stack = start_pinned_stack(metering=False)
     assert stack.demo is not None and stack.edge_port is not None
-    report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": vars(args),
+        "env": {"AIGW_SPEND_LEASES": os.environ.get("AIGW_SPEND_LEASES", "true")},
+    }
     try:
         budget_key, budget_secret = _tenant(stack, "benchbudget")
         _budget(stack, budget_secret, "tenant/benchbudget", "1000000")

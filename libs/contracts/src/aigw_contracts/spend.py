@@ -81,6 +81,20 @@ class SpendAlert(BaseModel):
     at: datetime
 
 
+class BudgetSet(BaseModel):
+    """A budget set or removed (`budget` None), published on `subjects.spend_budget_subject(tenant)`
+    (kept by the spend stream; metering stores them for the spend-against-budget dashboard)."""
+
+    id: str
+    tenant: str
+    scope: Scope
+    account: str  # the tenant, key or gateway id
+    period: Period
+    budget: Decimal | None
+    by_key: str
+    at: datetime
+
+
 class Shortfall(Exception):
     """A hold that does not fit: which limit, what it allows and what was asked."""
 

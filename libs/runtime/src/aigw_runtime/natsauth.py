@@ -229,6 +229,8 @@ def _table() -> dict[str, Permissions]:
         + stream_keeper(streams.USAGE_STREAM)
         + stream_keeper(streams.USAGE_DEAD_STREAM)
         + durable_puller(streams.USAGE_STREAM, subjects.METERING_DURABLE)
+        + stream_keeper(streams.SPEND_STREAM)  # budgets for the dashboards
+        + durable_puller(streams.SPEND_STREAM, subjects.METERING_SPEND_DURABLE)
         + Permissions(
             publish=(*streams.USAGE_DEAD_SUBJECTS,),
             subscribe=(subjects.METERING_QUERY, subjects.METERING_BILLED),

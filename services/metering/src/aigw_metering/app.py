@@ -17,6 +17,7 @@ from aigw_contracts import streams, subjects
 from aigw_runtime.service import Service
 
 from . import billed, jetstream
+from .budgets import Budgets
 from .consumer import Consumer
 from .health import Health
 from .pull import Puller
@@ -63,6 +64,7 @@ class MeteringService:
             queue=subjects.METERING_DURABLE,
         )
         self.consumer: Consumer | None = None
+        self.budgets: Budgets | None = None  # budgets for the dashboards (`budgets.py`)
 
     @property
     def nc(self) -> NATS:
@@ -85,10 +87,14 @@ class MeteringService:
         self.health.nats_ok = True
         self.consumer = Consumer(s, self.store, self.health, js, puller)
         self.consumer.start()
+        self.budgets = Budgets(self.nc, js, self.store)
+        await self.budgets.start()
 
     async def _stop_consumer(self) -> None:
         """Let the batch being inserted finish and ack it, give held events back to JetStream,
         flush the acks, close the store."""
+        if self.budgets is not None:
+            await self.budgets.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         with contextlib.suppress(Exception):
