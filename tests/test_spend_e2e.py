@@ -401,3 +401,38 @@ def test_knowledge_plan_limits_hold_across_edges_and_refusals_use_no_slot(spend_
         for c in edges:
             c.close()
         operator.close()
+
+
+def test_direct_searches_and_ingestion_count_against_budgets(spend_stack: Stack) -> None:
+    """What retrieval bills on its own (a direct search, a document's embeddings) is counted
+    like ClickHouse counts it, and a spent budget refuses them (402)."""
+    operator, _, secret = _tenant_with_key(spend_stack, "searcher")
+    with api_client(spend_stack, secret) as own:
+        assert own.put("/spend/budgets/tenant/searcher", json={"day": "5"}).status_code == 200
+        assert own.post("/collections", json={"name": "facts"}).status_code == 201
+        added = own.post(
+            "/collections/facts/documents", json={"docid": "d", "text": "Refunds take five days."}
+        )
+        assert added.status_code == 200, added.text
+        assert own.post("/collections/facts/search", json={"query": "refunds"}).status_code == 200
+
+        def counters() -> Decimal:
+            return Decimal(_account(own, "/spend/budgets/tenant/searcher")["spent_total"])  # type: ignore[arg-type]
+
+        def stored() -> Decimal | None:
+            report = own.get("/usage", params={"group_by": "sku"})
+            return Decimal(str(report.json()["totals"]["amount"])) if report.status_code == 200 else None
+
+        eventually(
+            lambda: stored() is not None and stored() > 0 and stored() == counters(),
+            within=15,
+            what="the counters equal to ClickHouse",
+        )
+        assert own.put("/spend/budgets/tenant/searcher", json={"day": "0"}).status_code == 200
+
+        def refused() -> bool:
+            answer = own.post("/collections/facts/search", json={"query": "refunds"})
+            return answer.status_code == 402 and answer.json()["error"]["code"] == "insufficient_quota"
+
+        eventually(refused, within=5, what="a spent budget refusing searches")
+    operator.close()

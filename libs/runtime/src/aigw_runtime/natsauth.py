@@ -211,6 +211,7 @@ def _table() -> dict[str, Permissions]:
         ),
         RETRIEVAL: _own_inbox(RETRIEVAL)
         + kv_reader(BUCKET)
+        + kv_writer(SPEND_BUCKET)  # direct searches and ingestion count against balances and budgets
         + events_to_edges
         + _answers(EDGE, WORKER)  # management answers, knowledge-tool answers
         + usage_producer()
