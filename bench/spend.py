@@ -5,7 +5,9 @@ Layout as `make bench` (`bench.gateway.start_pinned_stack`): nats-server and eve
 the simulator and this load generator on CPU 1. Three tenants call the same catalog model:
 * `off`: the demo tenant, no spend account: what every request costs without spend control;
 * `budget`: a tenant and key with day budgets (never reached): every request holds its most on two
-  accounts before the upstream call and settles after (KV compare-and-set writes);
+  accounts before the upstream call and settles after (from the worker's slices of budget, which
+  cost a KV compare-and-set write now and then; `AIGW_SPEND_LEASES=false` in the environment: one
+  write per request);
 * `ratelimit`: a key with requests and tokens per minute (never reached): one shared-limit write
   at the edge per request.
 Runs alternate between them (`--runs` each, medians reported), so drift on a noisy machine hits
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from decimal import Decimal
@@ -94,7 +97,11 @@ def main() -> None:
 
     stack = start_pinned_stack(metering=False)
     assert stack.demo is not None and stack.edge_port is not None
-    report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": vars(args),
+        "env": {"AIGW_SPEND_LEASES": os.environ.get("AIGW_SPEND_LEASES", "true")},
+    }
     try:
         budget_key, budget_secret = _tenant(stack, "benchbudget")
         _budget(stack, budget_secret, "tenant/benchbudget", "1000000")

@@ -335,3 +335,104 @@ def test_a_worker_killed_mid_request_frees_its_hold_after_expiry(spend_stack: St
         spend_stack.restart("worker-1")
         client.close()
         operator.close()
+
+
+def test_knowledge_plan_limits_hold_across_edges_and_refusals_use_no_slot(spend_stack: Stack) -> None:
+    """Searches per minute, documents per day and collections per tenant, over both edges."""
+    operator, _, secret = _tenant_with_key(spend_stack, "knowing")
+    edges = [api_client_at(url, secret) for url in spend_stack.base_urls()]
+    try:
+        kb = edges[0].post("/collections", json={"name": "kb"})
+        assert kb.status_code == 201, kb.text
+        limits = {"searches_per_minute": 3, "documents_per_day": 4, "collections": 1}
+        assert operator.patch("/tenants/knowing", json={"limits": limits}).status_code == 200
+        ops = [api_client_at(url, spend_stack.demo.operator_key) for url in spend_stack.base_urls()]  # type: ignore[union-attr]
+        eventually(
+            lambda: all(op.get("/tenants/knowing").json()["limits"]["collections"] == 1 for op in ops),
+            within=5,
+            what="the tenant's limits known to both edges",
+        )
+        for op in ops:
+            op.close()
+
+        # Collections per tenant: a count cap, 403 (deleting one makes room), whichever edge.
+        capped = edges[1].post("/collections", json={"name": "kb2"})
+        assert capped.status_code == 403 and capped.json()["error"]["code"] == "collection_limit_reached"
+
+        # Documents per UTC day: counted per document, across both edges.
+        docs = [{"docid": f"d{i}", "text": f"Fact number {i} about refunds."} for i in range(6)]
+        added = edges[0].post("/collections/kb/documents", json={"documents": docs[:3]})
+        assert added.status_code == 200, added.text
+        assert added.headers["x-ratelimit-limit-documents"] == "4"
+        assert added.headers["x-ratelimit-remaining-documents"] == "1"
+        over = edges[1].post("/collections/kb/documents", json={"documents": docs[3:5]})
+        assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(over.headers["retry-after"]) >= 1 and "per day" in over.json()["error"]["message"]
+        assert over.headers["x-ratelimit-remaining-documents"] == "1"
+        too_many = edges[1].post("/collections/kb/documents", json={"documents": docs})
+        assert too_many.status_code == 429 and too_many.headers["x-should-retry"] == "false"
+        assert edges[1].post("/collections/kb/documents", json=docs[3]).status_code == 200  # the last one
+
+        # Searches per minute: a search retrieval refuses (400) gives its slot back.
+        for i in range(2):
+            refused = edges[i].post("/collections/kb/search", json={"query": "refunds", "reranker": "model"})
+            assert refused.status_code == 400, refused.text
+        answers = [edges[i % 2].post("/collections/kb/search", json={"query": "refunds"}) for i in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[2].headers["x-ratelimit-remaining-searches"] == "0"
+        assert answers[3].headers["x-ratelimit-limit-searches"] == "3"
+        assert 1 <= int(answers[3].headers["retry-after"]) <= 21
+
+        # A gateway grounded on the collection searches before it answers: refused too, at once.
+        gateway = edges[0].post(
+            "/gateways",
+            json={"name": "grounded", "upstream": "@sim/sim-model", "knowledge": {"collection": "kb"}},
+        )
+        assert gateway.status_code == 201, gateway.text
+        messages = [{"role": "user", "content": "refunds? [sim tokens=1]"}]
+
+        def grounded_refused() -> bool:
+            answer = _raw(edges[1], messages, model=gateway.json()["id"])
+            return answer.status_code == 429 and "searches" in answer.json()["error"]["message"]
+
+        eventually(grounded_refused, within=5, what="the grounded gateway's search counted")
+        assert _raw(edges[1], messages).status_code == 200  # no knowledge: no search to count
+    finally:
+        for c in edges:
+            c.close()
+        operator.close()
+
+
+def test_direct_searches_and_ingestion_count_against_budgets(spend_stack: Stack) -> None:
+    """What retrieval bills on its own (a direct search, a document's embeddings) is counted
+    like ClickHouse counts it, and a spent budget refuses them (402)."""
+    operator, _, secret = _tenant_with_key(spend_stack, "searcher")
+    with api_client(spend_stack, secret) as own:
+        assert own.put("/spend/budgets/tenant/searcher", json={"day": "5"}).status_code == 200
+        assert own.post("/collections", json={"name": "facts"}).status_code == 201
+        added = own.post(
+            "/collections/facts/documents", json={"docid": "d", "text": "Refunds take five days."}
+        )
+        assert added.status_code == 200, added.text
+        assert own.post("/collections/facts/search", json={"query": "refunds"}).status_code == 200
+
+        def counters() -> Decimal:
+            return Decimal(_account(own, "/spend/budgets/tenant/searcher")["spent_total"])  # type: ignore[arg-type]
+
+        def stored() -> Decimal | None:
+            report = own.get("/usage", params={"group_by": "sku"})
+            return Decimal(str(report.json()["totals"]["amount"])) if report.status_code == 200 else None
+
+        eventually(
+            lambda: stored() is not None and stored() > 0 and stored() == counters(),
+            within=15,
+            what="the counters equal to ClickHouse",
+        )
+        assert own.put("/spend/budgets/tenant/searcher", json={"day": "0"}).status_code == 200
+
+        def refused() -> bool:
+            answer = own.post("/collections/facts/search", json={"query": "refunds"})
+            return answer.status_code == 402 and answer.json()["error"]["code"] == "insufficient_quota"
+
+        eventually(refused, within=5, what="a spent budget refusing searches")
+    operator.close()

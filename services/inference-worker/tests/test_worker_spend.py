@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import nats
+import pytest
 from nats.aio.msg import Msg
 
 from aigw_contracts import GeneratedUsage, Prices, RoutedCall, UpstreamTarget, UsageEvent, streams, subjects
 from aigw_contracts.api import Usage
+from aigw_contracts.errors import InsufficientQuota
 from aigw_contracts.knowledge import KnowledgeTool
 from aigw_contracts.spend import Account, SpendAlert
 from aigw_devstack.nats import NatsServer
@@ -148,6 +150,41 @@ async def test_settling_across_a_budgets_thresholds_publishes_one_alert_each(fre
         info = await js.stream_info(streams.SPEND_STREAM)
         assert info.state.messages == 3  # kept for other teams' durable consumers
         await sub.unsubscribe()
+        await control.close(1.0)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("leases", [True, False])
+async def test_a_refused_answers_searches_are_counted_as_clickhouse_bills_them(
+    fresh_nats: NatsServer, leases: bool
+) -> None:
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        js = nc.jetstream()
+        await ensure_spend_stream(js)
+        accounts = await SpendAccounts.open(js)
+        await accounts.watch()
+        control = SpendControl(
+            accounts, js, WorkerSettings(spend_max_output_tokens=5000, spend_leases=leases)
+        )
+        tenant = AccountRef("tenant", "acme", "acme")
+
+        def budget(account: Account, now: float) -> None:
+            account.budgets["day"] = Decimal("0.002")
+
+        await accounts.change(tenant, budget)
+        search = GeneratedUsage.priced("knowledge.search", Decimal("0.001"), 1, "search")
+        # The answer may cost more than the budget allows: refused, but its search was billed.
+        route = _route(
+            {**BODY, "max_tokens": 100_000}, fallbacks=[_target("b", DEAR, window=None)], prior_usage=[search]
+        )
+        envelope = make_envelope("http://127.0.0.1:9", "hi", tenant="acme")
+        with pytest.raises(InsufficientQuota):
+            await control.reserve(envelope, route, "r1:chat")
+        await asyncio.wait(list(control._tasks), timeout=5)
+        account, _ = await accounts.read(tenant)
+        assert account.spent_total == Decimal("0.001")  # what ClickHouse has for that request
         await control.close(1.0)
     finally:
         await nc.close()

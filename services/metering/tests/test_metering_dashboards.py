@@ -23,7 +23,10 @@ import clickhouse_connect
 import pytest
 
 from aigw_contracts.requestlog import RequestLogEvent
+from aigw_contracts.spend import BudgetSet
 from aigw_metering import requestlog, sample
+from aigw_metering.budgets import TABLE as BUDGETS
+from aigw_metering.budgets import rows as budget_rows
 from aigw_metering.rows import Batch
 from aigw_metering.store import Store
 
@@ -153,6 +156,23 @@ def dashboard_db(tmp_path_factory: pytest.TempPathFactory, chdb_dir: Path) -> It
         )
     rows = b"\n".join(json.dumps(requestlog.row(r, i + 1)).encode() for i, r in enumerate(logged))
     store.insert(rows, "grafana-requests", store.requests_table)
+    # Budgets as metering stores them from the spend stream (`budgets.py`): the latest wins.
+    budgets = [
+        BudgetSet(
+            id=f"b{i}",
+            tenant=f"tenant-{i}",
+            scope="tenant",
+            account=f"tenant-{i}",
+            period="month",
+            budget=Decimal(amount),
+            by_key="op",
+            at=NOW - timedelta(minutes=10 - i),
+        )
+        for i, amount in enumerate(("1", "2", "3"))
+    ]
+    budgets.append(budgets[1].model_copy(update={"id": "b9", "budget": Decimal("5"), "at": NOW}))
+    budgets.append(budgets[0].model_copy(update={"id": "b8", "period": "day", "budget": None, "at": NOW}))
+    store.insert_json(BUDGETS, budget_rows(budgets))
     client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_dir), database=database)
     yield client, events
     client.close()
@@ -256,3 +276,21 @@ def test_the_request_panels_read_the_request_log(dashboard_db: tuple[Any, list[A
     assert codes == {"401 invalid_api_key", "429 rate_limit_exceeded", "502 upstream_error"}
     recent = client.query(expand(by_title["Recent errors"], variables, {})).result_rows
     assert len(recent) == 60 and all(r[1] >= 400 for r in recent)
+
+
+def test_spend_against_budgets_shows_the_latest_budget_and_this_months_spend(
+    dashboard_db: tuple[Any, list[Any]],
+) -> None:
+    client, events = dashboard_db
+    dashboard = json.loads(DASHBOARDS[0].read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    sql = next(p for p in _panels(dashboard) if p["title"] == "Spend against budgets")["targets"][0]["rawSql"]
+    result = client.query(expand(sql, variables, {"tenant": ["tenant-1", "tenant-0"]}))
+    rows = {(r[0], r[3]): dict(zip(result.column_names, r, strict=True)) for r in result.result_rows}
+    assert set(rows) == {("tenant-1", "month"), ("tenant-0", "month")}  # a removed budget is not shown
+    month = NOW.replace(day=1, hour=0, minute=0, second=0)
+    spent = sum((e.total() for e in events if e.tenant == "tenant-1" and e.finished_at >= month), Decimal(0))
+    row = rows[("tenant-1", "month")]
+    assert row["budget_usd"] == 5.0  # the latest of its two
+    assert math.isclose(row["spent_usd"], float(spent), rel_tol=1e-9)
+    assert math.isclose(row["percent"], round(100 * float(spent) / 5, 1), abs_tol=0.05)

@@ -296,6 +296,15 @@ class TenantLimits(BaseModel):
 
     requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
     tokens_per_minute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    # Knowledge: searches per minute (direct searches and those grounding a gateway's answers),
+    # documents inserted per UTC day, and collections the tenant may have.
+    searches_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
+    documents_per_day: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    collections: int | None = Field(default=None, ge=0, le=1_000_000)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("searches_per_minute", "documents_per_day", "collections"))
 
 
 class Tenant(BaseModel):

@@ -81,6 +81,20 @@ class SpendAlert(BaseModel):
     at: datetime
 
 
+class BudgetSet(BaseModel):
+    """A budget set or removed (`budget` None), published on `subjects.spend_budget_subject(tenant)`
+    (kept by the spend stream; metering stores them for the spend-against-budget dashboard)."""
+
+    id: str
+    tenant: str
+    scope: Scope
+    account: str  # the tenant, key or gateway id
+    period: Period
+    budget: Decimal | None
+    by_key: str
+    at: datetime
+
+
 class Shortfall(Exception):
     """A hold that does not fit: which limit, what it allows and what was asked."""
 
@@ -153,10 +167,19 @@ class Account(BaseModel):
         self.prune(now)
         if self.held.pop(hold_id, None) is None:
             return False
+        self.add_spent(amount, now)
+        return True
+
+    def add_spent(self, amount: Decimal, now: float) -> None:
+        """Count `amount` as spent now (in all, and in the current day and month)."""
         self.spent_total += amount
         for period in PERIODS:
             self.spent[period] = (period_id(period, now), self.spent_in(period, now) + amount)
-        return True
+
+    def tightest(self, now: float) -> tuple[str, Decimal] | None:
+        """The limit with the least left (holds counted as spent), or None: no limit at all."""
+        left = self.remaining(now)
+        return min(left.items(), key=lambda item: item[1]) if left else None
 
     def crossed(self, now: float) -> list[tuple[Period, int]]:
         """Budget thresholds reached for the first time in their period (marked as alerted)."""

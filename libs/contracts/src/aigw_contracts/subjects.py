@@ -91,6 +91,15 @@ def requests_subject(tenant: str) -> str:
     return f"{REQUESTS_SUBJECT_PREFIX}.{tenant or NO_TENANT}"
 
 
+def spend_budget_subject(tenant: str) -> str:
+    return f"{SPEND_SUBJECT_PREFIX}.budget.{tenant}"
+
+
+# Metering's durable consumer of the spend stream: budgets into ClickHouse (dashboards).
+METERING_SPEND_DURABLE = "aigw-metering-spend"
+SPEND_BUDGET_WILDCARD = f"{SPEND_SUBJECT_PREFIX}.budget.>"
+
+
 def usage_subject(tenant: str) -> str:
     """Usage events are split by tenant so a team can consume one tenant's usage alone."""
     return f"{USAGE_SUBJECT_PREFIX}.{tenant}"

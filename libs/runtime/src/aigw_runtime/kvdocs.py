@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
@@ -41,6 +43,15 @@ MAX_ATTEMPTS = 50  # compare-and-set retries of one write before giving up (only
 class _Pending:
     change: Callable[[Any, float], Any]
     done: asyncio.Future[Any]
+
+
+async def open_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """A bucket, created on first use (as `config` says) by whichever replica comes first."""
+    with contextlib.suppress(BucketNotFoundError):
+        return await js.key_value(config.bucket)
+    with contextlib.suppress(Exception):  # another replica created it at the same moment
+        return await js.create_key_value(config)
+    return await js.key_value(config.bucket)
 
 
 class KvDocs(Generic[M]):

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aigw_contracts import streams, subjects
-from aigw_contracts.ratelimits import RATE_BUCKET
+from aigw_contracts.ratelimits import QUOTA_BUCKET, RATE_BUCKET
 from aigw_contracts.spend import SPEND_BUCKET
 
 from .configstore import BUCKET
@@ -189,6 +189,7 @@ def _table() -> dict[str, Permissions]:
         + kv_owner(streams.RESPONSES_BUCKET)  # stored Responses API answers: the edge's alone
         + kv_writer(streams.CACHE_BUCKET)  # gateways' response caches: the edge's alone
         + kv_reader(streams.CIRCUITS_BUCKET)  # the workers' circuit states (`GET /v1/circuits`)
+        + kv_writer(QUOTA_BUCKET)  # documents per day, collections per tenant
         + Permissions(
             publish=(
                 subjects.ROUTER_CHAT,
@@ -228,6 +229,7 @@ def _table() -> dict[str, Permissions]:
         ),
         RETRIEVAL: _own_inbox(RETRIEVAL)
         + kv_reader(BUCKET)
+        + kv_writer(SPEND_BUCKET)  # direct searches and ingestion count against balances and budgets
         + events_to_edges
         + _answers(EDGE, WORKER)  # management answers, knowledge-tool answers
         + usage_producer()
@@ -250,6 +252,8 @@ def _table() -> dict[str, Permissions]:
         + durable_puller(streams.USAGE_STREAM, subjects.METERING_DURABLE)
         + stream_keeper(streams.REQUESTS_STREAM)
         + durable_puller(streams.REQUESTS_STREAM, subjects.REQUESTS_DURABLE)
+        + stream_keeper(streams.SPEND_STREAM)  # budgets for the dashboards
+        + durable_puller(streams.SPEND_STREAM, subjects.METERING_SPEND_DURABLE)
         + Permissions(
             publish=(*streams.USAGE_DEAD_SUBJECTS,),
             subscribe=(subjects.METERING_QUERY, subjects.METERING_BILLED, subjects.METERING_REQUESTS),

@@ -21,7 +21,6 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import (
     BadRequestError,
-    BucketNotFoundError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -38,22 +37,19 @@ from aigw_contracts.spend import (
     spend_key,
 )
 
-from .kvdocs import KvDocs
+from .kvdocs import KvDocs, open_kv
 
 log = logging.getLogger("aigw.spend")
 
 Change = Callable[[Account, float], Any]  # mutates the account (or raises); returns a result
+Crossed = list[tuple["AccountRef", Period, int, Account]]  # budget thresholds a write crossed
 
 
 async def open_spend_bucket(js: JetStreamContext) -> KeyValue:
     """The spend bucket, created on first use by whichever replica comes first."""
-    with contextlib.suppress(BucketNotFoundError):
-        return await js.key_value(SPEND_BUCKET)
-    with contextlib.suppress(Exception):  # another replica created it at the same moment
-        return await js.create_key_value(
-            KeyValueConfig(bucket=SPEND_BUCKET, history=SPEND_HISTORY, storage=StorageType.FILE)
-        )
-    return await js.key_value(SPEND_BUCKET)
+    return await open_kv(
+        js, KeyValueConfig(bucket=SPEND_BUCKET, history=SPEND_HISTORY, storage=StorageType.FILE)
+    )
 
 
 async def ensure_spend_stream(js: JetStreamContext) -> None:
@@ -163,21 +159,34 @@ class SpendAccounts(KvDocs[TenantSpend]):
         if refs:
             await self.change_key(refs[0].key, release)
 
-    async def settle(
-        self, refs: list[AccountRef], hold_id: str, amount: Decimal
-    ) -> list[tuple[AccountRef, Period, int, Account]]:
+    async def charge(self, refs: list[AccountRef], amount: Decimal) -> Crossed:
+        """Count `amount` as spent on every account of `refs` without a hold (billed although the
+        request was refused); the budget thresholds this crossed."""
+
+        def charge(account: Account, now: float) -> bool:
+            account.add_spent(amount, now)
+            return True
+
+        return await self._spend(refs, charge)
+
+    async def settle(self, refs: list[AccountRef], hold_id: str, amount: Decimal) -> Crossed:
         """Turn the hold into `amount` spent on every account of `refs`, once; the budget
         thresholds this crossed, per account (to publish as alerts)."""
+        return await self._spend(refs, lambda account, now: account.settle(hold_id, amount, now))
 
-        def settle(doc: TenantSpend, now: float) -> list[tuple[AccountRef, Period, int, Account]]:
-            out: list[tuple[AccountRef, Period, int, Account]] = []
+    async def _spend(self, refs: list[AccountRef], spend: Callable[[Account, float], bool]) -> Crossed:
+        """Apply `spend` to every account of `refs` that exists, in one write; the thresholds
+        crossed by those it counted on."""
+
+        def apply(doc: TenantSpend, now: float) -> Crossed:
+            out: Crossed = []
             for ref in refs:
                 account = doc.accounts.get(ref.name)
-                if account is not None and account.settle(hold_id, amount, now):
+                if account is not None and spend(account, now):
                     out.extend((ref, period, t, account) for period, t in account.crossed(now))
             return out
 
         if not refs:
             return []
-        result: list[tuple[AccountRef, Period, int, Account]] = await self.change_key(refs[0].key, settle)
+        result: Crossed = await self.change_key(refs[0].key, apply)
         return result

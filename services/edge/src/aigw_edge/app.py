@@ -146,6 +146,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
         app.state.spend = await SpendAccounts.open(js)  # read and written by `manage.spend`
         endpoint.shared = await SharedLimits.open(js)  # plan rate limits, across replicas
         await requests.start(bus.nc)
+        app.state.limits = endpoint.shared  # knowledge's: searches, insertions, collections
         log.info(
             "connected to nats",
             extra={"edge_id": settings.edge_id, "nats_url": redact_url(settings.nats_url), "keys": len(keys)},
@@ -172,6 +173,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     endpoint = chat.ChatEndpoint(settings, bus, keys, managed.view.tenants)
     # Gateways' response caches in front of it (a pass-through while no gateway has one).
     cache = ResponseCache(endpoint, keys, managed.view, bus)
+    endpoint.gateways = managed.view.gateways
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.
         api.router.routes.append(Route(path, endpoint, methods=["POST"]))

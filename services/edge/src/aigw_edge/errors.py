@@ -116,8 +116,12 @@ def invalid_request(exc: ValidationError | RequestValidationError) -> InvalidReq
 
 def _response(err: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
     out = dict(headers or {})
+    extra: Headers = list(getattr(err, "headers", None) or ())  # a plan limit's x-ratelimit-*
     if err.retry_after is not None:
-        out.update((k.decode(), v.decode()) for k, v in retry_after_headers(err.status, err.retry_after))
+        extra.extend(retry_after_headers(err.status, err.retry_after))
+    if err.should_retry is False:
+        extra.append((b"x-should-retry", b"false"))
+    out.update((k.decode(), v.decode()) for k, v in extra)
     return Response(err.to_json(), status_code=err.status, media_type="application/json", headers=out)
 
 

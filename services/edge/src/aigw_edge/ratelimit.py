@@ -28,24 +28,28 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 
 from aigw_contracts import ApiKey
 from aigw_contracts.config import TenantLimits
-from aigw_contracts.errors import RateLimited, Unavailable
+from aigw_contracts.errors import Forbidden, RateLimited, Unavailable
 from aigw_contracts.ratelimits import (
+    QUOTA_BUCKET,
+    QUOTA_HISTORY,
     RATE_BUCKET,
     RATE_HISTORY,
     RATE_TTL_S,
     WINDOW,
+    CountCapped,
     OverLimit,
+    Quotas,
     RateState,
     Standing,
     Take,
     go_duration,
+    utc_day,
 )
 from aigw_contracts.spend import spend_key
-from aigw_runtime.kvdocs import KvDocs
+from aigw_runtime.kvdocs import KvDocs, open_kv
 
 Headers = list[tuple[bytes, bytes]]
 BYTES_PER_TOKEN = 4
@@ -89,15 +93,16 @@ class RateLimiter:
 
 
 async def open_rate_bucket(js: JetStreamContext) -> Any:
-    with contextlib.suppress(BucketNotFoundError):
-        return await js.key_value(RATE_BUCKET)
-    with contextlib.suppress(Exception):  # another replica created it at the same moment
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=RATE_BUCKET, history=RATE_HISTORY, ttl=RATE_TTL_S, storage=StorageType.MEMORY
-            )
-        )
-    return await js.key_value(RATE_BUCKET)
+    config = KeyValueConfig(
+        bucket=RATE_BUCKET, history=RATE_HISTORY, ttl=RATE_TTL_S, storage=StorageType.MEMORY
+    )
+    return await open_kv(js, config)
+
+
+async def open_quota_bucket(js: JetStreamContext) -> Any:
+    return await open_kv(
+        js, KeyValueConfig(bucket=QUOTA_BUCKET, history=QUOTA_HISTORY, storage=StorageType.FILE)
+    )
 
 
 def requested_tokens(body: bytes, request: Any) -> int:
@@ -116,12 +121,12 @@ class PlanRateLimited(RateLimited):
         self.headers = headers
         if over.never:
             super().__init__(
-                f"Request too large for this {whose}'s limit of {over.limit} {over.unit} per minute: it "
-                f"counts {over.cost}. Ask for fewer tokens (max_tokens) or send less."
+                f"Request too large for this {whose}'s limit of {over.limit} {over.unit} per {over.per}: "
+                f"it counts {over.cost}. Ask for fewer tokens (max_tokens) or send less."
             )
         else:
             super().__init__(
-                f"Rate limit reached for this {whose}: {over.limit} {over.unit} per minute. "
+                f"Rate limit reached for this {whose}: {over.limit} {over.unit} per {over.per}. "
                 f"Retry in {over.wait:.1f} s.",
                 retry_after=over.wait,
             )
@@ -137,6 +142,7 @@ class Taken:
 
     draws: list[tuple[str, list[Take]]] = field(default_factory=list)  # (document key, takes)
     headers: Headers = field(default_factory=list)
+    documents: tuple[str, str, int] | None = None  # insertions counted: (document key, UTC day, count)
 
 
 def _takes(requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int) -> list[Take]:
@@ -166,15 +172,67 @@ def ratelimit_headers(standing: list[Standing]) -> Headers:
 
 
 class SharedLimits:
-    """Requests and tokens per minute per key and per tenant, across every edge replica."""
+    """Requests, tokens and searches per minute per key and per tenant, across every edge replica;
+    and a tenant's document insertions per UTC day and collections (`Quotas`)."""
 
-    def __init__(self, docs: KvDocs[RateState]) -> None:
+    def __init__(self, docs: KvDocs[RateState], quotas: KvDocs[Quotas] | None = None) -> None:
         self.docs = docs
+        self.quotas = quotas
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> SharedLimits:
-        return cls(KvDocs(await open_rate_bucket(js), RateState))
+        return cls(KvDocs(await open_rate_bucket(js), RateState), KvDocs(await open_quota_bucket(js), Quotas))
+
+    # ------------------------------------------------------------------ knowledge
+    async def admit_search(self, tenant_id: str, tenant: TenantLimits | None) -> Taken:
+        """Draw one search from the tenant's searches per minute, or raise the 429."""
+        if tenant is None or not tenant.searches_per_minute:
+            return Taken()
+        doc, takes = spend_key("tenant", tenant_id), [Take("searches", tenant.searches_per_minute, 1)]
+        try:
+            standing = await self.docs.change_key(doc, lambda state, now: state.take(takes, now))
+        except OverLimit as over:
+            raise PlanRateLimited(over, "tenant", ratelimit_headers([over.standing])) from None
+        except Exception as err:
+            raise Unavailable("Rate limits are unavailable; retry the request", retry_after=1) from err
+        return Taken([(doc, takes)], ratelimit_headers(standing))
+
+    async def admit_documents(self, tenant_id: str, tenant: TenantLimits | None, count: int) -> Taken:
+        """Count `count` document insertions today against the tenant's documents per day, or raise
+        the 429 (`x-should-retry: false` when the batch alone is more than a day allows)."""
+        if tenant is None or not tenant.documents_per_day or self.quotas is None:
+            return Taken()
+        per_day, doc = tenant.documents_per_day, spend_key("tenant", tenant_id)
+        day = utc_day(time.time())[0]
+        try:
+            standing = await self.quotas.change_key(doc, lambda q, now: q.take_documents(count, per_day, now))
+        except OverLimit as over:
+            raise PlanRateLimited(over, "tenant", ratelimit_headers([over.standing])) from None
+        except Exception as err:
+            raise Unavailable("Quotas are unavailable; retry the request", retry_after=1) from err
+        return Taken(headers=ratelimit_headers([standing]), documents=(doc, day, count))
+
+    async def claim_collection(
+        self, tenant_id: str, tenant: TenantLimits | None, collection_id: str, existing: set[str]
+    ) -> None:
+        """Count a new collection against the tenant's cap (every replica's creations included), or
+        raise 403 `collection_limit_reached`."""
+        if tenant is None or tenant.collections is None or self.quotas is None:
+            return
+        cap = tenant.collections
+        try:
+            await self.quotas.change_key(
+                spend_key("tenant", tenant_id),
+                lambda q, now: q.claim_collection(collection_id, existing, cap, now),
+            )
+        except CountCapped:
+            raise Forbidden(
+                f"This tenant may have at most {cap} collections: delete one, or ask for a larger plan.",
+                code="collection_limit_reached",
+            ) from None
+        except Exception as err:
+            raise Unavailable("Quotas are unavailable; retry the request", retry_after=1) from err
 
     @staticmethod
     def applies(key: ApiKey, tenant: TenantLimits | None) -> bool:
@@ -230,15 +288,26 @@ class SharedLimits:
 
     def give_back(self, taken: Taken) -> None:
         """Return what a request drew (in the background: the client has its answer already)."""
+        if taken.documents is not None and self.quotas is not None:
+            doc, day, count = taken.documents
+
+            def unlog(q: Quotas, now: float) -> None:
+                q.give_back_documents(count, day)
+
+            self._background(self.quotas.change_key(doc, unlog))
+            taken.documents = None
         for doc, takes in taken.draws:
 
             def back(state: RateState, now: float, takes: list[Take] = takes) -> None:
                 state.give_back(takes, now)
 
-            task = asyncio.create_task(self._quietly(self.docs.change_key(doc, back)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self.docs.change_key(doc, back))
         taken.draws = []
+
+    def _background(self, write: Any) -> None:
+        task = asyncio.create_task(self._quietly(write))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _quietly(write: Any) -> None:

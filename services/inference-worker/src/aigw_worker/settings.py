@@ -85,6 +85,16 @@ class WorkerSettings(BaseSettings):
     # round's searches may cost (USD): what a `QueryFunction` gateway's request holds per round.
     spend_tool_result_tokens: int = Field(default=16_000, ge=0)
     spend_tool_round_cost: Decimal = Field(default=Decimal("0.001"), ge=0)
+    # Slices of budget (`aigw_runtime.spendlease`): this worker holds a slice of each account it
+    # serves (sized for `spend_lease_holds` requests like the latest, at most `spend_lease_share`
+    # of what the account has left) and takes requests' holds from it without a KV write; spend is
+    # written every `spend_lease_flush` seconds; a slice unused for `spend_lease_idle` seconds is
+    # given back. Off: one KV write per request before its upstream call.
+    spend_leases: bool = True
+    spend_lease_holds: int = Field(default=32, ge=1)
+    spend_lease_share: Decimal = Field(default=Decimal("0.25"), gt=0, le=1)
+    spend_lease_idle: float = Field(default=1.0, gt=0)
+    spend_lease_flush: float = Field(default=0.1, ge=0)
     log_level: str = "INFO"
     # Seconds between "alive" events for each request this worker holds (`aigw_runtime.heartbeat`);
     # the edge's AIGW_HOLDER_TIMEOUT must be a few of these.

@@ -23,8 +23,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -34,6 +36,7 @@ from aigw_contracts.config import Prices
 from aigw_contracts.errors import InsufficientQuota, Unavailable
 from aigw_contracts.spend import ZERO, Shortfall, SpendAlert, period_id
 from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
+from aigw_runtime.spendlease import Crossed, SpendLeases
 
 from .settings import WorkerSettings
 
@@ -95,6 +98,19 @@ class SpendControl:
         self.js = js
         self.settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
+        self.leases: SpendLeases | None = None
+        if settings.spend_leases:  # holds from this worker's slices: no write on the request path
+            self.leases = SpendLeases(
+                accounts,
+                settings.worker_id,
+                grace=settings.spend_hold_grace,
+                holds=settings.spend_lease_holds,
+                share=settings.spend_lease_share,
+                idle=settings.spend_lease_idle,
+                flush=settings.spend_lease_flush,
+                on_crossed=self._alert,
+            )
+            self.leases.start()
 
     async def reserve(self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str) -> list[AccountRef]:
         """Hold the call's most on every account of its tenant, key and gateway (those that exist:
@@ -106,8 +122,9 @@ class SpendControl:
         amount = max_cost(route, self.settings)
         expires = envelope.deadline + self.settings.spend_hold_grace
         try:
-            await self.accounts.reserve(refs, hold_id, amount, expires)
+            await (self.leases or self.accounts).reserve(refs, hold_id, amount, expires)
         except Shortfall as short:
+            self._charge_searches(envelope, route, refs)
             raise InsufficientQuota(
                 f"This request may cost up to ${amount:f}, more than the {short.limit} allows "
                 f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
@@ -119,6 +136,28 @@ class SpendControl:
             )
             raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
         return refs
+
+    def _charge_searches(self, envelope: ChatEnvelope, route: RoutedCall, refs: list[AccountRef]) -> None:
+        """A refused answer's searches were billed all the same (retrieval ran them before this
+        call): count them as spent, as ClickHouse does, without a hold."""
+        searched = prior_knowledge(route)
+        if searched <= ZERO:
+            return
+        if self.leases is not None:
+            self.leases.charge(refs, searched)
+            self._track(self._written(envelope, refs[0].key))
+        else:
+            self._track(self._charge_now(envelope, refs, searched))
+
+    async def _charge_now(self, envelope: ChatEnvelope, refs: list[AccountRef], amount: Decimal) -> None:
+        try:
+            crossed = await self.accounts.charge(refs, amount)
+        except Exception:
+            log.exception(
+                "could not count a refused request's searches", extra={"request_id": envelope.request_id}
+            )
+            return
+        await self._alert(crossed)
 
     def settle(
         self,
@@ -133,12 +172,28 @@ class SpendControl:
         if not held:
             return  # no account existed when the call started: nothing to count it on
         amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
-        task = asyncio.create_task(self._settle(envelope, route, hold_id, held, amount))
+        if self.leases is not None:
+            self.leases.settle(held, hold_id, amount)  # counted now; written with the next write
+            self._track(self._written(envelope, held[0].key))
+        else:
+            self._track(self._settle(envelope, hold_id, held, amount))
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _written(self, envelope: ChatEnvelope, key: str) -> None:
+        assert self.leases is not None
+        try:
+            await self.leases.flushed(key)
+        except Exception as err:  # written by a later write; the slice expires if none comes
+            log.warning(
+                "spend not written yet", extra={"request_id": envelope.request_id, "error": repr(err)}
+            )
+
     async def _settle(
-        self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str, held: list[AccountRef], amount: Decimal
+        self, envelope: ChatEnvelope, hold_id: str, held: list[AccountRef], amount: Decimal
     ) -> None:
         try:
             if amount == ZERO:
@@ -149,10 +204,14 @@ class SpendControl:
             # The hold expires on its own; the spend is in the usage stream and ClickHouse.
             log.exception("could not settle a request's spend", extra={"request_id": envelope.request_id})
             return
+        await self._alert(crossed)
+
+    async def _alert(self, crossed: Crossed) -> None:
+        """Publish the budget thresholds a write crossed (`SpendAlert`, once per threshold)."""
         now = time.time()
         for ref, period, threshold, account in crossed:
             alert = SpendAlert(
-                tenant=envelope.tenant,
+                tenant=ref.tenant,
                 scope=ref.scope,
                 account=ref.id,
                 period=period,
@@ -165,7 +224,7 @@ class SpendControl:
             msg_id = f"{ref.key}:{ref.name}:{alert.period_id}:{threshold}"
             await publish_spend_event(
                 self.js,
-                subjects.spend_alert_subject(envelope.tenant),
+                subjects.spend_alert_subject(ref.tenant),
                 alert.model_dump_json().encode(),
                 msg_id,
             )
@@ -173,4 +232,9 @@ class SpendControl:
     async def close(self, within: float) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=within)
+        if self.leases is not None:
+            try:
+                await asyncio.wait_for(self.leases.close(), within)
+            except Exception as err:  # they expire on their own
+                log.warning("spend slices not given back", extra={"error": repr(err)})
         await self.accounts.stop()

@@ -18,6 +18,7 @@ from aigw_runtime.service import Service
 from aigw_runtime.usage_publisher import requests_stream_config
 
 from . import billed, jetstream
+from .budgets import Budgets
 from .consumer import Consumer
 from .health import Health
 from .pull import Puller
@@ -72,6 +73,7 @@ class MeteringService:
         )
         self.consumer: Consumer | None = None
         self.requests: RequestLogConsumer | None = None
+        self.budgets: Budgets | None = None  # budgets for the dashboards (`budgets.py`)
 
     @property
     def nc(self) -> NATS:
@@ -101,12 +103,16 @@ class MeteringService:
         await requests_puller.start()
         self.requests = RequestLogConsumer(s, self.store, self.health, js, requests_puller)
         self.requests.start()
+        self.budgets = Budgets(self.nc, js, self.store)
+        await self.budgets.start()
 
     async def _stop_consumer(self) -> None:
         """Let the batch being inserted finish and ack it, give held events back to JetStream,
         flush the acks, close the store."""
         if self.requests is not None:
             await self.requests.stop()
+        if self.budgets is not None:
+            await self.budgets.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         with contextlib.suppress(Exception):

@@ -162,6 +162,15 @@ class Store:
                     raise StoreRefused(_describe(err)) from err
                 raise StoreUnavailable(_describe(err)) from err
 
+    def insert_json(self, table: str, block: bytes) -> None:
+        """Insert JSONEachRow rows into another table of the database (budgets)."""
+        with self._write_lock:
+            client = self._require(self._writer)
+            try:
+                client.raw_insert(f"{self.database}.{table}", insert_block=block, fmt="JSONEachRow")
+            except Exception as err:
+                raise StoreUnavailable(_describe(err)) from err
+
     def stored_events(self, request_ids: Sequence[str]) -> set[tuple[str, str]]:
         """(request_id, source) of the events already stored among these requests."""
         if not request_ids:

@@ -28,6 +28,7 @@ from aigw_runtime.cancels import Cancels
 from aigw_runtime.configstore import ConfigView, ConfigWatcher
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.service import Service
+from aigw_runtime.spend import SpendAccounts
 from aigw_runtime.usage_publisher import JetStreamUsageBus, UsagePublisher
 from aigw_runtime.workercall import ask_worker
 
@@ -109,6 +110,9 @@ def create_app(
         calls = ResolverCalls(collections.upstreams, partial(ask_worker, bus.nc), settings.resolver_timeout)
         knowledge.usage = UsagePublisher(usage_bus, retry_window=settings.usage_retry_window)
         await knowledge.usage.start()
+        knowledge.spend = await SpendAccounts.open(bus.nc.jetstream())  # direct searches, ingestion
+        await knowledge.spend.watch()
+        bus.on_reconnect.append(knowledge.spend.reconnected)
         retrieval.knowledge = knowledge
         retrieval.manager = Manager(knowledge)
         retrieval.grounder = Grounder(

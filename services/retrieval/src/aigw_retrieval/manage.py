@@ -75,6 +75,8 @@ class Manager:
     async def _run(self, request: KnowledgeRequest, scope: Scope, started: datetime) -> Any:
         k = self.knowledge
         op = request.op
+        if op in ("upsert", "import", "search"):
+            k.affordable(request.tenant, request.key_id)  # 402 once a balance or budget is spent
         if op in ("upsert", "import"):
             await k.writable(scope)
             if op == "upsert":
@@ -97,13 +99,15 @@ class Manager:
                 result = await k.searcher.search(scope, request.search)
             except CollectionNotFound:  # no document was ever added: nothing to find
                 result = KnowledgeSearchResult(passages=[])
+            lines = k.lines(1, result.embedding_tokens)
             k.meter(
                 request_id=uuid7(),
                 tenant=request.tenant,
                 key_id=request.key_id,
-                lines=k.lines(1, result.embedding_tokens),
+                lines=lines,
                 started_at=started,
             )
+            k.charge(request.tenant, request.key_id, lines)
             return result
         if op == "list":
             try:
@@ -139,13 +143,11 @@ class Manager:
         return {"collection": request.collection, "object": "collection.data", "deleted": await k.drop(scope)}
 
     def _meter(self, request: KnowledgeRequest, report: IngestReport, started: datetime) -> None:
+        lines = self.knowledge.lines(0, report.embedding_tokens)
         self.knowledge.meter(
-            request_id=uuid7(),
-            tenant=request.tenant,
-            key_id=request.key_id,
-            lines=self.knowledge.lines(0, report.embedding_tokens),
-            started_at=started,
+            request_id=uuid7(), tenant=request.tenant, key_id=request.key_id, lines=lines, started_at=started
         )
+        self.knowledge.charge(request.tenant, request.key_id, lines)
 
 
 def _no_document(docid: str) -> errors.NotFound:

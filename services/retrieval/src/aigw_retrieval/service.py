@@ -7,15 +7,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Literal
 
-from aigw_contracts import UsageEvent
+from aigw_contracts import UsageEvent, errors
 from aigw_contracts.api import GeneratedUsage
 from aigw_contracts.knowledge import KNOWLEDGE_UPSTREAM, Collection
 from aigw_runtime.configstore import ConfigView
+from aigw_runtime.spend import AccountRef, SpendAccounts
 from aigw_runtime.usage_publisher import UsagePublisher
 
 from .embed import Embedder
@@ -41,6 +45,8 @@ class Knowledge:
         self.store = store
         self.embedder = embedder
         self.view = view if view is not None else ConfigView()
+        self.spend: SpendAccounts | None = None  # balances and budgets (mirrored), once started
+        self._charges: set[asyncio.Task[None]] = set()
         self.ingestor = Ingestor(
             store, embedder, max_chars=settings.chunk_chars, overlap=settings.chunk_overlap
         )
@@ -119,6 +125,50 @@ class Knowledge:
         except Exception:
             log.exception("could not account knowledge usage", extra={"request_id": request_id})
 
+    # ------------------------------------------------------------------ spend control
+    def _accounts(self, tenant: str, key_id: str) -> list[AccountRef]:
+        if self.spend is None:
+            return []
+        return self.spend.existing([AccountRef("tenant", tenant, tenant), AccountRef("key", key_id, tenant)])
+
+    def affordable(self, tenant: str, key_id: str) -> None:
+        """Refuse (402) a direct search or an ingestion when a balance or budget of its tenant or
+        key has nothing left (per the mirror: no round trip). Their cost is counted after
+        (`charge`), not held: it is small and known only once the text is embedded."""
+        if self.spend is None:
+            return
+        now = time.time()
+        for ref in self._accounts(tenant, key_id):
+            known = self.spend.docs.get(ref.key)
+            account = known[0].accounts.get(ref.name) if known is not None else None
+            tightest = account.tightest(now) if account is not None else None
+            if tightest is not None and tightest[1] <= 0:
+                raise errors.InsufficientQuota(
+                    f"The {tightest[0]} of this {ref.scope} has nothing left. Add credit or raise the budget."
+                )
+
+    def charge(self, tenant: str, key_id: str, lines: list[GeneratedUsage]) -> None:
+        """Count what a direct search or an ingestion billed against its tenant's and key's
+        balances and budgets (in the background: the answer does not wait)."""
+        amount = sum((line.amount for line in lines), Decimal(0))
+        refs = self._accounts(tenant, key_id)
+        if not refs or amount <= 0 or self.spend is None:
+            return
+        task = asyncio.create_task(self._charge(self.spend, refs, amount))
+        self._charges.add(task)
+        task.add_done_callback(self._charges.discard)
+
+    @staticmethod
+    async def _charge(spend: SpendAccounts, refs: list[AccountRef], amount: Decimal) -> None:
+        try:
+            await spend.charge(refs, amount)
+        except Exception as err:  # ClickHouse has the lines; the counters miss them
+            log.warning("knowledge spend not counted", extra={"error": repr(err)})
+
     async def close(self) -> None:
+        if self._charges:
+            await asyncio.wait(list(self._charges), timeout=5.0)
+        if self.spend is not None:
+            await self.spend.stop()
         await self.store.close()
         await self.embedder.aclose()

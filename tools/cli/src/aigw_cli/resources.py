@@ -41,6 +41,12 @@ def limits_summary(limits: dict[str, Any] | None) -> str:
         parts.append(f"{limits['tokens_per_minute']} tokens/min")
     if limits.get("requests_per_minute_per_ip"):
         parts.append(f"{limits['requests_per_minute_per_ip']}/min per IP")
+    if limits.get("searches_per_minute"):
+        parts.append(f"{limits['searches_per_minute']} searches/min")
+    if limits.get("documents_per_day"):
+        parts.append(f"{limits['documents_per_day']} documents/day")
+    if limits.get("collections") is not None:
+        parts.append(f"{limits['collections']} collections")
     return ", ".join(parts) or "none"
 
 
@@ -94,6 +100,10 @@ def _limit_flags(p: argparse.ArgumentParser, per_ip: bool = True) -> None:
     )
     if per_ip:
         p.add_argument("--rpm-per-ip", type=int, help="requests per minute per client IP (0: no limit)")
+    else:
+        p.add_argument("--searches-per-min", type=int, help="knowledge searches per minute (0: no limit)")
+        p.add_argument("--docs-per-day", type=int, help="documents inserted per UTC day (0: no limit)")
+        p.add_argument("--collections", type=int, help="collections the tenant may have (0: no limit)")
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +114,9 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
             ("requests_per_minute", args.rpm),
             ("tokens_per_minute", args.tpm),
             ("requests_per_minute_per_ip", getattr(args, "rpm_per_ip", None)),
+            ("searches_per_minute", getattr(args, "searches_per_min", None)),
+            ("documents_per_day", getattr(args, "docs_per_day", None)),
+            ("collections", getattr(args, "collections", None)),
         )
         if value is not None
     }

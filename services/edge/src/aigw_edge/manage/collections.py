@@ -9,6 +9,7 @@ collections; another tenant's collection answers 404, exactly like a missing one
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from aigw_contracts import ApiKey, errors, subjects
+from aigw_contracts.config import TenantLimits
 from aigw_contracts.ids import is_uuid, uuid7
 from aigw_contracts.knowledge import Collection, KnowledgeDocument, KnowledgeRequest, KnowledgeSearch
 from aigw_runtime import bus as runtime_bus
@@ -24,6 +26,7 @@ from ..bus import Bus
 from ..deps import AdminKey, PrivateKey, TheBus
 from ..errors import invalid_request
 from ..openapi import errors as openapi_errors
+from ..ratelimit import SharedLimits, Taken
 from .access import can_see, in_use, listed_tenant, not_found, target_tenant
 from .schemas import CollectionIn, CollectionOut, Deleted, DocumentsIn, ListOf
 from .store import Config, ManagedConfig
@@ -56,8 +59,33 @@ class KnowledgeClient:
         return reply.data
 
 
-def _json(data: bytes, status: int = 200) -> Response:
-    return Response(data, status_code=status, media_type="application/json")
+def _json(data: bytes, status: int = 200, taken: Taken | None = None) -> Response:
+    headers = {k.decode(): v.decode() for k, v in taken.headers} if taken is not None else None
+    return Response(data, status_code=status, media_type="application/json", headers=headers)
+
+
+async def plan_limits(request: Request) -> SharedLimits | None:
+    limits: SharedLimits | None = getattr(request.app.state, "limits", None)
+    return limits
+
+
+Limits = Annotated[SharedLimits | None, Depends(plan_limits)]
+
+
+def tenant_limits(config: ManagedConfig, tenant: str) -> TenantLimits | None:
+    found = config.view.tenants.get(tenant)
+    return found.limits if found is not None else None
+
+
+async def counted(limits: SharedLimits | None, taken: Taken, asking: Awaitable[bytes]) -> Response:
+    """Ask the retrieval service; what was drawn from the plan goes back unless it answers."""
+    try:
+        data = await asking
+    except BaseException:
+        if limits is not None:
+            limits.give_back(taken)
+        raise
+    return _json(data, taken=taken)
 
 
 def _documents(body: Any) -> list[KnowledgeDocument]:
@@ -104,11 +132,14 @@ def ask(key: ApiKey, collection: Collection, **fields: Any) -> KnowledgeRequest:
 
 # ---------------------------------------------------------------------- collections
 @router.post("", status_code=201, summary="Create a knowledge collection")
-async def create(body: CollectionIn, key: AdminKey, config: Config) -> CollectionOut:
+async def create(body: CollectionIn, key: AdminKey, config: Config, limits: Limits) -> CollectionOut:
     tenant = target_tenant(key, body.tenant, config)
     if any(c.tenant == tenant and c.name == body.name for c in config.view.collections.values()):
         raise errors.Conflict(f"You already have a collection named '{body.name}'.", param="name")
     collection = Collection(id=uuid7(), tenant=tenant, name=body.name, description=body.description)
+    if limits is not None:  # the tenant's cap on collections, counted across every replica
+        existing = {c.id for c in config.view.collections.values() if c.tenant == tenant}
+        await limits.claim_collection(tenant, tenant_limits(config, tenant), collection.id, existing)
     await config.put("collection", collection, expect_revision=0)
     return out(config, collection)
 
@@ -140,11 +171,23 @@ async def delete(ref: str, key: AdminKey, config: Config, retrieval: Retrieval) 
 # ---------------------------------------------------------------------- documents
 @router.post("/{ref}/documents", summary='Add or update documents: one, or {"documents": [...]}')
 async def add(
-    ref: str, body: dict[str, Any], key: AdminKey, config: Config, retrieval: Retrieval
+    ref: str, body: dict[str, Any], key: AdminKey, config: Config, retrieval: Retrieval, limits: Limits
 ) -> Response:
     collection = find(config, key, ref)
     documents = _documents(body)
-    return _json(await retrieval.ask(ask(key, collection, op="upsert", documents=documents), WRITE_TIMEOUT))
+    taken = await _insertions(limits, config, collection, len(documents))
+    return await counted(
+        limits, taken, retrieval.ask(ask(key, collection, op="upsert", documents=documents), WRITE_TIMEOUT)
+    )
+
+
+async def _insertions(
+    limits: SharedLimits | None, config: ManagedConfig, collection: Collection, count: int
+) -> Taken:
+    """Count `count` document insertions against the tenant's documents per day."""
+    if limits is None:
+        return Taken()
+    return await limits.admit_documents(collection.tenant, tenant_limits(config, collection.tenant), count)
 
 
 @router.post(
@@ -158,7 +201,7 @@ async def add(
     },
 )
 async def import_(
-    ref: str, request: Request, key: AdminKey, config: Config, retrieval: Retrieval
+    ref: str, request: Request, key: AdminKey, config: Config, retrieval: Retrieval, limits: Limits
 ) -> Response:
     collection = find(config, key, ref)
     try:
@@ -167,7 +210,11 @@ async def import_(
         raise errors.InvalidRequest("JSON Lines must be UTF-8 text.") from None
     if not text.strip():
         raise errors.InvalidRequest("The import is empty: send one JSON document per line.")
-    return _json(await retrieval.ask(ask(key, collection, op="import", jsonl=text), WRITE_TIMEOUT))
+    lines = sum(1 for line in text.splitlines() if line.strip())  # one document a line
+    taken = await _insertions(limits, config, collection, lines)
+    return await counted(
+        limits, taken, retrieval.ask(ask(key, collection, op="import", jsonl=text), WRITE_TIMEOUT)
+    )
 
 
 @router.get("/{ref}/documents", summary="List a collection's documents")
@@ -200,7 +247,10 @@ async def delete_document(
 # ---------------------------------------------------------------------- search
 @router.post("/{ref}/search", summary="Search a collection (top, minScore, reranker, includeReferences)")
 async def search(
-    ref: str, body: KnowledgeSearch, key: PrivateKey, config: Config, retrieval: Retrieval
+    ref: str, body: KnowledgeSearch, key: PrivateKey, config: Config, retrieval: Retrieval, limits: Limits
 ) -> Response:
     collection = find(config, key, ref)
-    return _json(await retrieval.ask(ask(key, collection, op="search", search=body)))
+    taken = Taken()
+    if limits is not None:
+        taken = await limits.admit_search(collection.tenant, tenant_limits(config, collection.tenant))
+    return await counted(limits, taken, retrieval.ask(ask(key, collection, op="search", search=body)))

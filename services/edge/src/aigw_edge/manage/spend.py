@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from aigw_contracts import ApiKey, errors, subjects
-from aigw_contracts.spend import Account, AccountView, BudgetIn, Credit, CreditIn, Scope
+from aigw_contracts.spend import Account, AccountView, BudgetIn, BudgetSet, Credit, CreditIn, Scope
 from aigw_runtime.spend import AccountRef, SpendAccounts, publish_spend_event
 
 from ..deps import AdminKey, OperatorKey
@@ -105,7 +105,13 @@ async def show_budget(
     summary="Set day and/or month budgets in USD (null removes one; a field left out is kept)",
 )
 async def set_budget(
-    scope: Scope, account_id: str, body: BudgetIn, key: AdminKey, config: Config, accounts: Accounts
+    scope: Scope,
+    account_id: str,
+    body: BudgetIn,
+    key: AdminKey,
+    config: Config,
+    accounts: Accounts,
+    request: Request,
 ) -> AccountView:
     tenant = _owner(key, scope, account_id, config)
 
@@ -118,4 +124,19 @@ async def set_budget(
                 account.budgets[period] = value  # type: ignore[index]
 
     await accounts.change(AccountRef(scope, account_id, tenant), apply)
+    js = request.app.state.bus.nc.jetstream()
+    for period in sorted(body.model_fields_set):  # for dashboards: spend against budgets
+        event = BudgetSet(
+            id=f"budget_{uuid.uuid4().hex}",
+            tenant=tenant,
+            scope=scope,
+            account=account_id,
+            period=period,
+            budget=getattr(body, period),
+            by_key=key.id,
+            at=datetime.now(UTC),
+        )
+        await publish_spend_event(
+            js, subjects.spend_budget_subject(tenant), event.model_dump_json().encode(), event.id
+        )
     return await _view(accounts, scope, account_id, tenant)

@@ -29,10 +29,12 @@ from aigw_contracts import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    Gateway,
     Tenant,
     headers,
     subjects,
 )
+from aigw_contracts.config import TenantLimits
 from aigw_contracts.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -224,6 +226,7 @@ class ChatEndpoint:
         self.bus = bus
         self.keys = keys
         self.tenants: dict[str, Tenant] = tenants if tenants is not None else {}  # kept current by the app
+        self.gateways: dict[str, Gateway] = {}  # the config's, kept current by the app (`app.py`)
         self.shared: SharedLimits | None = None  # set once connected (`app.py`)
         self.edge_id = settings.edge_id
         self.request_timeout = settings.request_timeout
@@ -336,6 +339,30 @@ class ChatEndpoint:
         call.span = span
         return span
 
+    def _grounded(self, tenant: str, model: str) -> bool:
+        """Whether `model` names one of the tenant's gateways with knowledge (by id, slug or name)."""
+        gateway = self.gateways.get(model)
+        if gateway is None:
+            gateway = next(
+                (g for g in self.gateways.values() if g.tenant == tenant and model in (g.slug, g.name)), None
+            )
+        return gateway is not None and gateway.tenant == tenant and gateway.knowledge is not None
+
+    async def _admit_search(self, call: _Call, tenant: str, limits: TenantLimits) -> Taken:
+        assert self.shared is not None
+        try:
+            searched = await self.shared.admit_search(tenant, limits)
+        except BaseException:
+            if call.taken is not None:  # refused: what the request drew already goes back too
+                self.shared.give_back(call.taken)
+                call.taken = None
+            raise
+        if call.taken is None:
+            call.taken = searched
+        else:
+            call.taken.draws.extend(searched.draws)
+        return searched
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
         # Every answer, refusals included, carries the id the access log line has.
         request_id = call.request_id = uuid7()
@@ -372,6 +399,14 @@ class ChatEndpoint:
         if self.shared is not None and SharedLimits.applies(key, tenant_limits):
             call.taken = await self.shared.admit(key, tenant_limits, requested_tokens(body, request))
             call.headers.extend(call.taken.headers)
+        if (
+            self.shared is not None
+            and tenant_limits is not None
+            and tenant_limits.searches_per_minute
+            and self._grounded(key.tenant, request.model)
+        ):  # a gateway with knowledge searches before it answers: one search of the plan
+            searched = await self._admit_search(call, key.tenant, tenant_limits)
+            call.headers.extend(searched.headers)
         call.model = request.model
         stream = call.stream = bool(request.stream)
         timeout = call.timeout = request_timeout(self.request_timeout, stream, client_timeout, sdk_timeout)
