@@ -228,7 +228,8 @@ def test_a_failing_deployment_is_skipped_once_its_circuit_opens_and_probed_after
         # the worker's /metrics reads the same breakers at the scrape
         metrics = scrape(resilient.metrics_url("worker-0"))
         state = {
-            d: value(metrics, "aigw_circuit_state", upstream=upstream, deployment=d) for d in ("broken", "sound")
+            d: value(metrics, "aigw_circuit_state", upstream=upstream, deployment=d)
+            for d in ("broken", "sound")
         }
         assert state == {"broken": 2.0, "sound": 0.0}, state
         assert ("aigw_circuit_state", frozenset({("upstream", upstream), ("deployment", "sound")})) in metrics
