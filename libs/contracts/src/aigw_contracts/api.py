@@ -551,6 +551,7 @@ class ChatCompletion(_Open):
 class ChunkDelta(_Open):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # thinking text: DeepSeek's, vLLM's, OpenRouter's field
     refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
