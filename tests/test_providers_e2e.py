@@ -92,6 +92,14 @@ def test_text_whole_and_streamed_through_a_native_provider(
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
 
+def test_the_models_list_carries_the_catalogs_metadata(client: OpenAI, models: dict[str, str]) -> None:
+    listed = {m.id: m for m in client.models.list()}
+    for mid in (models["anthropic"], "@sim/anthropic-sim"):  # a gateway shows its upstream's
+        entry: Any = listed[mid]
+        assert entry.object == "model" and entry.created > 0 and entry.owned_by in ("demo", "sim")
+        assert entry.model_extra["provider"] == "sim" and entry.model_extra["context_window"] == 200000
+
+
 @pytest.mark.parametrize("api", ["anthropic", "gemini"])
 def test_thinking_reaches_the_sdk_as_reasoning_content_whole_and_streamed(
     client: OpenAI, models: dict[str, str], api: str

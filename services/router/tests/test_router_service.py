@@ -184,8 +184,29 @@ async def test_models_lists_the_tenants_gateways(seen: Seen) -> None:
     reply = await seen.nc.request(
         subjects.ROUTER_MODELS, ModelsQuery(tenant="t1").model_dump_json().encode(), timeout=5
     )
-    ids = {m["id"] for m in json.loads(reply.data)["data"]}
-    assert {GID, "support:50c3", "@openai/gpt-5-mini"} <= ids
+    listed = {m["id"]: m for m in json.loads(reply.data)["data"]}
+    assert {GID, "support:50c3", "@openai/gpt-5-mini"} <= set(listed)
+    # OpenAI's fields as they are, then the catalog's metadata (a gateway: its upstream's)
+    mini = {
+        "provider": "openai",
+        "context_window": 400000,
+        "input_modalities": ["text", "image"],
+        "output_modalities": ["text"],
+    }
+    for mid, owner in ((GID, "t1"), ("@openai/gpt-5-mini", "openai")):
+        entry = listed[mid]
+        assert list(entry)[:4] == ["id", "object", "created", "owned_by"]
+        assert entry["object"] == "model" and entry["owned_by"] == owner
+        assert {k: entry[k] for k in mini} == mini
+        assert "max_completion_tokens" in entry["supported_parameters"]
+    # a public key is not told which provider serves its gateway, and gets no catalog models
+    reply = await seen.nc.request(
+        subjects.ROUTER_MODELS,
+        ModelsQuery(tenant="t1", key_kind="public").model_dump_json().encode(),
+        timeout=5,
+    )
+    (public, *_) = [m for m in json.loads(reply.data)["data"] if m["id"] == GID]
+    assert "provider" not in public and public["context_window"] == 400000
 
 
 async def test_a_malformed_models_query_gets_an_error_reply(seen: Seen) -> None:
