@@ -211,11 +211,14 @@ async def harness(tmp_path: Path, minilm: MiniLMEmbedder, nats_server: NatsServe
 
 async def test_grounded_envelope_carries_fenced_passages_grounding_and_priced_lines(harness: Harness) -> None:
     await _seed(harness)
-    await harness.chat(envelope("How do I reset my password?"))
+    asked = envelope("How do I reset my password?")
+    asked.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await harness.chat(asked)
     assert not harness.replies
     (msg,) = harness.worker
     assert msg.reply == subjects.bounce_subject("rtest", REPLY)
     routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace == asked.trace and msg.headers is None  # untraced: no NATS headers to pay for
     assert routed.route is not None
     messages = routed.route.body["messages"]
     # system prompt first, then the knowledge message just before the question
@@ -499,3 +502,15 @@ async def test_a_weaviate_with_nothing_listening_is_unavailable() -> None:
         assert await store.available() is False
     finally:
         await store.close()
+
+
+@pytest.mark.usefixtures("tracing_on")
+async def test_a_traced_grounding_forwards_its_trace_context_as_nats_headers_too(harness: Harness) -> None:
+    await _seed(harness)
+    asked = envelope("How do I reset my password?")
+    asked.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await harness.chat(asked)
+    (msg,) = harness.worker
+    routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert routed.trace != asked.trace and msg.headers == routed.trace  # the `retrieve` span's context

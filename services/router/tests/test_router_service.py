@@ -108,17 +108,37 @@ def _envelope(model: str, **kw: Any) -> bytes:
 
 
 async def test_routed_envelope_reaches_workers_with_a_bounce_reply(seen: Seen) -> None:
-    await seen.publish(subjects.ROUTER_CHAT, _envelope("support:50c3", temperature=0.9))
+    env = ChatEnvelope.model_validate_json(_envelope("support:50c3", temperature=0.9))
+    env.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await seen.publish(subjects.ROUTER_CHAT, env.model_dump_json().encode())
     await seen.settle()
     assert len(seen["worker"]) == 1 and not seen["reply"]
     msg = seen["worker"][0]
     assert msg.reply == subjects.bounce_subject("r1", REPLY)
     routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace == env.trace and msg.headers is None  # untraced: no NATS headers to pay for
     assert routed.route is not None
     assert routed.route.gateway_id == GID and routed.route.response_model == "@openai/gpt-5-mini"
     assert routed.route.body["messages"][0] == {"role": "system", "content": "You are support."}
     assert routed.route.params_used == {"temperature": 0.9}
     assert routed.route.upstream.api_key is None  # catalog credentials never travel on the bus
+
+
+@pytest.mark.usefixtures("tracing_on")
+async def test_a_traced_envelope_carries_its_trace_context_as_nats_headers_too(seen: Seen) -> None:
+    env = ChatEnvelope.model_validate_json(_envelope("support:50c3"))
+    env.trace = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "v=1",
+    }
+    await seen.publish(subjects.ROUTER_CHAT, env.model_dump_json().encode())
+    await seen.settle()
+    (msg,) = seen["worker"]
+    routed = ChatEnvelope.routed(msg.data)
+    # the router's `route` span is the next hop's parent, in the envelope and in the headers alike
+    assert routed.trace["traceparent"] != env.trace["traceparent"]
+    assert routed.trace["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert msg.headers == routed.trace
 
 
 async def test_the_conversation_travels_once_past_the_router(seen: Seen) -> None:

@@ -250,6 +250,7 @@ class Handlers:
         return Outgoing(
             subjects.RETRIEVAL_CHAT if grounded else subjects.WORKER_CHAT,
             routed.forward_json(),
+            telemetry.nats_headers(routed.trace),
             reply=subjects.bounce_subject(
                 self.retrieval_bounce if grounded else self.worker_bounce, routed.reply
             ),
