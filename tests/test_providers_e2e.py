@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
+from aigw_simulator.providers import THINKING
 from tests.conftest import eventually
 
 PRICES = {"input": "3E-6", "output": "0.000015", "cached_input": "3E-7", "cache_write": "0.00000375"}
@@ -89,6 +90,33 @@ def test_text_whole_and_streamed_through_a_native_provider(
         "stop"
     ]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+def test_the_models_list_carries_the_catalogs_metadata(client: OpenAI, models: dict[str, str]) -> None:
+    listed = {m.id: m for m in client.models.list()}
+    for mid in (models["anthropic"], "@sim/anthropic-sim"):  # a gateway shows its upstream's
+        entry: Any = listed[mid]
+        assert entry.object == "model" and entry.created > 0 and entry.owned_by in ("demo", "sim")
+        assert entry.model_extra["provider"] == "sim" and entry.model_extra["context_window"] == 200000
+
+
+@pytest.mark.parametrize("api", ["anthropic", "gemini"])
+def test_thinking_reaches_the_sdk_as_reasoning_content_whole_and_streamed(
+    client: OpenAI, models: dict[str, str], api: str
+) -> None:
+    ask: Any = {
+        "model": models[api],
+        "messages": [{"role": "user", "content": "think [sim tokens=2]"}],
+        "reasoning_effort": "low",
+        "max_completion_tokens": 4096,  # Anthropic's thinking budget must fit under it
+    }
+    whole: Any = client.chat.completions.create(**ask).choices[0].message
+    assert whole.content == "sim0 sim1" and whole.model_extra["reasoning_content"] == THINKING
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    deltas: Any = [c.choices[0].delta for c in chunks if c.choices]
+    thought = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert thought == THINKING  # the de-facto convention: DeepSeek's, vLLM's, OpenRouter's field
+    assert "".join(d.content or "" for d in deltas) == "sim0 sim1"  # thoughts are not the answer
 
 
 @pytest.mark.parametrize("api", ["anthropic", "gemini"])

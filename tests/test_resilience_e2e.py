@@ -29,6 +29,7 @@ from aigw_contracts.ids import uuid7
 from aigw_devstack.procs import Process, free_port
 from aigw_devstack.stack import SIM_UPSTREAM, Stack
 from tests.conftest import api_client, eventually, start_stack
+from tests.test_observe_e2e import scrape, value
 
 COOLDOWN = 1.5  # seconds an open circuit skips its deployment (AIGW_CIRCUIT_COOLDOWN)
 HANGING = "@sim/hanging"  # the simulator as model "hanging", which `[sim fault_model=hanging …]` faults
@@ -224,6 +225,14 @@ def test_a_failing_deployment_is_skipped_once_its_circuit_opens_and_probed_after
         assert failing.count() - before == 2  # AIGW_CIRCUIT_FAILURES failures open it
         circuits = _circuits(http, upstream)
         assert circuits["broken"]["state"] == "open" and circuits["sound"]["state"] == "closed"
+        # the worker's /metrics reads the same breakers at the scrape
+        metrics = scrape(resilient.metrics_url("worker-0"))
+        state = {
+            d: value(metrics, "aigw_circuit_state", upstream=upstream, deployment=d)
+            for d in ("broken", "sound")
+        }
+        assert state == {"broken": 2.0, "sound": 0.0}, state
+        assert ("aigw_circuit_state", frozenset({("upstream", upstream), ("deployment", "sound")})) in metrics
         opened = failing.count()
         for _ in range(10):
             client.chat.completions.create(model=slug, messages=[{"role": "user", "content": "hi"}])
@@ -246,6 +255,8 @@ def test_a_failing_deployment_is_skipped_once_its_circuit_opens_and_probed_after
         eventually(
             lambda: _circuits(http, upstream)["broken"]["state"] == "half_open", COOLDOWN + 2, "half-open"
         )
+        metrics = scrape(resilient.metrics_url("worker-0"))
+        assert value(metrics, "aigw_circuit_state", upstream=upstream, deployment="broken") == 1.0
         for _ in range(30):
             client.chat.completions.create(model=slug, messages=[{"role": "user", "content": "hi"}])
             if failing.count() > opened:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats
 import pytest
 
-from aigw_contracts import CancelRequest, ChatCompletionRequest, ChatEnvelope, UpstreamTarget, errors, events
+from aigw_contracts import (
+    CancelRequest,
+    ChatCompletionRequest,
+    ChatEnvelope,
+    UpstreamTarget,
+    errors,
+    events,
+    subjects,
+)
 from aigw_contracts import headers as hdr
 from aigw_contracts.config import Prices
+from aigw_devstack import NatsServer
 from aigw_runtime.cancels import Cancels
-from aigw_runtime.workercall import ANSWER_GRACE, answer_wait, completion_of, model_call
+from aigw_runtime.workercall import ANSWER_GRACE, answer_wait, ask_worker, completion_of, model_call
 
 TARGET = UpstreamTarget(
     id="@sim/sim-model", kind="catalog", provider="sim", model="sim", base_url="http://x", prices=Prices()
@@ -73,3 +83,30 @@ async def test_a_cancel_stops_the_task_holding_its_request_and_is_remembered_if_
     assert cancels.cancelled_before("a") is None  # the oldest beyond `remember` is forgotten
     assert cancels.cancelled_before("c") == "deadline_exceeded"
     assert cancels.cancelled_before("c") is None  # taken once
+
+
+@pytest.mark.usefixtures("tracing_on")
+async def test_a_traced_model_call_carries_the_requests_trace_context_as_nats_headers(
+    nats_server: NatsServer,
+) -> None:
+    call = model_call(_envelope(5), TARGET, [{"role": "user", "content": "rate this"}], "routing")
+    call.trace = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "v=1",
+    }
+    nc = await nats.connect(nats_server.url)
+    try:
+
+        async def worker(msg: nats.aio.msg.Msg) -> None:
+            seen.append(msg)
+            hdrs, payload = events.error_event(errors.Unavailable("no model here"), 0)
+            await nc.publish(msg.reply, payload, headers=hdrs)
+
+        seen: list[nats.aio.msg.Msg] = []
+        await nc.subscribe(subjects.WORKER_CHAT, cb=worker)
+        await nc.flush()
+        await ask_worker(nc, call, 5)
+        (msg,) = seen
+        assert msg.headers == call.trace and ChatEnvelope.model_validate_json(msg.data).trace == call.trace
+    finally:
+        await nc.close()

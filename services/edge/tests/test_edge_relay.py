@@ -80,6 +80,7 @@ async def test_envelope_carries_key_tenant_deadline_trace_and_the_request(
     assert env.reply == raw.reply and env.reply.endswith("." + env.request_id)
     assert before + 5 - 1 < env.deadline < time.time() + 5 + 1
     assert env.trace == {"traceparent": traceparent, "tracestate": "vendor=x"}
+    assert raw.headers is None  # tracing off: the context travels in the envelope only
     assert env.request.temperature == 0.5 and env.request.metadata == {"team": "a"}
     assert [(m.role, m.content) for m in env.request.messages] == [("user", "via prompt")]
 
@@ -95,6 +96,27 @@ async def test_a_new_trace_is_started_when_the_client_sends_none(edge: Edge, rou
     version, trace_id, parent, flags = env.trace["traceparent"].split("-")
     assert (version, flags) == ("00", "00")
     assert trace_id == env.request_id.replace("-", "") and len(parent) == 16
+
+
+async def test_a_traced_request_carries_its_trace_context_as_nats_headers_too(
+    tracing_on: None, nats_server: NatsServer, tmp_path: Path, router: FakeRouter
+) -> None:
+    async def answer(env: ChatEnvelope, r: FakeRouter) -> None:
+        await r.emit(env, EventKind.FINAL, 0, completion(env.request_id, "ok"))
+
+    router.handler = answer
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with serve_edge(nats_server.url, tmp_path) as edge, httpx.AsyncClient(base_url=edge.url) as http:
+        resp = await http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {edge.keys.public}", "traceparent": parent},
+        )
+    assert resp.status_code == 200, resp.text
+    env, raw = router.envelopes[0], router.raw[0]
+    assert env.trace["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert env.trace["traceparent"] != parent  # the edge's span is the router's parent
+    assert raw.headers == env.trace
 
 
 async def test_stream_relays_deltas_then_final_chunks_with_usage_then_done(

@@ -197,3 +197,23 @@ def test_a_real_upstreams_n2_logprobs_stream_accumulates_to_its_whole_answer(
         assert texts[choice["index"]] == "P:" + choice["message"]["content"]
         assert tokens[choice["index"]] == choice["logprobs"]["content"]
     assert asm.finish_reasons() == {0: "stop", 1: "stop"} and asm.done
+
+
+def test_reasoning_content_of_an_openai_compatible_upstream_is_relayed_coalesced_and_not_said() -> None:
+    """DeepSeek, vLLM and OpenRouter stream thinking as `delta.reasoning_content`: it reaches the
+    client in its own field (one event per read, like content), never as the answer's text."""
+    asm = StreamAssembler(ChunkWriter("chatcmpl-r1", 1, "@m", False), "PRE:", keep=True)
+    parser = SSEParser()
+    read = (
+        _up(0, {"role": "assistant", "content": ""})
+        + _up(0, {"reasoning_content": "Let me "})
+        + _up(0, {"reasoning_content": "think."})
+    )
+    (first,) = _choices(asm.feed(parser.feed(read)))
+    assert first["delta"] == {"role": "assistant", "content": "PRE:", "reasoning_content": "Let me think."}
+    (more,) = _choices(asm.feed(parser.feed(_up(0, {"reasoning_content": "More."}))))
+    assert more["delta"] == {"reasoning_content": "More."}
+    (text,) = _choices(asm.feed(parser.feed(_up(0, {"content": "answer"}))))
+    assert text["delta"] == {"content": "answer"}
+    assert asm.said == ["answer"]  # a tool loop's next round or citations see the answer only
+    assert asm.completion_chars == len("Let me think.More.answer")

@@ -13,6 +13,7 @@ import pytest
 
 from aigw_contracts import ChatEnvelope, Prices, UpstreamTarget, UsageEvent, headers, skus
 from aigw_contracts.ids import uuid7
+from aigw_simulator.providers import THINKING
 
 from .conftest import Harness, Sim, make_envelope, running, start_sim, worker_settings
 
@@ -102,7 +103,7 @@ async def answer(h: Harness, env: ChatEnvelope) -> dict[str, Any]:
         }
     if not env.request.stream:
         return dict(json.loads(last.body))
-    content, finish, usage = "", None, None
+    content, reasoning, finish, usage = "", "", None, None
     calls: dict[int, dict[str, Any]] = {}
     for event in events:
         for line in event.body.split(b"\n"):
@@ -116,6 +117,7 @@ async def answer(h: Harness, env: ChatEnvelope) -> dict[str, Any]:
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 content += delta.get("content") or ""
+                reasoning += delta.get("reasoning_content") or ""
                 for call in delta.get("tool_calls") or ():
                     into = calls.setdefault(
                         call["index"], {"id": None, "function": {"name": "", "arguments": ""}}
@@ -125,7 +127,9 @@ async def answer(h: Harness, env: ChatEnvelope) -> dict[str, Any]:
                     into["function"]["name"] += function.get("name") or ""
                     into["function"]["arguments"] += function.get("arguments") or ""
                 finish = choice.get("finish_reason") or finish
-    message = {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}
+    message: dict[str, Any] = {"content": content, "tool_calls": [calls[i] for i in sorted(calls)]}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage}
 
 
@@ -314,9 +318,17 @@ async def test_thinking_is_billed_as_output_and_reported_as_reasoning(
         env = envelope(sim, adapter, "think [sim tokens=2]", stream=stream, body={"reasoning_effort": "low"})
         got = await answer(h, env)
         assert got["choices"][0]["message"]["content"] == "sim0 sim1"  # thoughts are not the answer
+        # relayed apart: `message.reasoning_content`, in streams `delta.reasoning_content` chunks
+        assert got["choices"][0]["message"]["reasoning_content"] == THINKING, adapter
         assert got["usage"]["completion_tokens"] == 2 + 6  # the simulator's thinking is 6 words
         if adapter == "gemini":
             assert got["usage"]["completion_tokens_details"]["reasoning_tokens"] == 6
+
+
+async def test_thinking_is_not_asked_for_nor_relayed_without_reasoning_effort(h: Harness, sim: Sim) -> None:
+    for stream in (False, True):
+        got = await answer(h, envelope(sim, "gemini", "think [sim tokens=2]", stream=stream))
+        assert "reasoning_content" not in got["choices"][0]["message"], stream
 
 
 async def test_gemini_cached_tokens_are_cache_reads(h: Harness, sim: Sim) -> None:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.aio.msg import Msg
@@ -70,6 +71,7 @@ class Harness:
     worker: list[Msg] = field(default_factory=list)
     replies: list[Msg] = field(default_factory=list)
     usage: list[UsageEvent] = field(default_factory=list)
+    health_port: int | None = None
 
     async def ask(self, **request: Any) -> tuple[int, Any]:
         body = KnowledgeRequest(**request).model_dump_json(by_alias=True).encode()
@@ -137,6 +139,7 @@ async def running(
     await nc.subscribe(subjects.USAGE_WILDCARD, cb=usage)
     await settle(nc)
     await service.start()
+    h.health_port = service.health_port
     try:
         yield h
     finally:
@@ -208,11 +211,14 @@ async def harness(tmp_path: Path, minilm: MiniLMEmbedder, nats_server: NatsServe
 
 async def test_grounded_envelope_carries_fenced_passages_grounding_and_priced_lines(harness: Harness) -> None:
     await _seed(harness)
-    await harness.chat(envelope("How do I reset my password?"))
+    asked = envelope("How do I reset my password?")
+    asked.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await harness.chat(asked)
     assert not harness.replies
     (msg,) = harness.worker
     assert msg.reply == subjects.bounce_subject("rtest", REPLY)
     routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace == asked.trace and msg.headers is None  # untraced: no NATS headers to pay for
     assert routed.route is not None
     messages = routed.route.body["messages"]
     # system prompt first, then the knowledge message just before the question
@@ -456,3 +462,55 @@ async def test_a_tool_search_never_reaches_another_tenants_collection(harness: H
         request_id="r", tenant="acme", collection=ACME_DOCS, query="vault code"
     )
     assert status == 200 and found["grounding"] == [] and "No passages" in found["content"]
+
+
+async def test_readiness_follows_the_knowledge_store(
+    tmp_path: Path, minilm: MiniLMEmbedder, nats_server: NatsServer
+) -> None:
+    """/readyz is 503 while the embedded store's directory is gone (moved away: the open SQLite
+    handle would go on answering from the orphaned file) and 200 again once it is back."""
+
+    async def readiness(want: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.health_port}") as http:
+            while (resp := await http.get("/readyz")).status_code != want:
+                assert time.monotonic() < deadline, resp.text
+                await asyncio.sleep(0.02)
+        body: dict[str, Any] = resp.json()
+        return body
+
+    async with running(tmp_path, minilm, nats_server.url, health_port=0, store_check_interval=0.05) as h:
+        assert (await readiness(200))["checks"] == {"store": True}
+        (tmp_path / "kb").rename(tmp_path / "kb-away")
+        down = await readiness(503)
+        assert down["checks"] == {"store": False} and down["nats_connected"] is True
+        (tmp_path / "kb-away").rename(tmp_path / "kb")
+        await readiness(200)
+
+
+async def test_a_weaviate_with_nothing_listening_is_unavailable() -> None:
+    import weaviate
+
+    from aigw_devstack.procs import free_port
+    from aigw_retrieval.stores.weaviate import WeaviateStore
+
+    client = weaviate.use_async_with_local(
+        host="127.0.0.1", port=free_port(), grpc_port=free_port(), skip_init_checks=True
+    )
+    store = WeaviateStore(client)
+    try:
+        assert await store.available() is False
+    finally:
+        await store.close()
+
+
+@pytest.mark.usefixtures("tracing_on")
+async def test_a_traced_grounding_forwards_its_trace_context_as_nats_headers_too(harness: Harness) -> None:
+    await _seed(harness)
+    asked = envelope("How do I reset my password?")
+    asked.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await harness.chat(asked)
+    (msg,) = harness.worker
+    routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert routed.trace != asked.trace and msg.headers == routed.trace  # the `retrieve` span's context

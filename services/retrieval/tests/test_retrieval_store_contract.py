@@ -49,6 +49,10 @@ async def _query(embedder: MiniLMEmbedder, text: str, k: int = 3, **kw: object) 
     return StoreQuery(k=k, vector=vector, text=text, **kw)  # type: ignore[arg-type]
 
 
+async def test_a_store_that_serves_says_it_is_available(store: KnowledgeStore) -> None:
+    assert await store.available() is True
+
+
 async def test_collections_are_created_listed_and_deleted_per_tenant(
     store: KnowledgeStore, minilm: MiniLMEmbedder
 ) -> None:

@@ -63,17 +63,17 @@ def test_catalog_prices_are_exact_and_own_endpoints_bill_zero() -> None:
 
 
 def test_models_list_holds_own_gateways_and_catalog_only() -> None:
-    ids = {mid for mid, _ in _registry().models_for("t1")}
+    ids = {mid for mid, *_ in _registry().models_for("t1")}
     assert GID in ids and "support:abcd" in ids and "@openai/gpt-5-mini" in ids
     assert OTHER not in ids and "other:ffff" not in ids
 
 
 def test_only_the_catalog_providers_the_deployment_offers_are_listed_and_callable() -> None:
     reg = _registry()
-    everything = {mid for mid, _ in reg.models_for("t1")}
+    everything = {mid for mid, *_ in reg.models_for("t1")}
     assert "@anthropic/claude-sonnet-4-5" in everything and "@groq/llama-3.1-8b-instant" in everything
     reg.catalog_providers = frozenset({"openai"})
-    offered = {mid for mid, _ in reg.models_for("t1")}
+    offered = {mid for mid, *_ in reg.models_for("t1")}
     assert "@openai/gpt-5-mini" in offered and GID in offered  # gateways are always listed
     assert not {m for m in offered if m.startswith("@") and not m.startswith("@openai/")}
     with pytest.raises(errors.NotFound):

@@ -108,17 +108,37 @@ def _envelope(model: str, **kw: Any) -> bytes:
 
 
 async def test_routed_envelope_reaches_workers_with_a_bounce_reply(seen: Seen) -> None:
-    await seen.publish(subjects.ROUTER_CHAT, _envelope("support:50c3", temperature=0.9))
+    env = ChatEnvelope.model_validate_json(_envelope("support:50c3", temperature=0.9))
+    env.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await seen.publish(subjects.ROUTER_CHAT, env.model_dump_json().encode())
     await seen.settle()
     assert len(seen["worker"]) == 1 and not seen["reply"]
     msg = seen["worker"][0]
     assert msg.reply == subjects.bounce_subject("r1", REPLY)
     routed = ChatEnvelope.routed(msg.data)
+    assert routed.trace == env.trace and msg.headers is None  # untraced: no NATS headers to pay for
     assert routed.route is not None
     assert routed.route.gateway_id == GID and routed.route.response_model == "@openai/gpt-5-mini"
     assert routed.route.body["messages"][0] == {"role": "system", "content": "You are support."}
     assert routed.route.params_used == {"temperature": 0.9}
     assert routed.route.upstream.api_key is None  # catalog credentials never travel on the bus
+
+
+@pytest.mark.usefixtures("tracing_on")
+async def test_a_traced_envelope_carries_its_trace_context_as_nats_headers_too(seen: Seen) -> None:
+    env = ChatEnvelope.model_validate_json(_envelope("support:50c3"))
+    env.trace = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "v=1",
+    }
+    await seen.publish(subjects.ROUTER_CHAT, env.model_dump_json().encode())
+    await seen.settle()
+    (msg,) = seen["worker"]
+    routed = ChatEnvelope.routed(msg.data)
+    # the router's `route` span is the next hop's parent, in the envelope and in the headers alike
+    assert routed.trace["traceparent"] != env.trace["traceparent"]
+    assert routed.trace["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert msg.headers == routed.trace
 
 
 async def test_the_conversation_travels_once_past_the_router(seen: Seen) -> None:
@@ -184,8 +204,29 @@ async def test_models_lists_the_tenants_gateways(seen: Seen) -> None:
     reply = await seen.nc.request(
         subjects.ROUTER_MODELS, ModelsQuery(tenant="t1").model_dump_json().encode(), timeout=5
     )
-    ids = {m["id"] for m in json.loads(reply.data)["data"]}
-    assert {GID, "support:50c3", "@openai/gpt-5-mini"} <= ids
+    listed = {m["id"]: m for m in json.loads(reply.data)["data"]}
+    assert {GID, "support:50c3", "@openai/gpt-5-mini"} <= set(listed)
+    # OpenAI's fields as they are, then the catalog's metadata (a gateway: its upstream's)
+    mini = {
+        "provider": "openai",
+        "context_window": 400000,
+        "input_modalities": ["text", "image"],
+        "output_modalities": ["text"],
+    }
+    for mid, owner in ((GID, "t1"), ("@openai/gpt-5-mini", "openai")):
+        entry = listed[mid]
+        assert list(entry)[:4] == ["id", "object", "created", "owned_by"]
+        assert entry["object"] == "model" and entry["owned_by"] == owner
+        assert {k: entry[k] for k in mini} == mini
+        assert "max_completion_tokens" in entry["supported_parameters"]
+    # a public key is not told which provider serves its gateway, and gets no catalog models
+    reply = await seen.nc.request(
+        subjects.ROUTER_MODELS,
+        ModelsQuery(tenant="t1", key_kind="public").model_dump_json().encode(),
+        timeout=5,
+    )
+    (public, *_) = [m for m in json.loads(reply.data)["data"] if m["id"] == GID]
+    assert "provider" not in public and public["context_window"] == 400000
 
 
 async def test_a_malformed_models_query_gets_an_error_reply(seen: Seen) -> None:

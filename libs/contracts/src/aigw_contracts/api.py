@@ -551,6 +551,7 @@ class ChatCompletion(_Open):
 class ChunkDelta(_Open):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # thinking text: DeepSeek's, vLLM's, OpenRouter's field
     refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
@@ -575,10 +576,19 @@ class ChatCompletionChunk(_Open):
 
 
 class Model(BaseModel):
+    """One entry of `GET /v1/models`: OpenAI's four fields, then what the catalog says of the model
+        (of a gateway: of its first upstream), each left out when not known (the router lists them with
+    `exclude_none`)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    provider: str | None = None
+    context_window: int | None = None
+    input_modalities: list[str] | None = None
+    output_modalities: list[str] | None = None
+    supported_parameters: list[str] | None = None
 
 
 class ModelList(BaseModel):

@@ -14,7 +14,8 @@ a large native extension, into every service image.
 Unconfigured, `setup` installs no SDK and returns False; callers read `tracing.on` once and skip
 their span code entirely (not even no-op spans are made on the request path). The context of a
 request travels in the `traceparent` of its envelope (`ChatEnvelope.trace`, which every hop
-parses and forwards anyway), in the `traceparent` NATS header of its usage events (to metering),
+parses and forwards anyway), copied into the `traceparent` NATS header of every message carrying an
+envelope (`nats_headers`) and of its usage events (to metering),
 and in the `traceparent` HTTP header of each upstream call.
 """
 
@@ -118,6 +119,22 @@ def extract(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
 def inject(span: Span, carrier: MutableMapping[str, str]) -> None:
     """Put `span`'s `traceparent` (and `tracestate`) into `carrier`, for the next hop."""
     _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def nats_headers(carrier: Mapping[str, str]) -> dict[str, str] | None:
+    """The trace context of an envelope's `trace` as the NATS headers of the message carrying it,
+    for a request this hop traces (`traced`); else None. The envelope field stays what the services
+    read; the headers let tools that see only NATS messages (a tap, `nats sub --headers`,
+    instrumented consumers) join the trace. Only for traced requests: a header costs each message
+    about 5–9 µs more to publish and receive (nats-py, `bench/nats_headers.py`), which tracing off
+    must not pay."""
+    if not traced(carrier):
+        return None
+    out = {name: value for name in _TRACE_HEADERS if (value := carrier.get(name))}
+    return out or None
 
 
 def link_of(carrier: Mapping[str, str] | None) -> Link | None:

@@ -38,6 +38,7 @@ from aigw_contracts.events import EventKind
 from aigw_contracts.messages import ChatEnvelope, RoutedCall, UpstreamTarget
 
 from .bus import DEFAULT_MAX_PAYLOAD, check_size
+from .telemetry import nats_headers
 
 Purpose = Literal["query_rewrite", "rerank", "routing"]
 
@@ -106,7 +107,7 @@ async def ask_worker(nc: NatsClient, envelope: ChatEnvelope, within: float) -> t
         envelope.reply = inbox
         payload = envelope.forward_json()
         check_size(payload, nc.max_payload or DEFAULT_MAX_PAYLOAD, "A model call of the gateway")
-        await nc.publish(subjects.WORKER_CHAT, payload, reply=inbox)
+        await nc.publish(subjects.WORKER_CHAT, payload, reply=inbox, headers=nats_headers(envelope.trace))
         msg = await asyncio.wait_for(answer, max(within, 0.001))
     except TimeoutError:
         raise errors.DeadlineExceeded(

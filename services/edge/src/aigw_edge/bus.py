@@ -319,12 +319,13 @@ class Bus:
         if inbox is not None:
             self._arrived(request_id, inbox, Event(msg.headers or {}, msg.data))
 
-    async def publish_chat(self, envelope: bytes, reply: str) -> None:
+    async def publish_chat(self, envelope: bytes, reply: str, trace: dict[str, str] | None = None) -> None:
+        """Publish an envelope to the routers; `trace`: its trace context, as NATS headers too."""
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise Unavailable("The gateway is not connected to its message bus; try again shortly")
         try:
-            await nc.publish(subjects.ROUTER_CHAT, envelope, reply=reply)
+            await nc.publish(subjects.ROUTER_CHAT, envelope, reply=reply, headers=trace)
         except NatsError as err:  # closed, draining, reconnect buffer full…
             raise Unavailable("The gateway could not reach its message bus; try again shortly") from err
 

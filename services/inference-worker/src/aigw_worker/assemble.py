@@ -14,6 +14,10 @@ A tool loop (`knowledge_tool.py`, one choice only) passes `hide`: calls of that 
 back from the client (`hidden`), and the text said alongside them is kept (`said`) for the
 conversation's next round, which continues the same client stream (`after`: no second role event).
 Grounded answers pass `keep` to keep their text too, for citation annotations (`citations.py`).
+
+Thinking text is relayed as `delta.reasoning_content` (the field DeepSeek, vLLM and OpenRouter
+stream, and the one the provider adapters translate Anthropic's and Gemini's thinking into),
+coalesced like content but never part of what the answer `said`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,17 @@ MAX_CHOICES = 128  # the most a request may ask for (`n`); other indexes are not
 class _Choice:
     """What one choice has pending for the client, and what it said so far."""
 
-    __slots__ = ("finish_reason", "index", "logprobs", "refusal", "said", "started", "text", "tools")
+    __slots__ = (
+        "finish_reason",
+        "index",
+        "logprobs",
+        "reasoning",
+        "refusal",
+        "said",
+        "started",
+        "text",
+        "tools",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -41,6 +55,7 @@ class _Choice:
         self.finish_reason: str | None = None
         self.text: list[str] = []
         self.refusal: list[str] = []
+        self.reasoning: list[str] = []  # thinking text (`reasoning_content`), relayed, never kept
         self.logprobs: dict[str, Any] | None = None
         self.tools: list[dict[str, Any]] = []
         self.said: list[str] = []  # this round's text, kept only with `keep` or `hide`
@@ -206,6 +221,10 @@ class StreamAssembler:
                 if refusal and isinstance(refusal, str):
                     state.refusal.append(refusal)
                     self.completion_chars += len(refusal)
+                reasoning = delta.get("reasoning_content")
+                if reasoning and isinstance(reasoning, str):
+                    state.reasoning.append(reasoning)
+                    self.completion_chars += len(reasoning)
                 tool_calls = delta.get("tool_calls")
                 if tool_calls and isinstance(tool_calls, list):
                     for fragment in tool_calls:
@@ -257,16 +276,24 @@ class StreamAssembler:
         if self._choices:
             for index in sorted(self._choices):
                 choice = self._choices[index]
-                if choice.text or choice.refusal or choice.tools or choice.logprobs is not None:
+                if (
+                    choice.text
+                    or choice.refusal
+                    or choice.reasoning
+                    or choice.tools
+                    or choice.logprobs is not None
+                ):
                     self._flush_choice(choice, out)
 
     def _flush_choice(self, choice: _Choice, out: list[bytes]) -> None:
-        if choice.started and not (choice.text or choice.refusal or choice.tools or choice.logprobs):
+        if choice.started and not (
+            choice.text or choice.refusal or choice.reasoning or choice.tools or choice.logprobs
+        ):
             return
         text = "".join(choice.text) if choice.text else ""
         writer = self.writer
         index = choice.index
-        if not (choice.refusal or choice.tools or choice.logprobs):
+        if not (choice.refusal or choice.reasoning or choice.tools or choice.logprobs):
             if choice.started:
                 out.append(writer.content(text, index))
             else:
@@ -280,6 +307,8 @@ class StreamAssembler:
             delta["content"] = self.prefill + text
         elif text:
             delta["content"] = text
+        if choice.reasoning:
+            delta["reasoning_content"] = "".join(choice.reasoning)
         if choice.refusal:
             delta["refusal"] = "".join(choice.refusal)
         if choice.tools:
@@ -288,6 +317,7 @@ class StreamAssembler:
         choice.started = True
         choice.text.clear()
         choice.refusal = []
+        choice.reasoning = []
         choice.tools = []
         choice.logprobs = None
 

@@ -6,9 +6,12 @@ called directly), `model` and `upstream` an upstream's id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aigw_contracts.api import Usage
 from aigw_contracts.errors import DeadlineExceeded, GatewayError, RateLimited
@@ -31,6 +34,43 @@ DURATION = Labelled(
         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
     )
 )
+
+_STATE_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class _CircuitStates(Collector):
+    """`aigw_circuit_state{upstream,deployment}`, read from the worker's breakers at each scrape
+    (`circuits.py`): nothing to update on the request path. A circuit shows half-open once its
+    cool-down has passed, as `Circuits.snapshot()` does."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[dict[str, Any]]] | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for row in self.source() if self.source is not None else ():
+            family.add_metric([row["upstream"], row["deployment"]], _STATE_VALUES[row["state"]])
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "aigw_circuit_state",
+            "Circuit of an upstream deployment: 0 closed, 1 half-open, 2 open",
+            labels=["upstream", "deployment"],
+        )
+
+
+_CIRCUITS = _CircuitStates()
+REGISTRY.register(_CIRCUITS)
+
+
+def watch_circuits(snapshot: Callable[[], Iterable[dict[str, Any]]]) -> None:
+    """Export the circuits `snapshot()` lists (the worker's `Circuits.snapshot`) at each scrape."""
+    _CIRCUITS.source = snapshot
 
 
 def outcome(err: BaseException | None) -> str:

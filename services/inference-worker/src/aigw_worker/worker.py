@@ -19,6 +19,7 @@ from aigw_runtime.bus import Bus as RuntimeBus
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
 
+from . import observe
 from .board import CircuitBoard
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error
@@ -55,6 +56,7 @@ class Worker:
         self.circuits = Circuits(
             settings.circuit_failures, settings.circuit_cooldown, on_change=self.board.changed
         )
+        observe.watch_circuits(self.circuits.snapshot)
 
     async def start(self, bus: RuntimeBus, usage: UsageBus, spend: SpendControl | None = None) -> None:
         """Start publishing on `bus`, usage through `usage` (the stream exists: `app.py` made sure),

@@ -88,9 +88,28 @@ def create_app(
     cancels = Cancels()  # groundings in progress, by request id
     service.details = lambda: {"grounding": len(cancels), "cancelled": cancels.stopped}
     watcher: ConfigWatcher | None = None
+    store_ok = False  # the last store check's verdict (`/readyz`)
+    store_checks: asyncio.Task[None] | None = None
+    service.checks["store"] = lambda: store_ok
+
+    async def check_store(store: KnowledgeStore) -> None:
+        """Readiness follows the store: checked every `store_check_interval` seconds."""
+        nonlocal store_ok
+        while True:
+            try:
+                ok = await asyncio.wait_for(store.available(), settings.store_check_interval)
+            except TimeoutError:
+                ok = False
+            if ok != store_ok:
+                (log.info if ok else log.error)(
+                    "knowledge store available" if ok else "knowledge store unavailable",
+                    extra={"store": settings.knowledge_store},
+                )
+            store_ok = ok
+            await asyncio.sleep(settings.store_check_interval)
 
     async def start() -> None:
-        nonlocal watcher
+        nonlocal watcher, store_checks, store_ok
         collections = view if view is not None else ConfigView()
         knowledge = Knowledge(
             settings,
@@ -98,6 +117,8 @@ def create_app(
             embedder if embedder is not None else build_embedder(settings),
             collections,
         )
+        store_ok = await knowledge.store.available()
+        store_checks = asyncio.get_running_loop().create_task(check_store(knowledge.store))
         if isinstance(knowledge.embedder, MiniLMEmbedder):  # load the weights now, not on a request
             await asyncio.to_thread(lambda: knowledge.embedder.model)  # type: ignore[attr-defined]
         if view is None:
@@ -129,6 +150,8 @@ def create_app(
 
     async def stop() -> None:
         await heartbeats.close()
+        if store_checks is not None:
+            store_checks.cancel()
         if watcher is not None:
             await watcher.stop()
         knowledge = retrieval.knowledge

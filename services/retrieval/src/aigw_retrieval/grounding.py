@@ -169,6 +169,7 @@ class Grounder:
         return Outgoing(
             subjects.WORKER_CHAT,
             payload,
+            telemetry.nats_headers(envelope.trace),
             reply=subjects.bounce_subject(self.retrieval_id, envelope.reply),
             fail_to=envelope.reply,
         )

@@ -63,3 +63,6 @@ class RetrievalSettings(BaseSettings):
     # GET /healthz and /readyz for supervisors (k8s probes, compose healthchecks); unset: not served.
     health_host: str = "127.0.0.1"
     health_port: int | None = None
+    # Seconds between checks that the knowledge store can serve (Weaviate's readiness endpoint, the
+    # embedded store's files); readiness is false from the first failed check to the next good one.
+    store_check_interval: float = Field(default=5.0, gt=0)

@@ -117,13 +117,29 @@ class Router:
         return gateway
 
     def models(self, query: ModelsQuery) -> ModelList:
+        """What the key may use, with the catalog's metadata; public keys (apps in browsers) are not
+        told which provider serves a gateway."""
         now = int(time.time())
+        public = query.key_kind == "public"
         return ModelList(
             data=[
-                Model(id=mid, created=now, owned_by=owner)
-                for mid, owner in self.registry.models_for(query.tenant, query.key_kind)
+                _model(mid, now, owner, upstream, public)
+                for mid, owner, upstream in self.registry.models_for(query.tenant, query.key_kind)
             ]
         )
+
+
+def _model(mid: str, created: int, owner: str, upstream: Upstream | None, public: bool) -> Model:
+    model = Model(id=mid, created=created, owned_by=owner)
+    if upstream is None:  # a gateway whose upstream is gone: OpenAI's fields only
+        return model
+    modalities = upstream.modalities or {}
+    model.provider = None if public else upstream.provider
+    model.context_window = upstream.context_window
+    model.input_modalities = modalities.get("input")
+    model.output_modalities = modalities.get("output")
+    model.supported_parameters = upstream.parameters
+    return model
 
 
 def _reply_of(data: bytes) -> str:
@@ -234,6 +250,7 @@ class Handlers:
         return Outgoing(
             subjects.RETRIEVAL_CHAT if grounded else subjects.WORKER_CHAT,
             routed.forward_json(),
+            telemetry.nats_headers(routed.trace),
             reply=subjects.bounce_subject(
                 self.retrieval_bounce if grounded else self.worker_bounce, routed.reply
             ),
@@ -318,7 +335,8 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
         await bus.send(handlers.bounce(msg.subject, msg.headers))
 
     async def on_models(data: bytes) -> tuple[bytes, None]:
-        return router.models(ModelsQuery.model_validate_json(data)).model_dump_json().encode(), None
+        listing = router.models(ModelsQuery.model_validate_json(data))
+        return listing.model_dump_json(exclude_none=True).encode(), None
 
     async def stop_watching() -> None:
         await heartbeats.close()

@@ -135,12 +135,16 @@ class Registry:
             raise not_found
         return self.gateways[gid]
 
-    def models_for(self, tenant: str, key_kind: str = "private") -> list[tuple[str, str]]:
-        """(id, owner) of every model the tenant may name: its gateways, and catalog models."""
-        out = [(g.id, g.tenant) for g in self.gateways.values() if g.tenant == tenant]
+    def models_for(self, tenant: str, key_kind: str = "private") -> list[tuple[str, str, Upstream | None]]:
+        """(id, owner, the upstream it calls first) of every model the tenant may name: its
+        gateways, and catalog models."""
+        gateways = [(g, self.upstreams.get(g.upstream)) for g in self.gateways.values() if g.tenant == tenant]
+        out = [(g.id, g.tenant, u) for g, u in gateways]
         if key_kind == "private":
-            out += [(g.slug, g.tenant) for g in self.gateways.values() if g.tenant == tenant]
+            out += [(g.slug, g.tenant, u) for g, u in gateways]
             out += [
-                (u.id, u.provider) for u in self.upstreams.values() if u.kind == "catalog" and self.offered(u)
+                (u.id, u.provider, u)
+                for u in self.upstreams.values()
+                if u.kind == "catalog" and self.offered(u)
             ]
         return out

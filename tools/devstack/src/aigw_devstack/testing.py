@@ -33,3 +33,24 @@ def authed_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "nats", auth=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tracing_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tracing on in this process (as `OTEL_*` variables would turn it on, with a parent-based
+    sampler), its spans kept in memory. Request it before the fixtures that start services, which
+    decide at start-up whether they trace."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from aigw_runtime import telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(telemetry.tracing, "on", True)
+    monkeypatch.setattr(telemetry.tracing, "follow_parent", True)
+    monkeypatch.setattr(telemetry.tracing, "tracer", provider.get_tracer("aigw-test"))
+    yield
+    provider.shutdown()

@@ -47,7 +47,7 @@ from aigw_simulator.errors import SimError
 from aigw_simulator.generation import echo, fixed, words
 from aigw_simulator.prompt import PER_MESSAGE_TOKENS
 
-_THINKING = "Let me think about this. sim"  # a thinking block's text (3 words: its token count)
+THINKING = "Let me think about this. sim"  # a thinking block's text (3 words: its token count)
 
 
 class ProviderError(Exception):
@@ -281,7 +281,7 @@ async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Se
     echoed = {"system": body.get("system"), "messages": messages}
     answer = _Answer(knobs, strip_directives(last_text), echoed, body["max_tokens"], call)
     thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
-    output = answer.tokens + (_words(_THINKING) if thinking else 0)
+    output = answer.tokens + (_words(THINKING) if thinking else 0)
     usage = _anthropic_usage(knobs, body, output)
     stop = "tool_use" if answer.calls else _ANTHROPIC_FINISH.get(answer.finish, "end_turn")
     if fault == "safety":
@@ -289,7 +289,7 @@ async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Se
     message_id = "msg_sim" + secrets.token_hex(10)
     blocks: list[dict[str, Any]] = []
     if thinking:
-        blocks.append({"type": "thinking", "thinking": _THINKING, "signature": "sig-sim"})
+        blocks.append({"type": "thinking", "thinking": THINKING, "signature": "sig-sim"})
     if answer.pieces:
         blocks.append({"type": "text", "text": "".join(answer.pieces)})
     for name, args in answer.calls:
@@ -339,7 +339,7 @@ async def anthropic(app: Any, scope: Any, raw: bytes, receive: Receive, send: Se
         if block["type"] == "thinking":
             start = {"type": "thinking", "thinking": "", "signature": ""}
             pieces = [
-                {"type": "thinking_delta", "thinking": _THINKING},
+                {"type": "thinking_delta", "thinking": THINKING},
                 {"type": "signature_delta", "signature": "sig-sim"},
             ]
         elif block["type"] == "text":
@@ -557,8 +557,9 @@ async def gemini(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send)
     answer = _Answer(knobs, strip_directives(last_text), echoed, config.get("maxOutputTokens"), call)
     if config.get("responseMimeType") == "application/json" and not answer.calls and not knobs.echo:
         answer.pieces = [json.dumps({"answer": "".join(answer.pieces)})]  # JSON mode answers JSON
-    budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
-    thoughts = _words(_THINKING) if budget else 0
+    thinking = config.get("thinkingConfig") or {}
+    thoughts = _words(THINKING) if thinking.get("thinkingBudget") else 0
+    shown = bool(thoughts and thinking.get("includeThoughts"))  # thought summaries only when asked
     usage = _gemini_usage(knobs, body, answer.tokens, thoughts)
     if fault == "safety":
         blocked = {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": []}, "usageMetadata": usage}
@@ -572,8 +573,8 @@ async def gemini(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send)
     version = {"modelVersion": model, "responseId": "sim" + secrets.token_hex(8)}
     if not stream:
         parts: list[dict[str, Any]] = []
-        if thoughts:
-            parts.append({"text": _THINKING, "thought": True})
+        if shown:
+            parts.append({"text": THINKING, "thought": True})
         if answer.pieces:
             parts.append({"text": "".join(answer.pieces)})
         parts.extend(calls)
@@ -600,7 +601,7 @@ async def gemini(app: Any, scope: Any, raw: bytes, receive: Receive, send: Send)
         )
 
     deltas = [frame([{"text": p}], False) for p in answer.pieces]
-    first = [frame([{"text": _THINKING, "thought": True}], False)] if thoughts else []
+    first = [frame([{"text": THINKING, "thought": True}], False)] if shown else []
     end = [frame(calls or [{"text": ""}], True)]
     error = (
         b"data: "

@@ -415,17 +415,12 @@ class ChatEndpoint:
 
         reply = subjects.reply_subject(self.edge_id, request_id)
         now = time.time()
-        envelope = envelope_json(
-            request_id,
-            key,
-            reply,
-            now,
-            now + timeout,
+        trace = (
             span_trace_json(call.span)
             if call.span is not None
-            else trace_json(traceparent, tracestate, request_id),
-            body,
+            else trace_json(traceparent, tracestate, request_id)
         )
+        envelope = envelope_json(request_id, key, reply, now, now + timeout, trace, body)
         if self.bus.connected and len(envelope) > self.bus.max_payload:
             raise PayloadTooLarge(
                 f"The request is larger than the message bus allows ({self.bus.max_payload} bytes)."
@@ -447,7 +442,9 @@ class ChatEndpoint:
         watcher: asyncio.Task[None] | None = None
         try:
             call.published = time.perf_counter()
-            await bus.publish_chat(envelope, reply)
+            await bus.publish_chat(
+                envelope, reply, telemetry.nats_headers(json.loads(trace)) if call.span is not None else None
+            )
             watcher = loop.create_task(_watch_disconnect(receive, inbox))
             first = await inbox.get()
             if stream:

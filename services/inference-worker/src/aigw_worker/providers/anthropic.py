@@ -15,8 +15,9 @@ Answer: text blocks are the content, `tool_use` blocks the tool calls, thinking 
 `reasoning_content`; stop reasons map to OpenAI's finish reasons (`FINISH`). Usage: `prompt_tokens`
 is input + cache reads + cache writes, the cache writes split into 5-minute and 1-hour ones as
 Anthropic prices them. Streams: `message_start` (input usage), `content_block_start` /
-`content_block_delta` (text_delta, input_json_delta, thinking_delta), `message_delta` (stop reason,
-output usage), `message_stop`, `ping`, and `error` events (an error mid-stream ends the answer).
+`content_block_delta` (text_delta, input_json_delta, thinking_delta: `delta.reasoning_content`),
+`message_delta` (stop reason, output usage), `message_stop`, `ping`, and `error` events (an error
+mid-stream ends the answer).
 """
 
 from __future__ import annotations
@@ -371,7 +372,9 @@ class _Stream:
                 if self.tools.blocks.get(block) == -1:
                     return [chunk({"content": partial})]
                 return self.tools.arguments(block, partial)
-            return []  # thinking_delta, signature_delta, citations: not part of an OpenAI chunk
+            if dtype == "thinking_delta":
+                return [chunk({"reasoning_content": delta.get("thinking") or ""})]
+            return []  # signature_delta, citations: not part of an OpenAI chunk
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") != "tool_use":

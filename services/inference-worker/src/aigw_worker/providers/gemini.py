@@ -10,7 +10,9 @@ they answer); tools become `functionDeclarations` and `tool_choice` the function
 credentials (not built: a service account's token needs refreshing, unlike a key).
 
 Answer: `candidates` become choices (`n` is `candidateCount`); a function call part is a tool call
-(ids are made up: Gemini has none), thought parts are left out of the content; `finishReason` maps
+(ids are made up: Gemini has none), thought parts (asked for with `includeThoughts` when the request
+sets `reasoning_effort`) are the message's `reasoning_content`, in streams
+`delta.reasoning_content`, never the content; `finishReason` maps
 to OpenAI's (`SAFETY`, `RECITATION`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII` → `content_filter`),
 and a prompt Gemini blocks outright (`promptFeedback.blockReason`, no candidates) is a 400 coded
 `content_filter`. `usageMetadata`: prompt (cached included), candidates + thoughts as completion,
@@ -99,7 +101,7 @@ class Gemini:
             config["candidateCount"] = n
         effort = body.get("reasoning_effort")
         if isinstance(effort, str) and effort in THINKING_BUDGET:
-            config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGET[effort]}
+            config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGET[effort], "includeThoughts": True}
         fmt = body.get("response_format")
         if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
             config["responseMimeType"] = "application/json"
@@ -131,11 +133,13 @@ class Gemini:
         choices = []
         counter = [0]
         for position, candidate in enumerate(data.get("candidates") or ()):
-            texts, calls = _parts(candidate, counter)
+            texts, thoughts, calls = _parts(candidate, counter)
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": "".join(texts) if texts or not calls else None,
             }
+            if thoughts:
+                message["reasoning_content"] = "".join(thoughts)
             if calls:
                 message["tool_calls"] = calls
             choices.append(
@@ -209,11 +213,17 @@ def _finish(reason: Any, calls: bool) -> str:
     return FINISH.get(str(reason), "stop")
 
 
-def _parts(candidate: dict[str, Any], counter: list[int]) -> tuple[list[str], list[dict[str, Any]]]:
+def _parts(
+    candidate: dict[str, Any], counter: list[int]
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """A candidate's text, thought summaries and function calls."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for part in (candidate.get("content") or {}).get("parts") or ():
         if part.get("thought"):
+            if part.get("text"):
+                thoughts.append(part["text"])
             continue
         if "text" in part:
             texts.append(part["text"] or "")
@@ -230,7 +240,7 @@ def _parts(candidate: dict[str, Any], counter: list[int]) -> tuple[list[str], li
                 }
             )
             counter[0] += 1
-    return texts, calls
+    return texts, thoughts, calls
 
 
 def _usage(raw: Any) -> dict[str, Any] | None:
@@ -364,8 +374,10 @@ class _Stream:
         choices = []
         for position, candidate in enumerate(data.get("candidates") or ()):
             index = candidate.get("index", position)
-            texts, calls = _parts(candidate, self.counter)
+            texts, thoughts, calls = _parts(candidate, self.counter)
             delta: dict[str, Any] = {}
+            if thoughts:
+                delta["reasoning_content"] = "".join(thoughts)
             if texts:
                 delta["content"] = "".join(texts)
             if calls:

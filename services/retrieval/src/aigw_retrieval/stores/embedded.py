@@ -520,6 +520,16 @@ class EmbeddedStore:
     async def flush(self) -> None:
         await asyncio.to_thread(self.flush_sync)
 
+    async def available(self) -> bool:
+        """The store's files are where it opened them and writable: a directory moved, deleted or
+        unmounted (the open SQLite handle would go on working on the orphaned file) or made
+        read-only is unavailable."""
+        db, vectors = self.path / "knowledge.sqlite3", self.path / "vectors"
+        try:
+            return db.is_file() and os.access(db, os.W_OK) and os.access(vectors, os.W_OK | os.X_OK)
+        except OSError:
+            return False
+
     def close_sync(self) -> None:
         self.flush_sync()
         with self._lock:

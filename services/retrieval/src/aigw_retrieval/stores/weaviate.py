@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import re
 from typing import Any
@@ -413,6 +414,14 @@ class WeaviateStore:
 
     async def flush(self) -> None:
         return None  # Weaviate acknowledges writes once they are durable on its side
+
+    async def available(self) -> bool:
+        """Weaviate's readiness endpoint answers ready (`/v1/.well-known/ready`)."""
+        try:
+            ready = self._client.is_ready()  # a closed client answers False at once, not awaitable
+            return bool(await ready if inspect.isawaitable(ready) else ready)
+        except Exception:  # a refused or dropped connection: not ready, whatever the client raised
+            return False
 
     async def close(self) -> None:
         await self._client.close()
