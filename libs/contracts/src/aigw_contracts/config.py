@@ -185,6 +185,12 @@ class Upstream(BaseModel):
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
         return self.prices if self.kind == "catalog" else Prices()
 
+    @property
+    def embeds(self) -> bool:
+        """An embedding model (`modalities["output"]` says `embedding`): `POST /v1/embeddings`
+        calls it, chat completions do not."""
+        return self.modalities is not None and "embedding" in self.modalities.get("output", ())
+
 
 class ParameterRule(BaseModel):
     """How a request may touch one inference parameter.

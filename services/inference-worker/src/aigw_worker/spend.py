@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -42,11 +43,27 @@ log = logging.getLogger("aigw.worker.spend")
 KNOWLEDGE_PREFIX = "knowledge."  # SKUs retrieval meters itself (`aigw_contracts.skus`)
 
 
-def accounts_of(envelope: ChatEnvelope, route: RoutedCall) -> list[AccountRef]:
-    tenant = envelope.tenant
-    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", envelope.key_id, tenant)]
-    if route.gateway_id is not None:
-        refs.append(AccountRef("gateway", route.gateway_id, tenant))
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """Who pays for a request, and until when its hold must last: a chat envelope's, or an
+    embedding job's (`embed.py`)."""
+
+    request_id: str
+    tenant: str
+    key_id: str
+    gateway_id: str | None
+    deadline: float
+
+    @classmethod
+    def of(cls, envelope: ChatEnvelope, route: RoutedCall) -> Payer:
+        return cls(envelope.request_id, envelope.tenant, envelope.key_id, route.gateway_id, envelope.deadline)
+
+
+def accounts_of(payer: Payer) -> list[AccountRef]:
+    tenant = payer.tenant
+    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", payer.key_id, tenant)]
+    if payer.gateway_id is not None:
+        refs.append(AccountRef("gateway", payer.gateway_id, tenant))
     return refs
 
 
@@ -97,25 +114,31 @@ class SpendControl:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def reserve(self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str) -> list[AccountRef]:
-        """Hold the call's most on every account of its tenant, key and gateway (those that exist:
-        a hold is also what makes its settlement count once), or raise the 402. Returns the
-        accounts held (none: no account exists, nothing was written)."""
-        refs = self.accounts.existing(accounts_of(envelope, route))
+        """Hold a chat call's most (`max_cost`); see `hold`."""
+        return await self.hold(
+            Payer.of(envelope, route), max_cost(route, self.settings), hold_id, "max_tokens"
+        )
+
+    async def hold(self, payer: Payer, amount: Decimal, hold_id: str, smaller: str) -> list[AccountRef]:
+        """Hold `amount` on every account of the payer's tenant, key and gateway (those that exist:
+        a hold is also what makes its settlement count once), or raise the 402 (`smaller`: what
+        the client may ask less of). Returns the accounts held (none: no account exists, nothing
+        was written)."""
+        refs = self.accounts.existing(accounts_of(payer))
         if not refs:
             return []
-        amount = max_cost(route, self.settings)
-        expires = envelope.deadline + self.settings.spend_hold_grace
+        expires = payer.deadline + self.settings.spend_hold_grace
         try:
             await self.accounts.reserve(refs, hold_id, amount, expires)
         except Shortfall as short:
             raise InsufficientQuota(
                 f"This request may cost up to ${amount:f}, more than the {short.limit} allows "
-                f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
-                "tokens (max_tokens)."
+                f"(${short.remaining:f} left). Add credit or raise the budget, or ask for less "
+                f"({smaller})."
             ) from None
         except (NatsError, TimeoutError, RuntimeError) as err:  # the bus, not the request
             log.warning(
-                "spend accounts unavailable", extra={"request_id": envelope.request_id, "error": repr(err)}
+                "spend accounts unavailable", extra={"request_id": payer.request_id, "error": repr(err)}
             )
             raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
         return refs
@@ -128,18 +151,20 @@ class SpendControl:
         held: list[AccountRef],
         events: list[UsageEvent] | None,
     ) -> None:
+        """Settle a chat call's hold to what it billed (and the knowledge lines before it)."""
+        amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
+        self.settle_amount(Payer.of(envelope, route), hold_id, held, amount)
+
+    def settle_amount(self, payer: Payer, hold_id: str, held: list[AccountRef], amount: Decimal) -> None:
         """Settle (or, with nothing billed, release) in the background: the hold stays counted
         until then, so settling late is never an overrun."""
         if not held:
             return  # no account existed when the call started: nothing to count it on
-        amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
-        task = asyncio.create_task(self._settle(envelope, route, hold_id, held, amount))
+        task = asyncio.create_task(self._settle(payer, hold_id, held, amount))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(
-        self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str, held: list[AccountRef], amount: Decimal
-    ) -> None:
+    async def _settle(self, payer: Payer, hold_id: str, held: list[AccountRef], amount: Decimal) -> None:
         try:
             if amount == ZERO:
                 await self.accounts.release(held, hold_id)
@@ -147,12 +172,12 @@ class SpendControl:
             crossed = await self.accounts.settle(held, hold_id, amount)
         except Exception:
             # The hold expires on its own; the spend is in the usage stream and ClickHouse.
-            log.exception("could not settle a request's spend", extra={"request_id": envelope.request_id})
+            log.exception("could not settle a request's spend", extra={"request_id": payer.request_id})
             return
         now = time.time()
         for ref, period, threshold, account in crossed:
             alert = SpendAlert(
-                tenant=envelope.tenant,
+                tenant=payer.tenant,
                 scope=ref.scope,
                 account=ref.id,
                 period=period,
@@ -165,7 +190,7 @@ class SpendControl:
             msg_id = f"{ref.key}:{ref.name}:{alert.period_id}:{threshold}"
             await publish_spend_event(
                 self.js,
-                subjects.spend_alert_subject(envelope.tenant),
+                subjects.spend_alert_subject(payer.tenant),
                 alert.model_dump_json().encode(),
                 msg_id,
             )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
-from aigw_simulator import choices, providers, responses
+from aigw_simulator import choices, embeddings, providers, responses
 from aigw_simulator.asgi import (
     ClientDisconnected,
     DisconnectWatch,
@@ -70,6 +70,7 @@ class SimulatorApp:
         self._key = config.require_key
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/sim/requests"): self._list_requests,
@@ -253,6 +254,28 @@ class SimulatorApp:
         )
 
     # --- the other endpoints ----------------------------------------------------------------------
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI's embeddings, deterministic: each input's vector is a function of its text (or
+        token ids) alone (`embeddings.py`), so tests can compute what the gateway must return."""
+        received = await self._received(scope, receive)
+        if received is None:
+            return
+        record, raw = received
+        try:
+            self._authorize(scope["headers"])
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                raise bad_request(_BAD_JSON) from None
+            record.body = payload
+            body = embeddings.answer(payload)
+        except SimError as error:
+            record.outcome = error.outcome
+            await send_response(send, error.status, responses.JSON_HEADERS, error.body())
+            return
+        record.outcome = COMPLETED
+        await send_response(send, 200, responses.JSON_HEADERS, body)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
