@@ -11,6 +11,7 @@ import anthropic
 import httpx
 import pytest
 from openai import BadRequestError, OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
@@ -165,6 +166,23 @@ def test_hit_ratio_and_savings_per_gateway(client: OpenAI, metered: Stack) -> No
             lambda: (stats()["hits"], stats()["misses"]) == (3, 1), 15.0, "the cache's usage in metering"
         )
         mine = stats()
+        bypass = _ask(client, "ratio", "ratio [sim tokens=5]", extra_headers={"Cache-Control": "no-cache"})
+        assert bypass.headers["x-aigw-cache"] == "miss"
     assert mine["hit_ratio"] == 0.75
     assert Decimal(mine["hit_amount"]) == 0  # the default price
     assert Decimal(mine["estimated_savings"]) == (3 * miss_cost).quantize(Decimal("1E-12"))
+
+    # the same in the edge's Prometheus metrics, by the gateway's slug
+    scraped = httpx.get(metered.base_url.removesuffix("/v1") + "/metrics", timeout=5).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    }
+
+    def count(result: str) -> float:
+        return samples.get(("aigw_cache_requests_total", (("gateway", slug), ("result", result))), 0.0)
+
+    assert (count("hit"), count("miss"), count("bypass")) == (3, 1, 1)
+    saved = samples[("aigw_cache_saved_usd_total", (("gateway", slug),))]
+    assert saved == pytest.approx(float(3 * miss_cost), rel=1e-9) and saved > 0

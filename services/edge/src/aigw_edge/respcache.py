@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
@@ -45,7 +46,7 @@ from aigw_contracts.streams import CACHE_BUCKET, CACHE_MAX_TTL_S, CACHE_STORAGE
 from aigw_runtime.bus import request as ask
 from aigw_runtime.configstore import ConfigView
 
-from . import sse
+from . import observe, sse
 from .auth import KeyStore, authorization
 from .bus import Bus
 from .errors import JSON_TYPE, send_body, send_error
@@ -61,6 +62,7 @@ _IGNORED = frozenset(
 )
 _CACHE = headers.HTTP_CACHE.encode()
 _HIT, _MISS = (_CACHE, b"hit"), (_CACHE, b"miss")
+_BYPASS = "bypass"  # metrics: the client's Cache-Control skipped the lookup
 _REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
 _BILL_WITHIN = 5.0  # seconds retrieval may take to bill a hit
 
@@ -167,10 +169,13 @@ class ResponseCache:
                 control += value.lower()
         if b"no-store" in control:
             self.misses += 1
+            observe.CACHE_REQUESTS(gateway.slug, _BYPASS).inc()
             await self.chat(scope, replay, _marked(send, _MISS))
             return
         name = entry_key(key, gateway, request)
+        result = _BYPASS
         if b"no-cache" not in control:
+            result = "miss"
             found = await self._lookup(name)
             if (
                 found is not None
@@ -178,8 +183,10 @@ class ResponseCache:
                 and await self._serve(found, key, gateway, request, scope, send)
             ):
                 self.hits += 1
+                observe.CACHE_REQUESTS(gateway.slug, "hit").inc()
                 return
         self.misses += 1
+        observe.CACHE_REQUESTS(gateway.slug, result).inc()
         await self.chat(scope, replay, self._recorder(send, name, gateway, bool(request.get("stream"))))
 
     @staticmethod
@@ -231,7 +238,7 @@ class ResponseCache:
                             "headers": kept,
                         }
                         # In the background: the client's next request on this connection need not wait.
-                        task = asyncio.get_running_loop().create_task(self._store(name, encode(meta, answer)))
+                        task = asyncio.get_running_loop().create_task(self._store(name, meta, answer, stream))
                         self._storing.add(task)
                         task.add_done_callback(self._storing.discard)
                     return
@@ -239,9 +246,10 @@ class ResponseCache:
 
         return record
 
-    async def _store(self, name: str, value: bytes) -> None:
+    async def _store(self, name: str, meta: dict[str, Any], answer: bytes, stream: bool) -> None:
+        meta["cost"] = str(answer_cost(answer, stream))  # what a hit on it saves (`_serve`)
         try:
-            await (await self._bucket()).put(name, value)
+            await (await self._bucket()).put(name, encode(meta, answer))
         except Exception:
             log.warning("could not store an answer in the response cache", exc_info=True)
 
@@ -301,6 +309,10 @@ class ResponseCache:
             return True
         if lines is None:
             return False
+        billed = sum((Decimal(str(line.get("amount", 0))) for line in lines), Decimal(0))
+        saved = Decimal(str(meta.get("cost", 0))) - billed
+        if saved > 0:
+            observe.CACHE_SAVED(gateway.slug).inc(float(saved))
         context = {
             "generated_usage": lines,
             "runned_functions": [],
@@ -345,6 +357,24 @@ class ResponseCache:
                 stream=bool(request.get("stream")),
                 outcome=outcome,
             )
+
+
+def answer_cost(answer: bytes, stream: bool) -> Decimal:
+    """What an answer was billed: the amounts of its `generation_context.generated_usage` (a
+    stream's is on its last chunk that has one); 0 when it says none."""
+    context: Any = None
+    try:
+        if stream:
+            for frame in reversed(answer.split(b"\n\n")):
+                if frame.startswith(b"data: {") and b'"generation_context"' in frame:
+                    context = json.loads(frame[6:]).get("generation_context")
+                    break
+        else:
+            context = json.loads(answer).get("generation_context")
+        lines = context.get("generated_usage") if isinstance(context, dict) else None
+        return sum((Decimal(str(line["amount"])) for line in lines or ()), Decimal(0))
+    except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError):
+        return Decimal(0)
 
 
 def _valid(body: bytes) -> bool:
