@@ -5,6 +5,8 @@ text, or its token ids joined by commas) in counter mode, centred, then scaled t
 OpenAI's are. Tests compute the expected vectors with the same function. `prompt_tokens` counts
 each text's words and punctuation marks (a token array: its length), at least one per input.
 `dimensions` (default `DEFAULT_DIM`) and `encoding_format` (`float`, `base64`) are honoured.
+A `[sim fault=500|429 fault_times=N fault_model=M latency_ms=X]` directive in the first input (or
+`x-sim-*` headers) answers that error instead, as the chat route does, for tests of retries.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import math
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from aigw_simulator.errors import bad_request
@@ -63,8 +66,22 @@ def _inputs(value: Any) -> list[str | list[int]]:
     return items
 
 
-def answer(payload: Any) -> bytes:
-    """The response body for a request body `payload` (raises `SimError` on a bad request)."""
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    model: str
+    items: list[str | list[int]]
+    dimensions: int
+    encoding: str
+
+    @property
+    def first_text(self) -> str:
+        """Where a `[sim ...]` directive is read from: the first input, if it is text."""
+        first = self.items[0]
+        return first if isinstance(first, str) else ""
+
+
+def parse(payload: Any) -> EmbeddingsRequest:
+    """A request body (raises `SimError` on a bad request)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
         raise bad_request("'model' is required", param="model")
     items = _inputs(payload.get("input"))
@@ -74,20 +91,26 @@ def answer(payload: Any) -> bytes:
     encoding = payload.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    return EmbeddingsRequest(payload["model"], items, dimensions, encoding)
+
+
+def answer(request: EmbeddingsRequest) -> bytes:
+    """The response body."""
     data = []
-    for index, item in enumerate(items):
-        values = vector(item, dimensions)
+    dim = request.dimensions
+    for index, item in enumerate(request.items):
+        values = vector(item, dim)
         embedding: Any = (
-            base64.b64encode(struct.pack(f"<{dimensions}f", *values)).decode()
-            if encoding == "base64"
+            base64.b64encode(struct.pack(f"<{dim}f", *values)).decode()
+            if request.encoding == "base64"
             else values
         )
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    used = sum(tokens(item) for item in items)
+    used = sum(tokens(item) for item in request.items)
     body = {
         "object": "list",
         "data": data,
-        "model": payload["model"],
+        "model": request.model,
         "usage": {"prompt_tokens": used, "total_tokens": used},
     }
     return json.dumps(body, separators=(",", ":")).encode()
