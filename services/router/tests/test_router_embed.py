@@ -26,6 +26,7 @@ from aigw_router.settings import RouterSettings
 
 GID = "01990000-0000-7000-8000-00000000abcd"
 GID2 = "01990000-0000-7000-8000-00000000abce"
+GID3 = "01990000-0000-7000-8000-00000000abcf"
 REPLY = "_INBOX_edge.abc.1"
 
 
@@ -38,15 +39,27 @@ def _handlers() -> Handlers:
         tenant="t1",
         modalities={"output": ["embedding"]},
     )
+    gemini = Upstream(
+        id="own-gemini-embed",
+        kind="own",
+        model="text-embedding-004",
+        base_url="http://x/v1beta",
+        tenant="t1",
+        api="gemini",
+        modalities={"output": ["embedding"]},
+    )
     chat = Upstream(id="own-chat", kind="own", model="llama", base_url="http://x/v1", tenant="t1")
     registry = Registry.from_snapshot(
         ConfigSnapshot(
-            upstreams=[embedder, chat],
+            upstreams=[embedder, gemini, chat],
             gateways=[
                 Gateway.model_validate(
                     {"id": GID, "name": "vectors", "tenant": "t1", "upstream": "own-embed"}
                 ),
                 Gateway.model_validate({"id": GID2, "name": "talk", "tenant": "t1", "upstream": "own-chat"}),
+                Gateway.model_validate(
+                    {"id": GID3, "name": "gem", "tenant": "t1", "upstream": "own-gemini-embed"}
+                ),
             ],
         ),
         catalog=[],
@@ -79,6 +92,9 @@ def test_a_chat_model_refuses_embeddings_and_an_embedding_model_refuses_chat() -
     refused = h.embed(_job("talk"), REPLY)
     assert refused.subject == REPLY and (refused.headers or {})[headers.STATUS] == "400"
     assert "not an embedding model" in json.loads(refused.payload)["error"]["message"]
+    other_api = h.embed(_job("gem"), REPLY)
+    assert (other_api.headers or {})[headers.STATUS] == "400"
+    assert "OpenAI-compatible upstreams only" in json.loads(other_api.payload)["error"]["message"]
     envelope = ChatEnvelope(
         request_id="r2",
         tenant="t1",

@@ -134,6 +134,12 @@ class Router:
                 "completions",
                 param="model",
             )
+        if upstream.api not in (None, "openai"):
+            raise errors.InvalidRequest(
+                f"The embedding upstream '{upstream.id}' speaks '{upstream.api}'; embeddings are sent "
+                "to OpenAI-compatible upstreams only",
+                param="model",
+            )
         return RoutedEmbed(
             job=job,
             gateway_id=gateway.id if gateway else None,
