@@ -186,3 +186,36 @@ def test_hit_ratio_and_savings_per_gateway(client: OpenAI, metered: Stack) -> No
     assert (count("hit"), count("miss"), count("bypass")) == (3, 1, 1)
     saved = samples[("aigw_cache_saved_usd_total", (("gateway", slug),))]
     assert saved == pytest.approx(float(3 * miss_cost), rel=1e-9) and saved > 0
+
+
+def test_a_semantic_match_answers_a_paraphrase_and_nothing_else(
+    client: OpenAI, metered: Stack, upstream_calls: Any
+) -> None:
+    assert metered.demo is not None
+    with api_client(metered, metered.demo.key) as http:
+        made = http.post(
+            "/gateways",
+            json={"name": "semantic", "upstream": "@sim/sim-model", "cache": {"ttl": 60, "similarity": 0.9}},
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["cache"]["similarity"] == 0.9
+    question = "What is the capital city of France? [sim tokens=6]"
+    first = _ask(client, "semantic", question)
+    assert first.headers["x-aigw-cache"] == "miss" and upstream_calls() == 1
+    # stored in the background (indexed by meaning first): once an equal request hits, so does meaning
+    eventually(
+        lambda: _ask(client, "semantic", question).headers["x-aigw-cache"] == "hit", 10.0, "the answer stored"
+    )
+    calls = upstream_calls()
+    again = _ask(client, "semantic", "what's the capital city of france? [sim tokens=6]")
+    assert again.headers["x-aigw-cache"] == "hit" and upstream_calls() == calls
+    context = (again.parse().model_extra or {})["generation_context"]
+    assert context["cache"]["request_id"] == first.headers["x-request-id"]
+    assert 0.9 <= context["cache"]["similarity"] < 1
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+    other = _ask(client, "semantic", "Write a short poem about the sea. [sim tokens=6]")
+    assert other.headers["x-aigw-cache"] == "miss" and upstream_calls() == calls + 1
+    # other parameters are another shape: never matched by meaning
+    hotter = _ask(client, "semantic", question, temperature=1.5)
+    assert hotter.headers["x-aigw-cache"] == "miss" and upstream_calls() == calls + 2

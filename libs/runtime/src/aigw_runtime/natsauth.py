@@ -196,6 +196,7 @@ def _table() -> dict[str, Permissions]:
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
                 subjects.ROUTER_EMBED,
+                subjects.RETRIEVAL_EMBED,  # semantic response-cache lookups (the local embedder)
                 subjects.RETRIEVAL_CACHE_HIT,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
