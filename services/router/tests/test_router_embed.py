@@ -30,25 +30,19 @@ GID3 = "01990000-0000-7000-8000-00000000abcf"
 REPLY = "_INBOX_edge.abc.1"
 
 
+EMBEDDING = {"output": ["embedding"]}
+
+
+def _own(uid: str, model: str, **fields: object) -> Upstream:
+    return Upstream.model_validate(
+        {"id": uid, "kind": "own", "model": model, "base_url": "http://x/v1", "tenant": "t1", **fields}
+    )
+
+
 def _handlers() -> Handlers:
-    embedder = Upstream(
-        id="own-embed",
-        kind="own",
-        model="bge-small",
-        base_url="http://x/v1",
-        tenant="t1",
-        modalities={"output": ["embedding"]},
-    )
-    gemini = Upstream(
-        id="own-gemini-embed",
-        kind="own",
-        model="text-embedding-004",
-        base_url="http://x/v1beta",
-        tenant="t1",
-        api="gemini",
-        modalities={"output": ["embedding"]},
-    )
-    chat = Upstream(id="own-chat", kind="own", model="llama", base_url="http://x/v1", tenant="t1")
+    embedder = _own("own-embed", "bge-small", modalities=EMBEDDING)
+    gemini = _own("own-gemini-embed", "text-embedding-004", api="gemini", modalities=EMBEDDING)
+    chat = _own("own-chat", "llama")
     registry = Registry.from_snapshot(
         ConfigSnapshot(
             upstreams=[embedder, gemini, chat],
