@@ -11,6 +11,11 @@ each scenario `--runs` times, medians reported.
 * embeddings: `POST /v1/embeddings` with `--batch` texts per request at concurrency 1 and 4, in
   embeddings/s, against `MiniLMEmbedder.embed_sync` on the same texts in this process, pinned to
   CPU 0 after the stack stopped (the CPU retrieval had).
+* upstream embeddings: the simulator's `/v1/embeddings` as a catalog embedding upstream
+  (`@sim/bench-embed`), through the gateway (edge, router, worker, metering's usage stream) and
+  called directly, at concurrency 1 and 16: req/s and p50 of each, and their ratios.
+
+`--only cache|local|upstream` runs one group.
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ def main() -> None:
         default=8.0,
         help="seconds per embeddings run (a request takes ~100s of ms)",
     )
+    parser.add_argument("--only", choices=("cache", "local", "upstream"), help="run one group of scenarios")
     args = parser.parse_args()
+    run = {args.only} if args.only else {"cache", "local", "upstream"}
 
     stack = start_pinned_stack(metering=False)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
@@ -90,9 +97,11 @@ def main() -> None:
                 json={"name": "bench-cached", "upstream": "@sim/sim-model", "cache": {"ttl": 3600}},
             )
             made.raise_for_status()
+        if "upstream" in run:
+            _upstream_embeddings(stack, report, args)
         chat = "/v1/chat/completions"
         prompt = [{"role": "user", "content": "Benchmark prompt of a typical size. [sim tokens=16]"}]
-        for conc in (1, 16):
+        for conc in (1, 16) if "cache" in run else ():
             _progress(f"cache scenarios, c={conc}")
             report[f"cache/uncached-gateway/c{conc}"] = _measure(
                 port, chat, {"model": "demo", "messages": prompt}, key, conc, args.duration, args.runs
@@ -111,7 +120,7 @@ def main() -> None:
                 headers="Cache-Control: no-cache\r\n",
             )
         body = {"model": EMBED_MODEL, "input": _texts(args.batch), "encoding_format": "base64"}
-        for conc in (1, 4):
+        for conc in (1, 4) if "local" in run else ():
             _progress(f"embeddings through the gateway, c={conc}")
             found = _measure(port, "/v1/embeddings", body, key, conc, args.embed_duration, args.runs)
             found["embeddings_per_s"] = found["rps"] * args.batch
@@ -119,6 +128,51 @@ def main() -> None:
     finally:
         stack.stop()
 
+    if "local" in run:
+        _in_process(report, args)
+    summary = _summary(report)
+    report["summary"] = summary
+    out = Path(__file__).parent / "results" / f"apis-{report['when'].replace(':', '')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"full report: {out}", file=sys.stderr)
+
+
+def _upstream_embeddings(stack: Any, report: dict[str, Any], args: argparse.Namespace) -> None:
+    assert stack.demo is not None and stack.edge_port is not None
+    upstream = {
+        "kind": "catalog",
+        "id": "@sim/bench-embed",
+        "provider": "sim",
+        "model": "sim-embedding",
+        "base_url": f"{stack.sim_url}/v1",
+        "prices": {"input": "2E-8"},
+        "modalities": {"output": ["embedding"]},
+    }
+    with httpx.Client(
+        base_url=stack.base_url, headers={"Authorization": f"Bearer {stack.demo.operator_key}"}
+    ) as op:
+        op.post("/upstreams", json=upstream).raise_for_status()
+    body = {"model": upstream["id"], "input": _texts(args.batch), "encoding_format": "base64"}
+    direct = {**body, "model": "sim-embedding"}
+    key = stack.demo.key
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}) as client:
+        deadline = time.monotonic() + 10
+        while client.post("/embeddings", json=body).status_code != 200:  # the router saw the upstream
+            if time.monotonic() > deadline:
+                raise RuntimeError("the embedding upstream never became routable")
+            time.sleep(0.05)
+    for conc in (1, 16):
+        _progress(f"upstream embeddings, c={conc}")
+        report[f"upstream-embeddings/gateway/c{conc}"] = _measure(
+            stack.edge_port, "/v1/embeddings", body, key, conc, args.duration, args.runs
+        )
+        report[f"upstream-embeddings/direct/c{conc}"] = _measure(
+            stack.sim_port, "/v1/embeddings", direct, key, conc, args.duration, args.runs
+        )
+
+
+def _in_process(report: dict[str, Any], args: argparse.Namespace) -> None:
     from aigw_retrieval.embed import MiniLMEmbedder
 
     os.sched_setaffinity(0, {0})
@@ -134,32 +188,43 @@ def main() -> None:
         rates.append(done / (time.perf_counter() - started))
     report["embeddings/in-process"] = {"embeddings_per_s": median(rates)}
 
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
     def ratio(a: str, b: str, field: str) -> float:
         return round(float(report[a][field]) / float(report[b][field]), 3)
 
-    summary = {
-        "hit p50 ms (c=1)": report["cache/hit/c1"]["p50_ms"],
-        "uncached p50 ms (c=1)": report["cache/uncached-gateway/c1"]["p50_ms"],
-        "hit / uncached req/s (c=16)": ratio("cache/hit/c16", "cache/uncached-gateway/c16", "rps"),
-        "no-cache miss / uncached p50 (c=1)": ratio(
-            "cache/miss-no-cache/c1", "cache/uncached-gateway/c1", "p50_ms"
-        ),
-        "no-cache miss / uncached req/s (c=16)": ratio(
-            "cache/miss-no-cache/c16", "cache/uncached-gateway/c16", "rps"
-        ),
-        "embeddings/s gateway c=1": report["embeddings/gateway/c1"]["embeddings_per_s"],
-        "embeddings/s gateway c=4": report["embeddings/gateway/c4"]["embeddings_per_s"],
-        "embeddings/s in-process": report["embeddings/in-process"]["embeddings_per_s"],
-        "gateway c=4 / in-process": ratio(
-            "embeddings/gateway/c4", "embeddings/in-process", "embeddings_per_s"
-        ),
-        "errors": sum(v.get("errors", 0) for k, v in report.items() if isinstance(v, dict) and "errors" in v),
-    }
-    report["summary"] = summary
-    out = Path(__file__).parent / "results" / f"apis-{report['when'].replace(':', '')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(f"full report: {out}", file=sys.stderr)
+    summary: dict[str, Any] = {}
+    if "cache/hit/c1" in report:
+        summary |= {
+            "hit p50 ms (c=1)": report["cache/hit/c1"]["p50_ms"],
+            "uncached p50 ms (c=1)": report["cache/uncached-gateway/c1"]["p50_ms"],
+            "hit / uncached req/s (c=16)": ratio("cache/hit/c16", "cache/uncached-gateway/c16", "rps"),
+            "no-cache miss / uncached p50 (c=1)": ratio(
+                "cache/miss-no-cache/c1", "cache/uncached-gateway/c1", "p50_ms"
+            ),
+            "no-cache miss / uncached req/s (c=16)": ratio(
+                "cache/miss-no-cache/c16", "cache/uncached-gateway/c16", "rps"
+            ),
+        }
+    if "embeddings/in-process" in report:
+        summary |= {
+            "embeddings/s gateway c=1": report["embeddings/gateway/c1"]["embeddings_per_s"],
+            "embeddings/s gateway c=4": report["embeddings/gateway/c4"]["embeddings_per_s"],
+            "embeddings/s in-process": report["embeddings/in-process"]["embeddings_per_s"],
+            "gateway c=4 / in-process": ratio(
+                "embeddings/gateway/c4", "embeddings/in-process", "embeddings_per_s"
+            ),
+        }
+    if "upstream-embeddings/gateway/c1" in report:
+        for conc in (1, 16):
+            gw, direct = f"upstream-embeddings/gateway/c{conc}", f"upstream-embeddings/direct/c{conc}"
+            summary[f"upstream embeddings gateway p50 ms (c={conc})"] = report[gw]["p50_ms"]
+            summary[f"upstream embeddings direct p50 ms (c={conc})"] = report[direct]["p50_ms"]
+            summary[f"upstream embeddings gateway / direct req/s (c={conc})"] = ratio(gw, direct, "rps")
+    summary["errors"] = sum(
+        v.get("errors", 0) for v in report.values() if isinstance(v, dict) and "errors" in v
+    )
+    return summary
 
 
 if __name__ == "__main__":

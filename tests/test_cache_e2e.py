@@ -11,6 +11,7 @@ import anthropic
 import httpx
 import pytest
 from openai import BadRequestError, OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
@@ -165,6 +166,56 @@ def test_hit_ratio_and_savings_per_gateway(client: OpenAI, metered: Stack) -> No
             lambda: (stats()["hits"], stats()["misses"]) == (3, 1), 15.0, "the cache's usage in metering"
         )
         mine = stats()
+        bypass = _ask(client, "ratio", "ratio [sim tokens=5]", extra_headers={"Cache-Control": "no-cache"})
+        assert bypass.headers["x-aigw-cache"] == "miss"
     assert mine["hit_ratio"] == 0.75
     assert Decimal(mine["hit_amount"]) == 0  # the default price
     assert Decimal(mine["estimated_savings"]) == (3 * miss_cost).quantize(Decimal("1E-12"))
+
+    # the same in the edge's Prometheus metrics, by the gateway's slug
+    scraped = httpx.get(metered.base_url.removesuffix("/v1") + "/metrics", timeout=5).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    }
+
+    def count(result: str) -> float:
+        return samples.get(("aigw_cache_requests_total", (("gateway", slug), ("result", result))), 0.0)
+
+    assert (count("hit"), count("miss"), count("bypass")) == (3, 1, 1)
+    saved = samples[("aigw_cache_saved_usd_total", (("gateway", slug),))]
+    assert saved == pytest.approx(float(3 * miss_cost), rel=1e-9) and saved > 0
+
+
+def test_a_semantic_match_answers_a_paraphrase_and_nothing_else(
+    client: OpenAI, metered: Stack, upstream_calls: Any
+) -> None:
+    assert metered.demo is not None
+    with api_client(metered, metered.demo.key) as http:
+        made = http.post(
+            "/gateways",
+            json={"name": "semantic", "upstream": "@sim/sim-model", "cache": {"ttl": 60, "similarity": 0.9}},
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["cache"]["similarity"] == 0.9
+    question = "What is the capital city of France? [sim tokens=6]"
+    first = _ask(client, "semantic", question)
+    assert first.headers["x-aigw-cache"] == "miss" and upstream_calls() == 1
+    # stored in the background (indexed by meaning first): once an equal request hits, so does meaning
+    eventually(
+        lambda: _ask(client, "semantic", question).headers["x-aigw-cache"] == "hit", 10.0, "the answer stored"
+    )
+    calls = upstream_calls()
+    again = _ask(client, "semantic", "what's the capital city of france? [sim tokens=6]")
+    assert again.headers["x-aigw-cache"] == "hit" and upstream_calls() == calls
+    context = (again.parse().model_extra or {})["generation_context"]
+    assert context["cache"]["request_id"] == first.headers["x-request-id"]
+    assert 0.9 <= context["cache"]["similarity"] < 1
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+    other = _ask(client, "semantic", "Write a short poem about the sea. [sim tokens=6]")
+    assert other.headers["x-aigw-cache"] == "miss" and upstream_calls() == calls + 1
+    # other parameters are another shape: never matched by meaning
+    hotter = _ask(client, "semantic", question, temperature=1.5)
+    assert hotter.headers["x-aigw-cache"] == "miss" and upstream_calls() == calls + 2

@@ -490,6 +490,8 @@ def test_the_prometheus_dashboard_covers_the_operations_questions() -> None:
         "aigw_circuit_state",
         "aigw_tokens_total",
         "aigw_cost_usd_total",
+        "aigw_cache_requests_total",
+        "aigw_cache_saved_usd_total",
     ):
         assert metric in exprs, metric
     assert len(PROM_PARAMS) >= 15

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
@@ -106,3 +107,164 @@ def test_bad_requests_are_openai_errors(client: OpenAI, metered: Stack) -> None:
         client.embeddings.create(model=MODEL, input=[])
     reply = httpx.post(f"{metered.base_url}/embeddings", json={"model": MODEL, "input": "x"})
     assert reply.status_code == 401
+
+
+# --------------------------------------------------------------------------- embedding upstreams
+# The simulator's `/v1/embeddings` (deterministic vectors, `aigw_simulator.embeddings`) as a catalog
+# embedding model of the keyless `sim` provider, and as a tenant's own endpoint: through the router
+# and an inference worker, billed at the upstream's price.
+
+EMBED_PRICE = Decimal("2E-8")  # per token: OpenAI's text-embedding-3-small ($0.02 per million)
+EMBEDDING = {"output": ["embedding"]}
+
+
+def _lines(reply: object) -> list[dict[str, object]]:
+    extra = getattr(reply, "model_extra", None) or {}
+    lines: list[dict[str, object]] = extra["generation_context"]["generated_usage"]
+    return lines
+
+
+def _decimal(value: object) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+
+
+@pytest.fixture(scope="module")
+def embed_upstream(metered: Stack) -> Iterator[str]:
+    assert metered.demo is not None
+    upstream = {
+        "kind": "catalog",
+        "id": "@sim/embed-sim",
+        "provider": "sim",
+        "model": "sim-embedding",
+        "base_url": f"{metered.sim_url}/v1",
+        "prices": {"input": str(EMBED_PRICE)},
+        "modalities": EMBEDDING,
+    }
+    with api_client(metered, metered.demo.operator_key) as op:
+        made = op.post("/upstreams", json=upstream)
+        assert made.status_code == 201, made.text
+        yield upstream["id"]
+        op.delete(f"/upstreams/{upstream['id']}")
+
+
+def _routable(client: OpenAI, model: str) -> bool:
+    try:
+        client.embeddings.create(model=model, input="ready?")
+    except NotFoundError:
+        return False
+    return True
+
+
+def test_a_gateway_on_an_embedding_upstream_is_answered_there_and_billed_at_its_price(
+    client: OpenAI, metered: Stack, embed_upstream: str
+) -> None:
+    from aigw_simulator import embeddings as sim
+
+    assert metered.demo is not None
+    with api_client(metered, metered.demo.key) as admin:
+        gw = admin.post("/gateways", json={"name": "embedder", "upstream": embed_upstream})
+        assert gw.status_code == 201, gw.text
+        gateway = gw.json()["id"]
+        try:
+            eventually(lambda: _routable(client, gateway), 10.0, "the embedding gateway routable")
+            texts = ["The cat sat on the mat.", "Gateways route requests to models!"]
+            raw = client.embeddings.with_raw_response.create(model=gateway, input=texts)  # base64
+            reply = raw.parse()
+            assert reply.model == embed_upstream
+            for text, item in zip(texts, reply.data, strict=True):
+                assert item.embedding == sim.vector(text)  # float32 bytes, passed through unchanged
+            tokens = sum(sim.tokens(t) for t in texts)
+            assert reply.usage.prompt_tokens == tokens == reply.usage.total_tokens
+            lines = _lines(reply)
+            assert [(line["sku"], line["quantity"]) for line in lines] == [(skus.EMBEDDINGS_IN, tokens)]
+            assert _decimal(lines[0]["unit_price"]) == EMBED_PRICE
+            assert _decimal(lines[0]["amount"]) == EMBED_PRICE * tokens
+
+            # ClickHouse holds exactly the lines the response said
+            request_id = raw.headers["x-request-id"]
+
+            def billed() -> bool:
+                rows = admin.get("/usage", params={"request": request_id, "group_by": "sku"}).json()["rows"]
+                return [(r["sku"], r["quantity"], _decimal(r["amount"])) for r in rows] == [
+                    (skus.EMBEDDINGS_IN, tokens, EMBED_PRICE * tokens)
+                ]
+
+            eventually(billed, 15.0, "the upstream embedding's usage line in metering")
+
+            # floats, `dimensions` passed to the upstream, and the catalog id named directly
+            short = client.embeddings.create(
+                model=embed_upstream, input="hello", dimensions=32, encoding_format="float"
+            )
+            assert short.data[0].embedding == sim.vector("hello", 32)
+            with pytest.raises(BadRequestError):  # an embedding model does not chat
+                client.chat.completions.create(model=gateway, messages=[{"role": "user", "content": "hi"}])
+            with pytest.raises(BadRequestError):  # a chat model does not embed
+                client.embeddings.create(model="demo", input="hi")
+        finally:
+            admin.delete(f"/gateways/{gateway}")
+
+
+def test_an_own_embedding_endpoint_is_billed_at_zero(client: OpenAI, metered: Stack) -> None:
+    from aigw_simulator import embeddings as sim
+
+    assert metered.demo is not None
+    with api_client(metered, metered.demo.key) as admin:
+        up = admin.post(
+            "/upstreams",
+            json={"model": "own-embedder", "base_url": f"{metered.sim_url}/v1", "modalities": EMBEDDING},
+        )
+        assert up.status_code == 201, up.text
+        gw = admin.post("/gateways", json={"name": "own-embedder", "upstream": up.json()["id"]}).json()
+        try:
+            eventually(lambda: _routable(client, gw["id"]), 10.0, "the own embedding gateway routable")
+            reply = client.embeddings.create(model=gw["id"], input=["a b c"])
+            assert reply.data[0].embedding == sim.vector("a b c")
+            lines = _lines(reply)
+            assert [(line["sku"], line["quantity"]) for line in lines] == [(skus.EMBEDDINGS_IN, 3)]
+            assert _decimal(lines[0]["amount"]) == 0
+        finally:
+            admin.delete(f"/gateways/{gw['id']}")
+            admin.delete(f"/upstreams/{up.json()['id']}")
+
+
+def test_spend_control_refuses_an_embedding_the_budget_cannot_afford(
+    metered: Stack, embed_upstream: str
+) -> None:
+    from aigw_simulator import embeddings as sim
+
+    assert metered.demo is not None
+    text = "one two three four five"  # 23 bytes: held as 23 tokens; billed as 5
+    with api_client(metered, metered.demo.operator_key) as op:
+        assert op.post("/tenants", json={"id": "embed-spender"}).status_code == 201
+        made = op.post("/keys", json={"name": "e", "tenant": "embed-spender", "admin": True})
+        assert made.status_code == 201, made.text
+        secret = made.json()["secret"]
+        path = "/spend/budgets/tenant/embed-spender"
+        assert op.put(path, json={"day": str(EMBED_PRICE * 20)}).status_code == 200
+        spender = OpenAI(base_url=metered.base_url, api_key=secret, max_retries=0, timeout=30)
+
+        def refused() -> bool:
+            try:
+                spender.embeddings.create(model=embed_upstream, input=text)
+            except openai.APIStatusError as err:
+                return err.status_code == 402 and err.code == "insufficient_quota"
+            return False
+
+        eventually(refused, 10.0, "a 402 for an embedding over the budget")
+        assert op.put(path, json={"day": str(EMBED_PRICE * 30)}).status_code == 200
+
+        def answered() -> bool:
+            try:
+                return spender.embeddings.create(model=embed_upstream, input=text).usage.prompt_tokens == 5
+            except openai.APIStatusError:
+                return False
+
+        eventually(answered, 10.0, "the embedding once the budget affords it")
+
+        def settled() -> bool:
+            account = op.get(path).json()
+            return _decimal(account["reserved"]) == 0 and _decimal(
+                account["spent_total"]
+            ) == EMBED_PRICE * sim.tokens(text)
+
+        eventually(settled, 10.0, "the hold settled to what was billed")

@@ -49,9 +49,28 @@ def test_prices_are_per_token_and_exact() -> None:
     )
     assert by_id["@openai/gpt-5-mini"].prices.input == Decimal("2.5E-7")
     for upstream in by_id.values():
+        if upstream.embeds:
+            continue  # below
         assert upstream.prices.input > 0 and upstream.prices.output > 0, upstream.id
         assert upstream.prices.cached_input <= upstream.prices.input, upstream.id
         assert upstream.context_window and upstream.context_window >= 32_000
+
+
+def test_embedding_models_are_marked_and_priced_by_input_alone() -> None:
+    by_id = {u.id: u for u in builtin_catalog()}
+    small = by_id["@openai/text-embedding-3-small"]
+    assert small.embeds and small.modalities == {"input": ["text"], "output": ["embedding"]}
+    assert (small.prices.input, small.prices.output) == (Decimal("2E-8"), 0)
+    embedders = {u.id for u in by_id.values() if u.embeds}
+    assert embedders == {
+        "@openai/text-embedding-3-small",
+        "@openai/text-embedding-3-large",
+        "@openai/text-embedding-ada-002",
+        "@mistral/mistral-embed",
+    }
+    for upstream_id in embedders:
+        assert by_id[upstream_id].prices.input > 0
+    assert not by_id["@openai/gpt-5-mini"].embeds
 
 
 def test_the_wire_format_and_parameters_come_from_the_provider() -> None:
@@ -61,7 +80,8 @@ def test_the_wire_format_and_parameters_come_from_the_provider() -> None:
     assert by_id["@groq/llama-3.3-70b-versatile"].api is None  # OpenAI-compatible
     for upstream in by_id.values():
         assert upstream.parameters is not None, upstream.id
-        assert set(upstream.parameters) <= set(PARAMETERS), upstream.id  # names a request may send
+        known = {"dimensions", "encoding_format", "user"} if upstream.embeds else set(PARAMETERS)
+        assert set(upstream.parameters) <= known, upstream.id  # names a request may send
     assert "logprobs" not in by_id["@anthropic/claude-haiku-4-5"].parameters  # type: ignore[operator]
 
 

@@ -54,7 +54,7 @@ def builtin_catalog() -> list[Upstream]:
                 api=None if api == "openai" else api,
                 prices=_per_token(entry["prices"]),
                 context_window=entry.get("context_window"),
-                modalities={"input": entry.get("input", ["text"]), "output": ["text"]},
+                modalities={"input": entry.get("input", ["text"]), "output": entry.get("output", ["text"])},
                 parameters=entry.get("parameters", provider["parameters"]),
             )
         )

@@ -185,6 +185,12 @@ class Upstream(BaseModel):
         """Own endpoints are recorded at price 0: the tenant pays their provider, not us."""
         return self.prices if self.kind == "catalog" else Prices()
 
+    @property
+    def embeds(self) -> bool:
+        """An embedding model (`modalities["output"]` says `embedding`): `POST /v1/embeddings`
+        calls it, chat completions do not."""
+        return self.modalities is not None and "embedding" in self.modalities.get("output", ())
+
 
 class ParameterRule(BaseModel):
     """How a request may touch one inference parameter.
@@ -237,6 +243,19 @@ class ResponseCache(BaseModel):
 
     ttl: float = Field(default=3600.0, gt=0, le=30 * 24 * 3600.0, description="seconds an answer is reused")
     price: Decimal = Field(default=Decimal(0), ge=0, description="USD per cache hit")
+    # Semantic match: a request whose conversation's text embeds (retrieval's local embedder) within
+    # this cosine similarity of a cached one's, all else equal, gets its answer. None: exact only.
+    similarity: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="semantic match: the least cosine similarity of the conversation's embedding "
+        "to a cached one's (e.g. 0.95); unset: exact match only",
+    )
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _without_unset(handler(self), ("similarity",))
 
 
 class Gateway(BaseModel):

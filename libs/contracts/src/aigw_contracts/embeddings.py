@@ -1,8 +1,9 @@
-"""`POST /v1/embeddings`: OpenAI's request shape, and the messages between the edge and retrieval.
+"""`POST /v1/embeddings`: OpenAI's request shape, and the messages between edge, router and embedder.
 
-The edge validates the client's request, then asks retrieval (`subjects.RETRIEVAL_EMBED`) with an
-`EmbedJob`; retrieval embeds with its embedder, meters the tokens as `inference.embeddings.in`, and
-answers an `EmbedResult` JSON line followed by the vectors as raw little-endian float32 (one row per
+The edge validates the client's request, then asks the router (`subjects.ROUTER_EMBED`) with an
+`EmbedJob`; the router sends it on to an inference worker as a `RoutedEmbed` when `model` names an
+embedding upstream, else to retrieval (the bundled local model). Either embeds, meters the tokens as
+`inference.embeddings.in`, and answers an `EmbedResult` JSON line followed by the vectors as raw little-endian float32 (one row per
 input, `dim` columns): a quarter of their size as JSON numbers, and exactly the bytes OpenAI's
 `encoding_format: base64` encodes, so the edge base64-encodes rows without touching a float.
 """
@@ -14,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .api import GeneratedUsage
+from .config import Timeouts
+from .messages import UpstreamTarget
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -67,6 +70,18 @@ class EmbedJob(BaseModel):
     tokens: list[list[int]] | None = None
     dimensions: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    key_kind: Literal["private", "public"] = "private"
+    deadline: float | None = None  # unix seconds; the worker holds spend until then
+
+
+class RoutedEmbed(BaseModel):
+    """Router → worker: the job, and the embedding upstream its `model` named."""
+
+    job: EmbedJob
+    gateway_id: str | None = None  # None when a catalog model was named directly
+    gateway_slug: str | None = None
+    upstream: UpstreamTarget
+    timeouts: Timeouts | None = None  # the gateway's, over the upstream's own
 
 
 class EmbedResult(BaseModel):

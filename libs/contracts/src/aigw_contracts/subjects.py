@@ -39,6 +39,13 @@ RETRIEVAL_TOOL = f"{PREFIX}.retrieval.tool"
 # Request-reply, from the edge's `POST /v1/embeddings`: `EmbedJob` in, `EmbedResult` (a JSON line
 # then the raw float32 vectors) or an error out. Metered by retrieval (`inference.embeddings.in`).
 RETRIEVAL_EMBED = f"{PREFIX}.retrieval.embed"
+# Request-reply, from the edge's `POST /v1/embeddings`: `EmbedJob` in. The router resolves `model`:
+# a gateway or catalog model whose upstream is an embedding model goes on (the same reply) to
+# `WORKER_EMBED` as a `RoutedEmbed`; any other name to `RETRIEVAL_EMBED` (the bundled local model).
+ROUTER_EMBED = f"{PREFIX}.router.embed"
+# Request-reply, from the router: `RoutedEmbed` in, `EmbedResult` and vectors (or an error) out,
+# to the edge's inbox. The worker calls the upstream's `/embeddings` and meters it.
+WORKER_EMBED = f"{PREFIX}.worker.embed"
 # Request-reply, from the edge when it serves a gateway's response-cache hit: `CacheHit` in, its
 # priced lines out once the usage stream stored them. Retrieval bills it (a usage producer, with
 # the config to price it from) so that the internet-facing edge never publishes usage itself.

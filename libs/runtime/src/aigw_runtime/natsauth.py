@@ -196,7 +196,8 @@ def _table() -> dict[str, Permissions]:
                 subjects.ROUTER_MODELS,
                 subjects.CHAT_CANCEL,
                 subjects.RETRIEVAL_MANAGE,
-                subjects.RETRIEVAL_EMBED,
+                subjects.ROUTER_EMBED,
+                subjects.RETRIEVAL_EMBED,  # semantic response-cache lookups (the local embedder)
                 subjects.RETRIEVAL_CACHE_HIT,
                 subjects.METERING_QUERY,
                 subjects.METERING_BILLED,
@@ -209,10 +210,17 @@ def _table() -> dict[str, Permissions]:
         + events_to_edges
         + _answers(EDGE)  # the model list
         + Permissions(
-            publish=(subjects.WORKER_CHAT, subjects.RETRIEVAL_CHAT),
+            # embeddings: forwarded with the edge's reply subject, answered by a worker or retrieval
+            publish=(
+                subjects.WORKER_CHAT,
+                subjects.RETRIEVAL_CHAT,
+                subjects.WORKER_EMBED,
+                subjects.RETRIEVAL_EMBED,
+            ),
             subscribe=(
                 subjects.ROUTER_CHAT,
                 subjects.ROUTER_MODELS,
+                subjects.ROUTER_EMBED,
                 subjects.BOUNCE_WILDCARD,
                 subjects.CHAT_CANCEL,  # stops a classification whose client left
             ),
@@ -220,12 +228,12 @@ def _table() -> dict[str, Permissions]:
         WORKER: _own_inbox(WORKER)
         + kv_writer(streams.CIRCUITS_BUCKET)  # its circuit breakers' states, for operators
         + events_to_edges
-        + _answers(ROUTER, RETRIEVAL)  # the events of a model call a router or retrieval made
+        + _answers(ROUTER, RETRIEVAL, EDGE)  # model calls a router or retrieval made; embeddings
         + usage_producer()
         + spend_keeper()  # holds and settlements of every request
         + Permissions(
             publish=(subjects.RETRIEVAL_TOOL,),
-            subscribe=(subjects.WORKER_CHAT, subjects.CHAT_CANCEL),
+            subscribe=(subjects.WORKER_CHAT, subjects.WORKER_EMBED, subjects.CHAT_CANCEL),
         ),
         RETRIEVAL: _own_inbox(RETRIEVAL)
         + kv_reader(BUCKET)

@@ -172,7 +172,7 @@ def create_app(settings: EdgeSettings) -> EdgeApp:
     )
     endpoint = chat.ChatEndpoint(settings, bus, keys, managed.view.tenants)
     # Gateways' response caches in front of it (a pass-through while no gateway has one).
-    cache = ResponseCache(endpoint, keys, managed.view, bus)
+    cache = ResponseCache(endpoint, keys, managed.view, bus, settings.cache_embed_model)
     endpoint.gateways = managed.view.gateways
     for path in chat.PATHS:
         # Reached only for other methods (405 with Allow): `EdgeApp` takes every POST first.

@@ -55,6 +55,23 @@ TTFT = Labelled(
     )
 )
 INFLIGHT = Gauge("aigw_inflight_requests", "Chat completions in progress at the edge")
+# Gateways' response caches (`respcache.py`), by the gateway's slug: `hit` answered from the cache,
+# `miss` looked up and run, `bypass` run without a lookup (the client's `Cache-Control: no-cache`
+# or `no-store`). Savings: what the cached answer cost when it ran, less what the hit was billed.
+CACHE_REQUESTS = Labelled(
+    Counter(
+        "aigw_cache_requests",
+        "Chat completions to cache-enabled gateways, by result (hit, miss, bypass)",
+        ["gateway", "result"],
+    )
+)
+CACHE_SAVED = Labelled(
+    Counter(
+        "aigw_cache_saved_usd",
+        "What response-cache hits saved: the cached answers' cost less the hits' price (USD)",
+        ["gateway"],
+    )
+)
 
 SERVER_TIMING = b"server-timing"
 

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
@@ -45,13 +46,14 @@ from aigw_contracts.streams import CACHE_BUCKET, CACHE_MAX_TTL_S, CACHE_STORAGE
 from aigw_runtime.bus import request as ask
 from aigw_runtime.configstore import ConfigView
 
-from . import sse
+from . import observe, sse
 from .auth import KeyStore, authorization
 from .bus import Bus
 from .errors import JSON_TYPE, send_body, send_error
 from .idempotency import LazyBucket, decode, encode
 from .logs import SCOPE_KEY
 from .routes.chat import _ClientGone, _read_body
+from .semcache import SemanticIndex, Vector, conversation_text, shape_key
 
 log = logging.getLogger("aigw.edge.cache")
 
@@ -61,6 +63,7 @@ _IGNORED = frozenset(
 )
 _CACHE = headers.HTTP_CACHE.encode()
 _HIT, _MISS = (_CACHE, b"hit"), (_CACHE, b"miss")
+_BYPASS = "bypass"  # metrics: the client's Cache-Control skipped the lookup
 _REQUEST_ID = headers.HTTP_REQUEST_ID.encode()
 _BILL_WITHIN = 5.0  # seconds retrieval may take to bill a hit
 
@@ -103,7 +106,9 @@ def completed_stream(answer: bytes) -> bool:
 class ResponseCache:
     """The chat endpoint with gateways' response caches in front (see the module doc)."""
 
-    def __init__(self, chat: Any, keys: KeyStore, view: ConfigView, bus: Bus) -> None:
+    def __init__(
+        self, chat: Any, keys: KeyStore, view: ConfigView, bus: Bus, embed_model: str = "all-MiniLM-L6-v2"
+    ) -> None:
         self.chat: ASGIApp = chat
         # What the chat endpoint counts a request against (a hit never reaches it).
         self.limiter, self.admission = chat.limiter, chat.admission
@@ -112,6 +117,7 @@ class ResponseCache:
         self.bus = bus
         self.by_tenant: dict[str, list[Gateway]] = {}
         self._bucket = LazyBucket(bus, CACHE_MAX_TTL_S, CACHE_BUCKET, CACHE_STORAGE).get
+        self.semantic = SemanticIndex(bus, self._bucket, embed_model)
         self._storing: set[asyncio.Task[None]] = set()
         # Requests to cache-enabled gateways, as counters for metrics: served from the cache, or not.
         self.hits = self.misses = 0
@@ -167,20 +173,48 @@ class ResponseCache:
                 control += value.lower()
         if b"no-store" in control:
             self.misses += 1
+            observe.CACHE_REQUESTS(gateway.slug, _BYPASS).inc()
             await self.chat(scope, replay, _marked(send, _MISS))
             return
         name = entry_key(key, gateway, request)
+        result = _BYPASS
+        semantic: tuple[str, Vector] | None = None  # the request's shape and embedding, once made
         if b"no-cache" not in control:
+            result = "miss"
             found = await self._lookup(name)
+            similarity = None
+            if found is None and gateway.cache is not None and gateway.cache.similarity is not None:
+                semantic = await self._embedded(key, gateway, request)
+                if semantic is not None:
+                    near = await self.semantic.nearest(*semantic, gateway.cache.similarity)
+                    if near is not None:
+                        found, similarity = await self._lookup(near[0]), near[1]
             if (
                 found is not None
                 and _valid(body)  # what the fields left out of the entry key hold, checked as on a miss
-                and await self._serve(found, key, gateway, request, scope, send)
+                and await self._serve(found, key, gateway, request, scope, send, similarity)
             ):
                 self.hits += 1
+                observe.CACHE_REQUESTS(gateway.slug, "hit").inc()
                 return
         self.misses += 1
-        await self.chat(scope, replay, self._recorder(send, name, gateway, bool(request.get("stream"))))
+        observe.CACHE_REQUESTS(gateway.slug, result).inc()
+        recorder = self._recorder(send, name, gateway, bool(request.get("stream")), semantic)
+        await self.chat(scope, replay, recorder)
+
+    async def _embedded(
+        self, key: ApiKey, gateway: Gateway, request: dict[str, Any]
+    ) -> tuple[str, Vector] | None:
+        """The request's semantic shape and embedding (`semcache.py`); None: not eligible, or the
+        embedder failed (the request then runs as an exact-match miss)."""
+        text = conversation_text(request)
+        if text is None:
+            return None
+        vector = await self.semantic.embed(key, text)
+        if vector is None:
+            return None
+        kept = {k: v for k, v in request.items() if k not in _IGNORED}
+        return shape_key(key, gateway, kept), vector
 
     @staticmethod
     def _gateway(model: str, gateways: list[Gateway], key: ApiKey) -> Gateway | None:
@@ -203,7 +237,9 @@ class ResponseCache:
             return None
         return meta, answer
 
-    def _recorder(self, send: Send, name: str, gateway: Gateway, stream: bool) -> Send:
+    def _recorder(
+        self, send: Send, name: str, gateway: Gateway, stream: bool, semantic: tuple[str, Vector] | None
+    ) -> Send:
         status = 0
         kept: list[list[str]] = []
         request_id = ""
@@ -231,7 +267,9 @@ class ResponseCache:
                             "headers": kept,
                         }
                         # In the background: the client's next request on this connection need not wait.
-                        task = asyncio.get_running_loop().create_task(self._store(name, encode(meta, answer)))
+                        task = asyncio.get_running_loop().create_task(
+                            self._store(name, meta, answer, stream, semantic)
+                        )
                         self._storing.add(task)
                         task.add_done_callback(self._storing.discard)
                     return
@@ -239,9 +277,21 @@ class ResponseCache:
 
         return record
 
-    async def _store(self, name: str, value: bytes) -> None:
+    async def _store(
+        self,
+        name: str,
+        meta: dict[str, Any],
+        answer: bytes,
+        stream: bool,
+        semantic: tuple[str, Vector] | None = None,
+    ) -> None:
+        meta["cost"] = str(answer_cost(answer, stream))  # what a hit on it saves (`_serve`)
+        if semantic is not None:
+            # Indexed first: once the exact entry is there, it is findable by meaning too (a row
+            # whose entry is not stored yet, or never is, only misses).
+            await self.semantic.add(semantic[0], name, semantic[1], float(meta["expires"]))
         try:
-            await (await self._bucket()).put(name, value)
+            await (await self._bucket()).put(name, encode(meta, answer))
         except Exception:
             log.warning("could not store an answer in the response cache", exc_info=True)
 
@@ -285,8 +335,10 @@ class ResponseCache:
         request: dict[str, Any],
         scope: Scope,
         send: Send,
+        similarity: float | None = None,
     ) -> bool:
-        """Answer from the cache; False (nothing sent) when the request must run after all."""
+        """Answer from the cache; False (nothing sent) when the request must run after all.
+        `similarity`: a semantic match's, said in `generation_context.cache`."""
         meta, answer = found
         request_id = uuid7()
         own = [(_REQUEST_ID, request_id.encode())]
@@ -301,10 +353,15 @@ class ResponseCache:
             return True
         if lines is None:
             return False
+        billed = sum((Decimal(str(line.get("amount", 0))) for line in lines), Decimal(0))
+        saved = Decimal(str(meta.get("cost", 0))) - billed
+        if saved > 0:
+            observe.CACHE_SAVED(gateway.slug).inc(float(saved))
         context = {
             "generated_usage": lines,
             "runned_functions": [],
-            "cache": {"hit": True, "request_id": meta.get("request_id")},
+            "cache": {"hit": True, "request_id": meta.get("request_id")}
+            | ({} if similarity is None else {"similarity": round(similarity, 4)}),
         }
         hdrs = [*own, _HIT, *((k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.get("headers", ()))]
         chat_id = f"chatcmpl-{request_id}"
@@ -345,6 +402,24 @@ class ResponseCache:
                 stream=bool(request.get("stream")),
                 outcome=outcome,
             )
+
+
+def answer_cost(answer: bytes, stream: bool) -> Decimal:
+    """What an answer was billed: the amounts of its `generation_context.generated_usage` (a
+    stream's is on its last chunk that has one); 0 when it says none."""
+    context: Any = None
+    try:
+        if stream:
+            for frame in reversed(answer.split(b"\n\n")):
+                if frame.startswith(b"data: {") and b'"generation_context"' in frame:
+                    context = json.loads(frame[6:]).get("generation_context")
+                    break
+        else:
+            context = json.loads(answer).get("generation_context")
+        lines = context.get("generated_usage") if isinstance(context, dict) else None
+        return sum((Decimal(str(line["amount"])) for line in lines or ()), Decimal(0))
+    except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError):
+        return Decimal(0)
 
 
 def _valid(body: bytes) -> bool:

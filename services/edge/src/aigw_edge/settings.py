@@ -27,6 +27,9 @@ class EdgeSettings(BaseSettings):
     # A request's first event (and a non-stream request's answer) must arrive within this; it is
     # also the envelope's deadline, so nothing downstream starts work the client gave up on.
     request_timeout: float = Field(default=300.0, gt=0)
+    # The embedding model gateways' semantic response caches (`cache.similarity`) embed with: a
+    # name retrieval's embedder answers to (`POST /v1/embeddings`'s local model).
+    cache_embed_model: str = "all-MiniLM-L6-v2"
     # A stream silent for longer than this ends with a 504 error chunk. Keep it above the workers'
     # upstream idle timeout, so their more precise error reaches the client first.
     stream_idle_timeout: float = Field(default=120.0, gt=0)

@@ -54,6 +54,9 @@ def create_app(settings: WorkerSettings, upstream: Upstream | None = None) -> tu
     async def on_chat(msg: Msg) -> None:
         worker.submit(msg.data)  # parses and starts a task: the subscription never waits
 
+    async def on_embed(msg: Msg) -> None:
+        worker.embed(msg.data, msg.reply)
+
     async def on_cancel(msg: Msg) -> None:
         worker.cancel(msg.data)
 
@@ -66,4 +69,5 @@ def create_app(settings: WorkerSettings, upstream: Upstream | None = None) -> tu
     service.ready_fields = {"max_inflight": settings.max_inflight}
     service.route(subjects.CHAT_CANCEL, on_cancel, takes_work=False)
     service.route(subjects.WORKER_CHAT, on_chat, queue=subjects.WORKER_QUEUE)
+    service.route(subjects.WORKER_EMBED, on_embed, queue=subjects.WORKER_QUEUE)
     return service, worker

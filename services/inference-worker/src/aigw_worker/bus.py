@@ -21,3 +21,11 @@ class Bus(Protocol):
     async def request(self, subject: str, payload: bytes, within: float, service: str, doing: str) -> Msg:
         """A request-reply to another service. No responders is a 503, no answer `within` seconds a
         504, an error answer the `GatewayError` it carries."""
+
+    async def send_reply(self, reply: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        """Answer a request-reply message (an embedding job's answer); one too large for the bus
+        becomes that error."""
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes."""

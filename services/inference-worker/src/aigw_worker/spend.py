@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,11 +46,27 @@ log = logging.getLogger("aigw.worker.spend")
 KNOWLEDGE_PREFIX = "knowledge."  # SKUs retrieval meters itself (`aigw_contracts.skus`)
 
 
-def accounts_of(envelope: ChatEnvelope, route: RoutedCall) -> list[AccountRef]:
-    tenant = envelope.tenant
-    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", envelope.key_id, tenant)]
-    if route.gateway_id is not None:
-        refs.append(AccountRef("gateway", route.gateway_id, tenant))
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """Who pays for a request, and until when its hold must last: a chat envelope's, or an
+    embedding job's (`embed.py`)."""
+
+    request_id: str
+    tenant: str
+    key_id: str
+    gateway_id: str | None
+    deadline: float
+
+    @classmethod
+    def of(cls, envelope: ChatEnvelope, route: RoutedCall) -> Payer:
+        return cls(envelope.request_id, envelope.tenant, envelope.key_id, route.gateway_id, envelope.deadline)
+
+
+def accounts_of(payer: Payer) -> list[AccountRef]:
+    tenant = payer.tenant
+    refs = [AccountRef("tenant", tenant, tenant), AccountRef("key", payer.key_id, tenant)]
+    if payer.gateway_id is not None:
+        refs.append(AccountRef("gateway", payer.gateway_id, tenant))
     return refs
 
 
@@ -113,48 +130,57 @@ class SpendControl:
             self.leases.start()
 
     async def reserve(self, envelope: ChatEnvelope, route: RoutedCall, hold_id: str) -> list[AccountRef]:
-        """Hold the call's most on every account of its tenant, key and gateway (those that exist:
-        a hold is also what makes its settlement count once), or raise the 402. Returns the
-        accounts held (none: no account exists, nothing was written)."""
-        refs = self.accounts.existing(accounts_of(envelope, route))
+        """Hold a chat call's most (`max_cost`); see `hold`. A refused call's searches were billed
+        all the same (retrieval ran them before this call): they count as spent, as in ClickHouse."""
+        payer = Payer.of(envelope, route)
+        try:
+            return await self.hold(payer, max_cost(route, self.settings), hold_id, "max_tokens")
+        except InsufficientQuota:
+            self._charge_searches(payer, route)
+            raise
+
+    async def hold(self, payer: Payer, amount: Decimal, hold_id: str, smaller: str) -> list[AccountRef]:
+        """Hold `amount` on every account of the payer's tenant, key and gateway (those that exist:
+        a hold is also what makes its settlement count once), or raise the 402 (`smaller`: what
+        the client may ask less of). Returns the accounts held (none: no account exists, nothing
+        was written)."""
+        refs = self.accounts.existing(accounts_of(payer))
         if not refs:
             return []
-        amount = max_cost(route, self.settings)
-        expires = envelope.deadline + self.settings.spend_hold_grace
+        expires = payer.deadline + self.settings.spend_hold_grace
         try:
             await (self.leases or self.accounts).reserve(refs, hold_id, amount, expires)
         except Shortfall as short:
-            self._charge_searches(envelope, route, refs)
             raise InsufficientQuota(
                 f"This request may cost up to ${amount:f}, more than the {short.limit} allows "
-                f"(${short.remaining:f} left). Add credit or raise the budget, or ask for fewer "
-                "tokens (max_tokens)."
+                f"(${short.remaining:f} left). Add credit or raise the budget, or ask for less "
+                f"({smaller})."
             ) from None
         except (NatsError, TimeoutError, RuntimeError) as err:  # the bus, not the request
             log.warning(
-                "spend accounts unavailable", extra={"request_id": envelope.request_id, "error": repr(err)}
+                "spend accounts unavailable", extra={"request_id": payer.request_id, "error": repr(err)}
             )
             raise Unavailable("Spend accounts are unavailable; retry the request", retry_after=1) from None
         return refs
 
-    def _charge_searches(self, envelope: ChatEnvelope, route: RoutedCall, refs: list[AccountRef]) -> None:
-        """A refused answer's searches were billed all the same (retrieval ran them before this
-        call): count them as spent, as ClickHouse does, without a hold."""
+    def _charge_searches(self, payer: Payer, route: RoutedCall) -> None:
+        """Count a refused answer's searches as spent, without a hold."""
         searched = prior_knowledge(route)
-        if searched <= ZERO:
+        refs = self.accounts.existing(accounts_of(payer))
+        if searched <= ZERO or not refs:
             return
         if self.leases is not None:
             self.leases.charge(refs, searched)
-            self._track(self._written(envelope, refs[0].key))
+            self._track(self._written(payer, refs[0].key))
         else:
-            self._track(self._charge_now(envelope, refs, searched))
+            self._track(self._charge_now(payer, refs, searched))
 
-    async def _charge_now(self, envelope: ChatEnvelope, refs: list[AccountRef], amount: Decimal) -> None:
+    async def _charge_now(self, payer: Payer, refs: list[AccountRef], amount: Decimal) -> None:
         try:
             crossed = await self.accounts.charge(refs, amount)
         except Exception:
             log.exception(
-                "could not count a refused request's searches", extra={"request_id": envelope.request_id}
+                "could not count a refused request's searches", extra={"request_id": payer.request_id}
             )
             return
         await self._alert(crossed)
@@ -167,34 +193,34 @@ class SpendControl:
         held: list[AccountRef],
         events: list[UsageEvent] | None,
     ) -> None:
+        """Settle a chat call's hold to what it billed (and the knowledge lines before it)."""
+        amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
+        self.settle_amount(Payer.of(envelope, route), hold_id, held, amount)
+
+    def settle_amount(self, payer: Payer, hold_id: str, held: list[AccountRef], amount: Decimal) -> None:
         """Settle (or, with nothing billed, release) in the background: the hold stays counted
         until then, so settling late is never an overrun."""
         if not held:
             return  # no account existed when the call started: nothing to count it on
-        amount = sum((e.total() for e in events or ()), ZERO) + prior_knowledge(route)
         if self.leases is not None:
             self.leases.settle(held, hold_id, amount)  # counted now; written with the next write
-            self._track(self._written(envelope, held[0].key))
+            self._track(self._written(payer, held[0].key))
         else:
-            self._track(self._settle(envelope, hold_id, held, amount))
+            self._track(self._settle(payer, hold_id, held, amount))
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _written(self, envelope: ChatEnvelope, key: str) -> None:
+    async def _written(self, payer: Payer, key: str) -> None:
         assert self.leases is not None
         try:
             await self.leases.flushed(key)
         except Exception as err:  # written by a later write; the slice expires if none comes
-            log.warning(
-                "spend not written yet", extra={"request_id": envelope.request_id, "error": repr(err)}
-            )
+            log.warning("spend not written yet", extra={"request_id": payer.request_id, "error": repr(err)})
 
-    async def _settle(
-        self, envelope: ChatEnvelope, hold_id: str, held: list[AccountRef], amount: Decimal
-    ) -> None:
+    async def _settle(self, payer: Payer, hold_id: str, held: list[AccountRef], amount: Decimal) -> None:
         try:
             if amount == ZERO:
                 await self.accounts.release(held, hold_id)
@@ -202,7 +228,7 @@ class SpendControl:
             crossed = await self.accounts.settle(held, hold_id, amount)
         except Exception:
             # The hold expires on its own; the spend is in the usage stream and ClickHouse.
-            log.exception("could not settle a request's spend", extra={"request_id": envelope.request_id})
+            log.exception("could not settle a request's spend", extra={"request_id": payer.request_id})
             return
         await self._alert(crossed)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
 
 from aigw_contracts import CancelRequest, ChatEnvelope
-from aigw_contracts.errors import GatewayError, InternalError, Unavailable
+from aigw_contracts.errors import GatewayError, InternalError, Unavailable, error_reply
 from aigw_runtime.bus import Bus as RuntimeBus
 from aigw_runtime.heartbeat import Heartbeats
 from aigw_runtime.usage_publisher import UsageBus, UsagePublisher
@@ -24,6 +26,7 @@ from .board import CircuitBoard
 from .bus import Bus
 from .call import SHUTDOWN, Call, Events, cancel_error
 from .circuits import Circuits
+from .embed import answer as answer_embedding
 from .settings import WorkerSettings
 from .spend import SpendControl
 from .upstream import Upstream
@@ -108,6 +111,29 @@ class Worker:
             self.heartbeats.hold(reply)  # queued or running, the edge hears that we hold it
         task.add_done_callback(lambda _: self._ended(request_id, reply))
 
+    def embed(self, raw: bytes, reply: str) -> None:
+        """A routed embedding job arrived (`embed.py`): answered in a task of its own, within the
+        worker's upstream call slots, and waited for at shutdown."""
+        if self.bus is None or not reply:
+            return
+        if not self.accepting:
+            payload, hdrs = error_reply(
+                Unavailable("The inference worker is shutting down; retry the request")
+            )
+            self._side(self.bus.send_reply(reply, payload, hdrs))
+            return
+        self._side(self._embed(raw, reply))
+
+    async def _embed(self, raw: bytes, reply: str) -> None:
+        assert self.bus is not None
+        async with self._slots:
+            await answer_embedding(self, self.bus, raw, reply)
+
+    def _side(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
     def _ended(self, request_id: str, reply: str) -> None:
         self.calls.pop(request_id, None)
         if self.heartbeats is not None:
@@ -129,9 +155,7 @@ class Worker:
 
     def _reject(self, envelope: ChatEnvelope, err: GatewayError) -> None:
         events = Events(self, envelope.reply, envelope.route)
-        task = asyncio.create_task(events.error(err))
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._side(events.error(err))
 
     # ------------------------------------------------------------------ shutdown
     async def shutdown(self, grace: float) -> None:

@@ -34,6 +34,7 @@ from aigw_contracts import (
 )
 from aigw_contracts.api import Model, ModelList
 from aigw_contracts.config import AutoRouting
+from aigw_contracts.embeddings import EmbedJob, RoutedEmbed
 from aigw_contracts.messages import ModelsQuery
 from aigw_runtime import telemetry
 from aigw_runtime.bus import Outgoing, error_outgoing
@@ -95,6 +96,10 @@ class Router:
             raise errors.DeadlineExceeded("The request's deadline passed before it could be routed")
         request = envelope.request
         gateway, upstream = self.registry.resolve(request.model, envelope.tenant, envelope.key_kind)
+        if upstream.embeds:
+            raise errors.InvalidRequest(
+                f"'{request.model}' is an embedding model: call POST /v1/embeddings", param="model"
+            )
         plan = self.plan(gateway, upstream, envelope.key_kind)
         params = apply_plan(request, plan.parameters)
         cap_output_tokens(params, self.settings.max_output_tokens)
@@ -115,6 +120,33 @@ class Router:
         if plan.fallbacks:
             envelope.route.fallbacks = list(plan.fallbacks)
         return gateway
+
+    def embed(self, job: EmbedJob) -> RoutedEmbed | None:
+        """The embedding upstream `job.model` names (a gateway's or a catalog model), or None: a
+        name no gateway or catalog model has is the bundled local model's (retrieval's to check)."""
+        try:
+            gateway, upstream = self.registry.resolve(job.model, job.tenant, job.key_kind)
+        except errors.NotFound:
+            return None
+        if not upstream.embeds:
+            raise errors.InvalidRequest(
+                f"'{job.model}' is not an embedding model; its upstream '{upstream.id}' answers chat "
+                "completions",
+                param="model",
+            )
+        if upstream.api not in (None, "openai"):
+            raise errors.InvalidRequest(
+                f"The embedding upstream '{upstream.id}' speaks '{upstream.api}'; embeddings are sent "
+                "to OpenAI-compatible upstreams only",
+                param="model",
+            )
+        return RoutedEmbed(
+            job=job,
+            gateway_id=gateway.id if gateway else None,
+            gateway_slug=gateway.slug if gateway else None,
+            upstream=UpstreamTarget.of(upstream),
+            timeouts=gateway.timeouts if gateway else None,
+        )
 
     def models(self, query: ModelsQuery) -> ModelList:
         """What the key may use, with the catalog's metadata; public keys (apps in browsers) are not
@@ -257,6 +289,22 @@ class Handlers:
             fail_to=routed.reply,
         )
 
+    def embed(self, data: bytes, reply: str) -> Outgoing:
+        """`POST /v1/embeddings`: forwarded with the edge's own reply subject (one hop, the vectors
+        never pass here again) to a worker for an embedding upstream, else to retrieval."""
+        try:
+            job = EmbedJob.model_validate_json(data)
+            routed = self.router.embed(job)
+        except ValidationError as exc:
+            return _error_reply(reply, errors.invalid_message(exc, "embedding job"))
+        except errors.GatewayError as err:
+            return _error_reply(reply, err)
+        if routed is None:
+            return Outgoing(subjects.RETRIEVAL_EMBED, data, reply=reply)
+        return Outgoing(
+            subjects.WORKER_EMBED, routed.model_dump_json(exclude_none=True).encode(), reply=reply
+        )
+
     def bounce(self, subject: str, hdrs: dict[str, str] | None) -> Outgoing | None:
         if (hdrs or {}).get(headers.NATS_STATUS) != headers.NO_RESPONDERS:
             return None
@@ -271,6 +319,11 @@ class Handlers:
         return error_outgoing(
             reply, errors.Unavailable("No inference worker is available; try again shortly", retry_after=1)
         )
+
+
+def _error_reply(reply: str, err: errors.GatewayError) -> Outgoing:
+    payload, hdrs = errors.error_reply(err)
+    return Outgoing(reply, payload, hdrs)
 
 
 def create_app(settings: RouterSettings, registry: Registry | None = None) -> Service:
@@ -334,6 +387,10 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     async def on_bounce(msg: Msg) -> None:
         await bus.send(handlers.bounce(msg.subject, msg.headers))
 
+    async def on_embed(msg: Msg) -> None:
+        if msg.reply:
+            await bus.send(handlers.embed(msg.data, msg.reply))
+
     async def on_models(data: bytes) -> tuple[bytes, None]:
         listing = router.models(ModelsQuery.model_validate_json(data))
         return listing.model_dump_json(exclude_none=True).encode(), None
@@ -352,5 +409,6 @@ def create_app(settings: RouterSettings, registry: Registry | None = None) -> Se
     for prefix in (handlers.worker_bounce, handlers.retrieval_bounce):
         # Bounces answer requests this router already forwarded: they flow until the very end.
         service.route(subjects.bounce_wildcard(prefix), on_bounce, takes_work=False)
+    service.route(subjects.ROUTER_EMBED, on_embed, queue=subjects.ROUTER_QUEUE)
     service.reply_route(subjects.ROUTER_MODELS, on_models, "model list", queue=subjects.ROUTER_QUEUE)
     return service

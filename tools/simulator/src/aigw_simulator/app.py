@@ -8,6 +8,7 @@ start a task to notice the client leaving (`asgi.DisconnectWatch`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
-from aigw_simulator import choices, providers, responses
+from aigw_simulator import choices, embeddings, providers, responses
 from aigw_simulator.asgi import (
     ClientDisconnected,
     DisconnectWatch,
@@ -27,7 +28,7 @@ from aigw_simulator.asgi import (
     send_response,
 )
 from aigw_simulator.config import Knobs, SimConfig
-from aigw_simulator.directives import strip_directives
+from aigw_simulator.directives import knobs_for_text, strip_directives
 from aigw_simulator.errors import SimError, bad_request, error_body
 from aigw_simulator.generation import Completion, ToolCall, echo, fixed, tool_call_tokens, tool_calls, words
 from aigw_simulator.history import (
@@ -70,6 +71,7 @@ class SimulatorApp:
         self._key = config.require_key
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/sim/requests"): self._list_requests,
@@ -167,13 +169,15 @@ class SimulatorApp:
                 watch.close()
 
     def _faults(self, request: ChatRequest) -> bool:
-        """Whether this request gets its fault: not when `fault_model` names another model, or the
-        first `fault_times` requests with the same last message had it already."""
-        knobs = request.knobs
-        if knobs.fault_model is not None and request.model != knobs.fault_model:
+        """Whether this request gets its fault (`_fault_due`, keyed by its last user message)."""
+        return self._fault_due(request.model, last_user_text(request.messages), request.knobs)
+
+    def _fault_due(self, model: str, key: str, knobs: Knobs) -> bool:
+        """Whether a request gets its fault: not when `fault_model` names another model, or the
+        first `fault_times` requests with the same `key` (its text) had it already."""
+        if knobs.fault_model is not None and model != knobs.fault_model:
             return False
         if knobs.fault_times:
-            key = last_user_text(request.messages)
             seen = self._fault_counts.get(key, 0)
             if seen >= knobs.fault_times:
                 return False
@@ -253,6 +257,40 @@ class SimulatorApp:
         )
 
     # --- the other endpoints ----------------------------------------------------------------------
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI's embeddings, deterministic: each input's vector is a function of its text (or
+        token ids) alone (`embeddings.py`), so tests can compute what the gateway must return."""
+        received = await self._received(scope, receive)
+        if received is None:
+            return
+        record, raw = received
+        try:
+            self._authorize(scope["headers"])
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                raise bad_request(_BAD_JSON) from None
+            record.body = payload
+            request = embeddings.parse(payload)
+            text = request.first_text
+            knobs = knobs_for_text(self.config.defaults, scope["headers"], text, "input")
+        except SimError as error:
+            record.outcome = error.outcome
+            await send_response(send, error.status, responses.JSON_HEADERS, error.body())
+            return
+        if knobs.latency_ms:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+        id_header = (b"x-request-id", record.id.encode())
+        if knobs.fault in ("429", "500") and self._fault_due(request.model, text, knobs):
+            record.outcome = knobs.fault
+            if knobs.fault == "429":
+                await send_response(send, 429, _rate_limit_headers(id_header, knobs.retry_after), _RATE_LIMIT)
+            else:
+                await send_response(send, 500, (*responses.JSON_HEADERS, id_header), _SERVER_ERROR)
+            return
+        record.outcome = COMPLETED
+        await send_response(send, 200, (*responses.JSON_HEADERS, id_header), embeddings.answer(request))
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -166,13 +166,17 @@ def resolve_knobs(
     defaults: Knobs, headers: Iterable[tuple[bytes, bytes]], messages: list[dict[str, Any]]
 ) -> Knobs:
     """The knobs for one request: process defaults, then headers, then the prompt directive."""
+    return knobs_for_text(defaults, headers, last_user_text(messages), "messages")
+
+
+def knobs_for_text(defaults: Knobs, headers: Iterable[tuple[bytes, bytes]], text: str, param: str) -> Knobs:
+    """Process defaults, then headers, then the directive in `text` (a bad one a 400 on `param`)."""
     knobs = defaults
     from_headers = header_overrides(headers)
     if from_headers:
         knobs = apply_overrides(knobs, from_headers, "x-sim-*")
-    text = last_user_text(messages)
     if _OPEN in text:  # the cheap test first: most prompts carry no directive
         directive = parse_directive(text)
         if directive:
-            knobs = apply_overrides(knobs, directive, "messages")
+            knobs = apply_overrides(knobs, directive, param)
     return knobs

@@ -159,7 +159,9 @@ class UpstreamIn(_In):
         description="the wire format it speaks: openai (default: OpenAI-compatible), anthropic, gemini, azure",
     )
     modalities: dict[str, list[str]] | None = Field(
-        default=None, description='e.g. {"input": ["text", "image"]}'
+        default=None,
+        description='e.g. {"input": ["text", "image"]}; {"output": ["embedding"]} makes it an embedding '
+        "model, for POST /v1/embeddings only",
     )
     parameters: list[str] | None = Field(default=None, description="the request parameters it honours")
 

@@ -1,12 +1,14 @@
-"""`POST /v1/embeddings`: OpenAI's embeddings API, answered by the retrieval service's embedder.
+"""`POST /v1/embeddings`: OpenAI's embeddings API, to an embedding upstream or the local model.
 
 The edge checks the key (private keys only: embeddings are not a browser's business), counts the
 request against the key's rate limits and the edge's in-flight limit, as chat completions does,
-then asks retrieval (`subjects.RETRIEVAL_EMBED`, one request-reply: no stream, nothing to relay),
-which embeds with the bundled local model (or the configured OpenAI-compatible embedder) and
-bills `inference.embeddings.in` itself. Vectors come back as raw float32 rows; `encoding_format:
-base64` (what the openai SDK asks for by default) is those bytes, base64-encoded per row, with no
-float ever formatted; `float` (the default) is JSON numbers.
+then asks the router (`subjects.ROUTER_EMBED`, one request-reply: no stream, nothing to relay).
+The router resolves `model`: a gateway or catalog model whose upstream is an embedding model goes
+to an inference worker (`aigw_worker.embed`: provider keys, timeouts, retries, circuits, spend
+control, metering), any other name to retrieval, which embeds with the bundled local model and
+bills `inference.embeddings.in` itself. Either answers here directly. Vectors come back as raw
+float32 rows; `encoding_format: base64` (what the openai SDK asks for by default) is those bytes,
+base64-encoded per row, with no float ever formatted; `float` (the default) is JSON numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from array import array
 from typing import Any, Literal
 
@@ -84,9 +87,10 @@ def _rows(raw: bytes, result: EmbedResult, encoding: str | None) -> list[str]:
 )
 async def create_embeddings(body: EmbeddingsRequest, key: PrivateKey, request: Request) -> Response:
     """OpenAI's embeddings: `input` a string, strings, or token arrays (of the model's tokenizer);
-    `model` the embedding model (`GET /v1/models` does not list it: it is the retrieval service's,
-    `all-MiniLM-L6-v2` by default); `dimensions` keeps the first components, renormalized;
-    `encoding_format` `float` or `base64`. Billed as `inference.embeddings.in` per token."""
+    `model` a gateway or catalog model whose upstream is an embedding model (e.g.
+    `@openai/text-embedding-3-small`), or the bundled local model (`all-MiniLM-L6-v2`);
+    `dimensions` (the local model keeps the first components, renormalized); `encoding_format`
+    `float` or `base64`. Billed as `inference.embeddings.in` per token at the upstream's price."""
     app = request.app
     chat = app.state.chat_endpoint  # the edge's limits live with the chat endpoint
     if key.limits.requests_per_minute or key.limits.requests_per_minute_per_ip:
@@ -105,6 +109,7 @@ async def create_embeddings(body: EmbeddingsRequest, key: PrivateKey, request: R
         tokens=tokens,
         dimensions=body.dimensions,
         metadata={"user": body.user} if body.user else {},
+        deadline=time.time() + app.state.settings.request_timeout,
     )
     bus = app.state.bus
     if bus.nc is None:
@@ -112,10 +117,10 @@ async def create_embeddings(body: EmbeddingsRequest, key: PrivateKey, request: R
     with chat.admission.admit():
         reply = await ask(
             bus.nc,
-            subjects.RETRIEVAL_EMBED,
+            subjects.ROUTER_EMBED,
             job.model_dump_json(exclude_none=True).encode(),
             app.state.settings.request_timeout,
-            "retrieval service",
+            "embedding service",
             "embed the input",
         )
     head, _, raw = reply.data.partition(b"\n")
