@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gzip
-import inspect
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,14 +14,12 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
-import httpcore
 import httpx
 import pytest
-from httpcore._synchronization import AsyncLock
 
 from aigw_contracts import Prices, UpstreamTarget
 from aigw_devstack.procs import free_port
-from aigw_worker.transport import Http11Transport, _StateLock
+from aigw_worker.transport import Http11Transport
 from aigw_worker.upstream import Upstream
 
 from .conftest import Sim, worker_settings
@@ -255,72 +252,5 @@ async def test_tls_to_a_checked_address_verifies_the_server_name(tmp_path: Path)
             # the same address under another name is another connection, and that name is refused
             with pytest.raises(httpx.ConnectError):
                 await transport.handle_async_request(request(url, sni_hostname="other.example"))
-    finally:
-        await transport.aclose()
-
-
-async def test_a_connections_state_lock_never_yields_uncontended() -> None:
-    """httpcore's own lock (anyio's) yields to the loop on every acquisition; ours must not, and
-    httpcore must still take it under the name we replace."""
-    assert "self._state_lock" in inspect.getsource(httpcore.AsyncHTTP11Connection.handle_async_request)
-    assert "self._state_lock" in inspect.getsource(httpcore.AsyncHTTP11Connection._response_closed)
-    ran = False
-
-    async def other() -> None:
-        nonlocal ran
-        ran = True
-
-    for lock in (_StateLock(), AsyncLock()):
-        ran = False
-        task = asyncio.create_task(other())
-        async with lock:
-            yielded = ran
-        await task
-        assert yielded is isinstance(lock, AsyncLock)  # the test can tell the two apart
-
-    lock = _StateLock()
-    async with lock:
-        waiter = asyncio.create_task(lock.__aenter__())
-        await asyncio.sleep(0)
-        assert not waiter.done()  # held: the next one waits ...
-        waiter.cancel()  # ... and may be cancelled while it waits
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    async with lock:  # released on the way out of both
-        pass
-
-
-async def test_a_request_cancelled_mid_answer_leaves_the_transport_usable() -> None:
-    answered = asyncio.Event()
-    got_slow = False
-
-    async def slow_then_quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal got_slow
-        while True:  # keep-alive: one request after another
-            body = await read_request(reader)
-            if body == b'"slow"':
-                got_slow = True
-                await asyncio.sleep(30)
-            writer.write(response(b'{"ok": true}'))
-            await writer.drain()
-            answered.set()
-
-    transport = Http11Transport()
-    try:
-        async with serve(slow_then_quick) as port:
-            url = f"http://127.0.0.1:{port}/x"
-            slow = httpx.Request("POST", url, content=b'"slow"', extensions={"timeout": {"read": 30.0}})
-            call = asyncio.create_task(transport.handle_async_request(slow))
-            await until(lambda: got_slow)
-            call.cancel()  # as the worker's deadline or a client's cancel does
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            assert transport.idle_connections == 0  # the cancelled one is never handed out again
-            for _ in range(2):  # a fresh connection, then the same one again, lock free each time
-                body, _ = await send(transport, request(url))
-                assert body == b'{"ok": true}'
-            assert answered.is_set() and transport.idle_connections == 1
-            (connection,) = next(iter(transport._idle.values()))
-            assert isinstance(connection._state_lock, _StateLock)
     finally:
         await transport.aclose()

@@ -240,30 +240,6 @@ async def connect(host: str, port: int, within: float | None) -> AsyncioStream:
 _Key = tuple[bytes, bytes, int, str | None]  # scheme, host, port, TLS server name
 
 
-class _StateLock:
-    """The lock an httpcore connection takes around its state changes (twice a request: on send
-    and when the response closes), without anyio's checkpoint. httpcore's `AsyncLock` is an
-    `anyio.Lock`, whose every acquisition yields to the event loop once even when nobody holds it
-    (a shielded `sleep(0)`): 13 µs of CPU per acquisition against 0.5 µs for this (measured in
-    isolation on a loaded 2-core VM), and a task switch per request each time. The same mutual
-    exclusion (each connection here carries one request at a time anyway); it never yields
-    uncontended, and under asyncio's own cancellation (the worker's timeouts) it behaves as
-    anyio's did: an acquisition waiting for the lock is cancellable, a held one is released on
-    the way out."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> _StateLock:
-        await self._lock.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
-
-
 class _Body(httpx.AsyncByteStream):
     """A response body: httpcore's errors mapped to httpx's; closing returns a reusable connection."""
 
@@ -380,9 +356,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         except (httpcore.NetworkError, httpcore.TimeoutException) as exc:
             raise _as_httpx(exc) from exc
         origin = httpcore.Origin(url.raw_scheme, url.raw_host, port)
-        connection = httpcore.AsyncHTTP11Connection(origin, stream, keepalive_expiry=self._keepalive_expiry)
-        connection._state_lock = _StateLock()  # type: ignore[assignment]  # see `_StateLock`
-        return connection
+        return httpcore.AsyncHTTP11Connection(origin, stream, keepalive_expiry=self._keepalive_expiry)
 
     async def _release(
         self, connection: httpcore.AsyncHTTP11Connection, idle: deque[httpcore.AsyncHTTP11Connection]
