@@ -16,7 +16,7 @@ from aigw_contracts.errors import GatewayError
 from ..jsonio import loads
 from ..sse import SSEParser
 from ..upstream import status_error
-from .base import Prepared, StreamDecoder, dumps
+from .base import Prepared, StreamDecoder, body_json
 
 
 class OpenAI:
@@ -32,7 +32,7 @@ class OpenAI:
         else:
             data.pop("stream", None)
             data.pop("stream_options", None)
-        return Prepared(self.path, dumps(data))
+        return Prepared(self.path, body_json(data))
 
     def auth(self, key: str, url: str = "", prepared: Prepared | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"Authorization", b"Bearer " + key.encode("latin-1"))]
