@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
-from tests.conftest import api_client, eventually, start_stack
+from tests.conftest import api_client, eventually, start_stack, stored_lines
 
 PRICE = "0.001"
 
@@ -81,11 +81,11 @@ def test_an_equal_request_is_a_billed_hit_without_an_upstream_call(
     assert metered.demo is not None
     with api_client(metered, metered.demo.key) as http:
 
-        def billed() -> list[tuple[str, str]]:
-            params = {"request": again.headers["x-request-id"], "group_by": "sku"}
-            return [(r["sku"], r["amount"]) for r in http.get("/usage", params=params).json()["rows"]]
+        def billed() -> dict[str, Decimal]:
+            stored = stored_lines(http, again.headers["x-request-id"])
+            return {sku: amount for sku, (_, amount) in stored.items()}
 
-        eventually(lambda: billed() == [(skus.CACHE_HIT, PRICE)], 15.0, "the hit's line in metering")
+        eventually(lambda: billed() == {skus.CACHE_HIT: Decimal(PRICE)}, 15.0, "the hit's line in metering")
 
 
 def test_parameters_cache_control_and_other_gateways_miss(

@@ -17,7 +17,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from aigw_contracts import skus
 from aigw_devstack.stack import Stack
 from aigw_retrieval.embed import MiniLMEmbedder
-from tests.conftest import api_client, eventually, start_stack
+from tests.conftest import api_client, eventually, start_stack, stored_lines
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -66,8 +66,10 @@ def test_vectors_are_the_local_models_and_billed_on_their_own_sku(
     with api_client(metered, metered.demo.key) as http:
 
         def billed() -> bool:
-            rows = http.get("/usage", params={"request": request_id, "group_by": "sku"}).json()["rows"]
-            return [(r["sku"], r["quantity"]) for r in rows] == [(skus.EMBEDDINGS_IN, expected.tokens)]
+            stored = stored_lines(http, request_id)
+            return {sku: quantity for sku, (quantity, _) in stored.items()} == {
+                skus.EMBEDDINGS_IN: expected.tokens
+            }
 
         eventually(billed, 15.0, "the embedding's usage line in metering")
 
@@ -184,10 +186,7 @@ def test_a_gateway_on_an_embedding_upstream_is_answered_there_and_billed_at_its_
             request_id = raw.headers["x-request-id"]
 
             def billed() -> bool:
-                rows = admin.get("/usage", params={"request": request_id, "group_by": "sku"}).json()["rows"]
-                return [(r["sku"], r["quantity"], _decimal(r["amount"])) for r in rows] == [
-                    (skus.EMBEDDINGS_IN, tokens, EMBED_PRICE * tokens)
-                ]
+                return stored_lines(admin, request_id) == {skus.EMBEDDINGS_IN: (tokens, EMBED_PRICE * tokens)}
 
             eventually(billed, 15.0, "the upstream embedding's usage line in metering")
 

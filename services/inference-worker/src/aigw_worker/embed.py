@@ -25,7 +25,7 @@ import time
 from array import array
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,15 +36,13 @@ from aigw_contracts.embeddings import EmbedResult, RoutedEmbed
 from . import observe
 from .balance import pick
 from .bus import Bus
+from .context import WorkerContext
 from .fallback import record
 from .pricing import MAX_REPORTED_TOKENS, estimate_tokens
 from .providers import Prepared
 from .retry import MIN_ATTEMPT_S, Verdict, verdict, wait_before_retry
 from .spend import Payer
 from .timeouts import limits_for
-
-if TYPE_CHECKING:  # the worker module imports this one
-    from .worker import Worker
 
 log = logging.getLogger("aigw.worker.embed")
 
@@ -91,7 +89,7 @@ def _vectors(content: bytes, count: int, dimensions: int | None) -> tuple[bytes,
 class EmbedCall:
     """One routed embedding job on this worker."""
 
-    def __init__(self, worker: Worker, routed: RoutedEmbed) -> None:
+    def __init__(self, worker: WorkerContext, routed: RoutedEmbed) -> None:
         self.worker = worker
         self.routed = routed
         job = routed.job
@@ -244,7 +242,7 @@ class EmbedCall:
             await asyncio.sleep(delay)
 
 
-async def answer(worker: Worker, bus: Bus, data: bytes, reply: str) -> None:
+async def answer(worker: WorkerContext, bus: Bus, data: bytes, reply: str) -> None:
     """Answer one `RoutedEmbed` at `reply` (the edge's inbox): the vectors, or the error."""
     request_id = ""
     try:
