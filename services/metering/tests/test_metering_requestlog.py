@@ -3,6 +3,8 @@ published or delivered twice, malformed ones dead-lettered, and the query joins 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -141,3 +143,40 @@ async def test_request_log_waits_in_the_stream_while_the_store_is_down(
         assert len(refused) == 3 and len(set(refused)) == 1  # the same batch, the same dedup token
         rows = requestlog.run(store, RequestLogQuery(tenant="acme")).rows
         assert sorted(r.status for r in rows) == [200, 503]
+
+
+async def test_a_dedup_token_left_by_a_killed_instance_cannot_swallow_the_redelivered_requests(
+    fresh_nats: NatsServer, chdb_dir: Path, database: str
+) -> None:
+    """As for usage (`test_metering_consumer`): a process killed after ClickHouse recorded its
+    batch's dedup token but before the part was committed leaves the token without the rows; the
+    next process forms the same batch from the redelivery. Tokens are salted per process, so that
+    batch is stored, not dropped as a duplicate and acked. (The token here is the unsalted one the
+    consumer used before: it swallowed every row.)"""
+    events = [_event(f"r-{i}", 200) for i in range(5)]
+    settings = settings_for(fresh_nats.url, f"chdb://{chdb_dir}", database)
+    async with connect(fresh_nats.url) as nc:
+        js = nc.jetstream()
+        async with running(settings) as service:  # declares the stream, the durable and the tables
+            pass
+        await _publish(js, events)
+        dying = await js.pull_subscribe_bind(
+            durable=subjects.REQUESTS_DURABLE, stream=streams.REQUESTS_STREAM
+        )
+        taken = await dying.fetch(len(events), timeout=5)
+        assert len(taken) == len(events)  # delivered, never acked
+        seqs = [m.metadata.sequence.stream for m in taken]
+        rows = b"\n".join(
+            json.dumps(requestlog.row(RequestLogEvent.model_validate_json(m.data), seq)).encode()
+            for m, seq in zip(taken, seqs, strict=True)
+        )
+        store = service.store
+        await asyncio.to_thread(store.open)
+        await asyncio.to_thread(store.insert, rows, requestlog._token(seqs, b""), store.requests_table)
+        table = store.requests_table
+        store.query(f"ALTER TABLE {table} DELETE WHERE 1", {}, settings={"mutations_sync": 2})
+        await asyncio.to_thread(store.close)
+        async with running(settings) as service:
+            await _all_acked(js)
+            stored = requestlog.run(service.store, RequestLogQuery(tenant=None))
+    assert sorted(r.request_id for r in stored.rows) == sorted(e.request_id for e in events)

@@ -56,7 +56,6 @@ from .store import Store, StoreRefused, StoreUnavailable
 
 log = logging.getLogger("aigw.metering")
 
-_IDLE_FETCH_S = 1.0
 _TENANT_AT = len(subjects.USAGE_SUBJECT_PREFIX) + 1
 RECENT_REQUESTS = 200_000  # requests "was it billed?" answers from memory (minutes of traffic)
 
@@ -193,20 +192,8 @@ class Consumer:
         deadline: float | None = None
         while batch.lines < s.metering_batch_lines and len(batch) < s.metering_batch_lines:
             # Keep about one pull's worth of messages on the way while this batch has room.
-            if puller.credit + len(puller.received) < s.metering_fetch:
-                try:
-                    await puller.request(s.metering_fetch)
-                except nats.errors.Error as err:
-                    log.debug("pull request failed", extra={"error": repr(err)})
-                    await self._sleep(0.5)
-                    continue
-            if not puller.received:
-                timeout = _IDLE_FETCH_S if deadline is None else deadline - loop.time()
-                if timeout <= 0.001:
-                    return
-                if not await puller.wait(timeout):
-                    puller.forget_stale_credit()
-                continue
+            if not await puller.ready(s.metering_fetch, deadline, self._stopping):
+                return
             if deadline is None:
                 deadline = loop.time() + s.metering_batch_delay_s
                 batch.first_at = time.monotonic()

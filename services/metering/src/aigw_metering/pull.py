@@ -14,14 +14,20 @@ once nothing arrived for longer than a request lives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+log = logging.getLogger("aigw.metering")
+
 _STATUS = "Status"
+IDLE_WAIT_S = 1.0  # waiting for a first message, between checks that credit is not stale
 _PENDING = "Nats-Pending-Messages"
 
 
@@ -88,3 +94,26 @@ class Puller:
         except TimeoutError:
             return False
         return True
+
+    async def ready(self, fetch: int, deadline: float | None, stopping: asyncio.Event) -> bool:
+        """Keep about `fetch` messages asked for and wait until some are received (True), or until
+        `deadline` (loop time; None: wait as long as it takes) passed or `stopping` is set (False).
+        A pull request the bus refused is asked again half a second later."""
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            if self.credit + len(self.received) < fetch:
+                try:
+                    await self.request(fetch)
+                except nats.errors.Error as err:
+                    log.debug("pull request failed", extra={"error": repr(err)})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), 0.5)
+                    continue
+            if self.received:
+                return True
+            timeout = IDLE_WAIT_S if deadline is None else deadline - loop.time()
+            if timeout <= 0.001:
+                return False
+            if not await self.wait(timeout):
+                self.forget_stale_credit()
+        return False

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import random
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -41,8 +42,6 @@ from .settings import MeteringSettings
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("aigw.metering.requests")
-
-_IDLE_FETCH_S = 1.0
 
 
 _BATCH: TypeAdapter[list[RequestLogEvent]] = TypeAdapter(list[RequestLogEvent])
@@ -76,6 +75,7 @@ class RequestLogConsumer:
         self._held: list[Msg] = []  # received and not yet acked
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.salt = secrets.token_bytes(16)  # of this process's dedup tokens (`_token`)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="metering-requests")
@@ -126,7 +126,7 @@ class RequestLogConsumer:
                 if await dead_letter(self.js, msg, reason, kind="requests"):
                     self.health.request_log_dead += 1
                 msgs.remove(msg)
-            if rows and not await self._store(b"\n".join(rows), _token(seqs)):
+            if rows and not await self._store(b"\n".join(rows), _token(seqs, self.salt)):
                 return  # stopping: `stop` gives the held events back
             for msg in msgs:
                 with contextlib.suppress(nats.errors.Error):
@@ -140,21 +140,9 @@ class RequestLogConsumer:
         loop = asyncio.get_running_loop()
         msgs: list[Msg] = []
         deadline: float | None = None
-        while len(msgs) < s.metering_fetch and not self._stopping.is_set():
-            if puller.credit + len(puller.received) < s.metering_fetch:
-                try:
-                    await puller.request(s.metering_fetch)
-                except nats.errors.Error as err:
-                    log.debug("pull request failed", extra={"error": repr(err)})
-                    await self._sleep(0.5)
-                    continue
-            if not puller.received:
-                timeout = _IDLE_FETCH_S if deadline is None else deadline - loop.time()
-                if timeout <= 0.001:
-                    break
-                if not await puller.wait(timeout):
-                    puller.forget_stale_credit()
-                continue
+        while len(msgs) < s.metering_fetch:
+            if not await puller.ready(s.metering_fetch, deadline, self._stopping):
+                break
             if deadline is None:
                 deadline = loop.time() + s.metering_batch_delay_s
             msgs.extend(puller.take(s.metering_fetch - len(msgs)))
@@ -190,8 +178,10 @@ class RequestLogConsumer:
                         await msg.in_progress()
 
 
-def _token(seqs: list[int]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+def _token(seqs: list[int], salt: bytes) -> str:
+    """The batch's insert_deduplication_token, salted per process as the usage consumer's is
+    (`Consumer.salt`): a token a killed process left must not swallow its redelivered batch."""
+    digest = hashlib.blake2b(digest_size=16, key=salt)
     for seq in seqs:
         digest.update(seq.to_bytes(8, "little"))
     return "aigw-requests-" + digest.hexdigest()
