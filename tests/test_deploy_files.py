@@ -319,7 +319,11 @@ def test_aigw_dev_secrets_keeps_what_it_generated(tmp_path: Path) -> None:
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
     schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
-    jsonschema.validate(_compose(), schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert [e.message for e in validator.iter_errors(_compose())] == []
+    # and the schema does refuse a broken file (a service with an unknown key)
+    broken = {"services": {"edge": {"image": "x", "restart_policy_typo": "always"}}}
+    assert list(validator.iter_errors(broken))
 
 
 def test_compose_runs_the_whole_product() -> None:

@@ -255,6 +255,8 @@ def test_a_client_that_leaves_a_message_stream_cancels_the_upstream_call(
         return bool(records) and records[-1]["outcome"] == "client_disconnected"
 
     eventually(cancelled, 10.0, "the upstream call cancelled")
+    record = sim.get("/sim/requests").json()[-1]
+    assert record["outcome"] == "client_disconnected"  # not a stream that ran to its 200th token
 
 
 def test_count_tokens_estimates_the_requests_own_content(claude: anthropic.Anthropic) -> None:

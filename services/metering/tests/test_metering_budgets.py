@@ -58,3 +58,6 @@ async def test_budget_events_are_stored_and_the_latest_wins(
             lambda: service.store.query(f"SELECT removed FROM {table} FINAL", {}).result_rows == [(True,)],
             what="the budget's removal",
         )
+        # One row per account and period: the removal replaced both budgets set before it.
+        rows = service.store.query(f"SELECT budget, removed, event_id FROM {table} FINAL", {}).result_rows
+        assert [(r[1], r[2]) for r in rows] == [(True, "budget_3")]
