@@ -191,7 +191,8 @@ class Inbox:
             await self._wait()
         items = list(self._items)
         self._items.clear()
-        self.queued = 0
+        if self.queued > 0:  # a cut reader (-1) stays cut: nothing more is kept for it
+            self.queued = 0
         return items
 
     async def _wait(self) -> None:
